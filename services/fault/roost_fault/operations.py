@@ -1,0 +1,87 @@
+"""Fault use cases: apply sets, clears and logs (from the bus or the API) in one transaction,
+together with the events and webhook deliveries they cause."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from bson import ObjectId
+from pydantic import BaseModel
+
+from roost_fault import logic
+from roost_fault.models import SuppressionStatus
+from roost_fault.store import FaultStore
+from roost_shared.catalog import AlarmClear, AlarmSet
+from roost_shared.db import Session
+from roost_shared.events import Envelope, utcnow
+from roost_shared.outbox import Outbox
+
+SOURCE = "roost/fault"
+
+
+class FaultOperations:
+    """The one place that changes alarms, so the bus and the API behave the same."""
+
+    def __init__(self, store: FaultStore, outbox: Outbox) -> None:
+        self.store = store
+        self.outbox = outbox
+
+    async def apply(
+        self, session: Session, commands: Sequence[tuple[BaseModel, datetime]]
+    ) -> logic.Outcome:
+        """Apply commands in order; everything they cause commits with ``session``."""
+        keys = [
+            (c.alarm_id, c.entity_instance_id)
+            for c, _ in commands
+            if isinstance(c, AlarmSet) or (isinstance(c, AlarmClear) and c.alarm_id)
+        ]
+        entities = [
+            c.entity_instance_id
+            for c, _ in commands
+            if isinstance(c, AlarmClear) and not c.alarm_id
+        ]
+        current = await self.store.alarms_for(session, keys, entities)
+        table = await self.store.suppression_table(session)
+        suppressed = {a for a, s in table.items() if s == SuppressionStatus.suppressed}
+        outcome = logic.apply(commands, current, suppressed, set(table))
+        await self.store.add_alarm_ids(session, outcome.new_alarm_ids)
+        await self.store.write_alarms(session, outcome.alarms)
+        await self.store.append_events(session, outcome.event_log)
+        if outcome.notices:
+            await self._notify(session, outcome.notices)
+        return outcome
+
+    async def _notify(self, session: Session, notices: list[logic.Notice]) -> None:
+        envelopes = [
+            Envelope.of(
+                n.to_model(),
+                type=n.event_type,
+                source=SOURCE,
+                subject=n.alarm["entity_instance_id"],
+            )
+            for n in notices
+        ]
+        await self.outbox.add(session, envelopes)
+        subscriptions = await self.store.subscriptions_all(session)
+        if not subscriptions:
+            return
+        now = utcnow()
+        deliveries = [
+            {
+                "_id": ObjectId(),  # client-made, increasing: the delivery order
+                "subscription": sub["_id"],
+                "status": "pending",
+                "created_at": now,
+                "notification": {
+                    "id": env.id,
+                    "type": env.type,
+                    "time": env.time,
+                    "alarm": env.data,
+                },
+            }
+            for env, notice in zip(envelopes, notices, strict=True)
+            for sub in subscriptions
+            if logic.matches(sub, notice)
+        ]
+        await self.store.queue_deliveries(session, deliveries)

@@ -1,0 +1,18 @@
+"""Fault service settings (``ROOST_*`` environment variables)."""
+
+from pydantic import Field
+
+from roost_shared.settings import RoostSettings
+
+
+class FaultSettings(RoostSettings):
+    service: str = "fault"
+    port: int = 8102
+    event_log_max_count: int = Field(
+        20_000, ge=100, description="Event log records kept (StarlingX FM keeps 4,000)."
+    )
+    event_log_max_age_days: float = Field(90, gt=0, description="Older records are dropped.")
+    retention_period_s: float = Field(60, gt=0, description="How often retention runs.")
+    webhook_timeout_s: float = Field(5, gt=0)
+    webhook_batch_max: int = Field(100, ge=1, le=1000, description="Notifications per POST.")
+    webhook_retry_cap_s: float = Field(30, gt=0, description="Longest back-off between tries.")

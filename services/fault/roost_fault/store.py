@@ -1,0 +1,242 @@
+"""The fault service's collections, their indexes and its queries (database ``roost_fault``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
+
+from roost_fault.logic import AlarmKey
+from roost_fault.models import SuppressionStatus
+from roost_shared.db import Database, Session
+from roost_shared.events import utcnow
+from roost_shared.paging import SortSpec, after
+
+ALARMS = "alarms"
+EVENT_LOG = "event_log"
+SUPPRESSION = "event_suppression"
+SUBSCRIPTIONS = "subscriptions"
+DELIVERIES = "deliveries"
+META = "meta"
+
+#: FM's fixed alarm list order: severity, then entity, then id (uuid breaks ties).
+ALARM_SORT: SortSpec = [("severity_rank", 1), ("entity_instance_id", 1), ("uuid", 1)]
+#: Event log order: newest first; the ObjectId breaks ties in insertion order.
+EVENT_SORT: SortSpec = [("timestamp", -1), ("_id", -1)]
+
+INDEXES: dict[str, list[IndexModel]] = {
+    ALARMS: [
+        IndexModel([("alarm_id", ASCENDING), ("entity_instance_id", ASCENDING)], unique=True),
+        IndexModel([("uuid", ASCENDING)], unique=True),
+        IndexModel([(f, ASCENDING) for f, _ in ALARM_SORT]),
+        IndexModel([("entity_instance_id", ASCENDING)]),
+    ],
+    EVENT_LOG: [
+        IndexModel([("uuid", ASCENDING)], unique=True),
+        IndexModel([("timestamp", DESCENDING), ("_id", DESCENDING)]),
+    ],
+    SUPPRESSION: [
+        IndexModel([("alarm_id", ASCENDING)], unique=True),
+        IndexModel([("uuid", ASCENDING)], unique=True),
+    ],
+    DELIVERIES: [
+        IndexModel([("subscription", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)]),
+        # Delivered notifications stay visible for a day, then go.
+        IndexModel([("delivered_at", ASCENDING)], expireAfterSeconds=86_400),
+    ],
+}
+
+
+class FaultStore:
+    """Queries over the fault collections; every write takes the caller's session."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.alarms = db[ALARMS]
+        self.event_log = db[EVENT_LOG]
+        self.suppression = db[SUPPRESSION]
+        self.subscriptions = db[SUBSCRIPTIONS]
+        self.deliveries = db[DELIVERIES]
+        self.meta = db[META]
+
+    # System identity ------------------------------------------------------------------------
+
+    async def system_uuid(self) -> str:
+        """The site's uuid as the summary reports it; made once and kept."""
+        doc = await self.meta.find_one_and_update(
+            {"_id": "system"},
+            {"$setOnInsert": {"uuid": str(uuid.uuid4())}},
+            upsert=True,
+            return_document=True,
+        )
+        return doc["uuid"]
+
+    # Alarms ---------------------------------------------------------------------------------
+
+    async def alarms_for(
+        self, session: Session, keys: Iterable[AlarmKey], entities: Iterable[str]
+    ) -> dict[AlarmKey, dict[str, Any]]:
+        """Stored alarms with the given keys, plus every alarm of the given entities."""
+        ors: list[dict[str, Any]] = [{"alarm_id": a, "entity_instance_id": e} for a, e in set(keys)]
+        entity_list = sorted(set(entities))
+        if entity_list:
+            ors.append({"entity_instance_id": {"$in": entity_list}})
+        if not ors:
+            return {}
+        found: dict[AlarmKey, dict[str, Any]] = {}
+        async for doc in self.alarms.find({"$or": ors}, session=session):
+            found[(doc["alarm_id"], doc["entity_instance_id"])] = doc
+        return found
+
+    async def write_alarms(
+        self, session: Session, final: dict[AlarmKey, dict[str, Any] | None]
+    ) -> None:
+        """Persist each touched alarm's final state (None: cleared)."""
+        ops: list[Any] = []
+        for (alarm_id, entity), doc in final.items():
+            selector = {"alarm_id": alarm_id, "entity_instance_id": entity}
+            if doc is None:
+                ops.append(DeleteOne(selector))
+            else:
+                body = {k: v for k, v in doc.items() if k != "_id"}
+                ops.append(ReplaceOne(selector, body, upsert=True))
+        if ops:
+            await self.alarms.bulk_write(ops, ordered=True, session=session)
+
+    async def alarm(self, alarm_uuid: str) -> dict[str, Any] | None:
+        return await self.alarms.find_one({"uuid": alarm_uuid})
+
+    async def list_alarms(
+        self, query: dict[str, Any], *, marker: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await _page(self.alarms, query, ALARM_SORT, marker, limit)
+
+    async def severity_counts(self, *, suppressed: bool) -> list[dict[str, Any]]:
+        status = SuppressionStatus.suppressed if suppressed else SuppressionStatus.unsuppressed
+        pipeline = [
+            {"$match": {"suppression_status": status.value}},
+            {"$group": {"_id": "$severity", "n": {"$sum": 1}}},
+        ]
+        return await (await self.alarms.aggregate(pipeline)).to_list()
+
+    # Event log ------------------------------------------------------------------------------
+
+    async def append_events(self, session: Session, records: list[dict[str, Any]]) -> None:
+        if records:
+            await self.event_log.insert_many(records, session=session)
+
+    async def event(self, event_uuid: str) -> dict[str, Any] | None:
+        return await self.event_log.find_one({"uuid": event_uuid})
+
+    async def list_events(
+        self, query: dict[str, Any], *, marker: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await _page(self.event_log, query, EVENT_SORT, marker, limit)
+
+    async def prune_events(self, *, older_than: datetime, keep: int) -> tuple[int, int]:
+        """Drop records older than ``older_than`` and beyond the newest ``keep``.
+
+        Returns (dropped for age, dropped for count).
+        """
+        by_age = (
+            await self.event_log.delete_many({"timestamp": {"$lt": older_than}})
+        ).deleted_count
+        by_count = 0
+        cutoff = (
+            await self.event_log.find({}, {"timestamp": 1})
+            .sort(EVENT_SORT)
+            .skip(keep)
+            .limit(1)
+            .to_list()
+        )
+        if cutoff:
+            edge = cutoff[0]
+            older = after(EVENT_SORT, edge)
+            older["$or"].append({"_id": edge["_id"]})
+            by_count = (await self.event_log.delete_many(older)).deleted_count
+        return by_age, by_count
+
+    async def event_count(self) -> int:
+        return await self.event_log.estimated_document_count()
+
+    # Suppression ----------------------------------------------------------------------------
+
+    async def suppression_table(self, session: Session | None = None) -> dict[str, str]:
+        """``{alarm_id: suppression_status}`` for every known alarm id (a small table)."""
+        return {
+            d["alarm_id"]: d["suppression_status"]
+            async for d in self.suppression.find(
+                {}, {"alarm_id": 1, "suppression_status": 1}, session=session
+            )
+        }
+
+    async def add_alarm_ids(self, session: Session | None, descriptions: dict[str, str]) -> None:
+        """Make sure every alarm id has a suppression entry (unsuppressed by default)."""
+        if not descriptions:
+            return
+        now = utcnow()
+        ops = [
+            UpdateOne(
+                {"alarm_id": alarm_id},
+                {
+                    "$setOnInsert": {
+                        "uuid": str(uuid.uuid4()),
+                        "alarm_id": alarm_id,
+                        "description": text,
+                        "suppression_status": SuppressionStatus.unsuppressed.value,
+                        "created_at": now,
+                    }
+                },
+                upsert=True,
+            )
+            for alarm_id, text in descriptions.items()
+        ]
+        await self.suppression.bulk_write(ops, ordered=False, session=session)
+
+    async def list_suppression(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.suppression.find(query).sort("alarm_id", 1).to_list()
+
+    async def suppression_entry(self, entry_uuid: str) -> dict[str, Any] | None:
+        return await self.suppression.find_one({"uuid": entry_uuid})
+
+    async def set_suppression(self, session: Session, alarm_id: str, status: str) -> None:
+        """Change an alarm id's status and apply it to its active alarms and past events."""
+        await self.suppression.update_one(
+            {"alarm_id": alarm_id},
+            {"$set": {"suppression_status": status, "updated_at": utcnow()}},
+            session=session,
+        )
+        allowed = {"alarm_id": alarm_id, "suppression": True}
+        await self.alarms.update_many(
+            allowed, {"$set": {"suppression_status": status}}, session=session
+        )
+        await self.event_log.update_many(
+            {"event_log_id": alarm_id, "suppression": True},
+            {"$set": {"suppression_status": status}},
+            session=session,
+        )
+
+    # Subscriptions --------------------------------------------------------------------------
+
+    async def subscriptions_all(self, session: Session | None = None) -> list[dict[str, Any]]:
+        return await self.subscriptions.find({}, session=session).to_list()
+
+    async def queue_deliveries(self, session: Session, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            await self.deliveries.insert_many(docs, session=session)
+
+
+async def _page(
+    collection: Any, query: dict[str, Any], sort: SortSpec, marker: str | None, limit: int
+) -> list[dict[str, Any]]:
+    if marker:
+        from roost_shared.problems import NotFound
+
+        marker_doc = await collection.find_one({"uuid": marker})
+        if marker_doc is None:
+            raise NotFound(kind="marker", id=marker, field="marker")
+        query = {"$and": [query, after(sort, marker_doc)]} if query else after(sort, marker_doc)
+    return await collection.find(query).sort(list(sort)).limit(limit).to_list()

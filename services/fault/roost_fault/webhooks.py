@@ -1,0 +1,167 @@
+"""Webhook delivery: each subscription has one worker that POSTs its pending notifications in
+order, in batches, retrying with back-off until the receiver accepts them. Nothing is skipped,
+so a receiver that is down for a while gets everything, in order, when it returns.
+
+Delivery is at least once: if the service dies after a POST succeeded but before it recorded
+that, the batch is sent again; receivers de-duplicate on each notification's ``id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from roost_fault.store import FaultStore
+from roost_shared.events import utcnow
+from roost_shared.metrics import Metrics
+from roost_shared.retry import backoff
+
+log = logging.getLogger(__name__)
+
+
+class WebhookDispatcher:
+    """Supervises one delivery worker per subscription."""
+
+    def __init__(
+        self,
+        store: FaultStore,
+        metrics: Metrics,
+        *,
+        timeout_s: float = 5.0,
+        batch_max: int = 100,
+        retry_cap_s: float = 30.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.batch_max = batch_max
+        self.retry_cap_s = retry_cap_s
+        self.poll_s = poll_s
+        self.http = httpx.AsyncClient(timeout=timeout_s, headers={"User-Agent": "roost-fault"})
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        self._sent = metrics.counter(
+            "webhook_notifications", "Webhook notifications by outcome.", ["outcome"]
+        )
+        self._latency = metrics.histogram(
+            "webhook_delivery_seconds", "From the alarm change to the receiver's 2xx.", []
+        )
+
+    def wake(self) -> None:
+        """New deliveries were committed."""
+        for event in self._wakes.values():
+            event.set()
+
+    def subscriptions_changed(self) -> None:
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Keep one worker per subscription until cancelled."""
+        try:
+            while True:
+                subs = {s["_id"]: s for s in await self.store.subscriptions_all()}
+                for sub_id in list(self._workers):
+                    if sub_id not in subs:
+                        self._workers.pop(sub_id).cancel()
+                        self._wakes.pop(sub_id, None)
+                for sub_id, sub in subs.items():
+                    if sub_id not in self._workers:
+                        self._wakes[sub_id] = asyncio.Event()
+                        self._workers[sub_id] = asyncio.create_task(
+                            self._deliver(sub_id, sub["url"]), name=f"webhook:{sub_id}"
+                        )
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 10.0)
+        finally:
+            for task in self._workers.values():
+                task.cancel()
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+            await self.http.aclose()
+
+    async def _deliver(self, sub_id: str, url: str) -> None:
+        wake = self._wakes[sub_id]
+        delays = backoff(initial=0.5, cap=self.retry_cap_s)
+        while True:
+            try:
+                pending = (
+                    await self.store.deliveries.find({"subscription": sub_id, "status": "pending"})
+                    .sort("_id", 1)
+                    .limit(self.batch_max)
+                    .to_list()
+                )
+            except Exception as exc:
+                log.warning("webhook %s: cannot read deliveries: %s", sub_id, exc)
+                await asyncio.sleep(next(delays))
+                continue
+            if not pending:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.poll_s)
+                continue
+            error = await self._post(sub_id, url, pending)
+            if error is None:
+                delays = backoff(initial=0.5, cap=self.retry_cap_s)
+                continue
+            delay = next(delays)
+            log.warning(
+                "webhook %s: %s; retrying %d notifications in %.1fs",
+                sub_id,
+                error,
+                len(pending),
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _post(self, sub_id: str, url: str, pending: list[dict[str, Any]]) -> str | None:
+        body = {
+            "subscription": sub_id,
+            "notifications": [_jsonable(d["notification"]) for d in pending],
+        }
+        try:
+            response = await self.http.post(url, json=body)
+            if response.status_code >= 300:
+                raise httpx.HTTPStatusError(
+                    f"receiver answered {response.status_code}",
+                    request=response.request,
+                    response=response,
+                )
+        except httpx.HTTPError as exc:
+            self._sent.labels("failed").inc(len(pending))
+            error = str(exc) or type(exc).__name__
+            await self.store.subscriptions.update_one(
+                {"_id": sub_id},
+                {"$set": {"state": "retrying", "last_error": error[:500]}, "$inc": {"attempts": 1}},
+            )
+            return error
+        now = utcnow()
+        await self.store.deliveries.update_many(
+            {"_id": {"$in": [d["_id"] for d in pending]}},
+            {"$set": {"status": "delivered", "delivered_at": now}},
+        )
+        await self.store.subscriptions.update_one(
+            {"_id": sub_id},
+            {
+                "$set": {
+                    "state": "ok",
+                    "attempts": 0,
+                    "last_error": None,
+                    "last_delivered_at": now,
+                },
+                "$inc": {"delivered": len(pending)},
+            },
+        )
+        self._sent.labels("delivered").inc(len(pending))
+        wall = time.time()
+        for d in pending:
+            self._latency.observe(max(0.0, wall - d["notification"]["time"].timestamp()))
+        return None
+
+
+def _jsonable(notification: dict[str, Any]) -> dict[str, Any]:
+    return {**notification, "time": notification["time"].isoformat()}

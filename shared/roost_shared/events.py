@@ -1,0 +1,55 @@
+"""The CloudEvents-style envelope every bus message carries.
+
+A message body is one JSON envelope; ``type`` doubles as the AMQP routing key
+(``<service>.<entity>.<verb>``) and ``id`` is what consumers de-duplicate on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (every Roost timestamp is UTC)."""
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """A CloudEvents 1.0 structured-mode event with Roost's ``correlationid`` extension."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    specversion: str = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=200)
+    type: str = Field(min_length=3, max_length=200, pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$")
+    source: str = Field(min_length=1, max_length=200)
+    time: datetime = Field(default_factory=utcnow)
+    subject: str | None = None
+    correlationid: str | None = None
+    datacontenttype: str = "application/json"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        data: BaseModel,
+        *,
+        source: str,
+        type: str | None = None,
+        subject: str | None = None,
+        correlationid: str | None = None,
+    ) -> Envelope:
+        """Wrap a typed event payload; its type comes from the catalog unless given."""
+        from roost_shared.catalog import type_of
+
+        return cls(
+            type=type or type_of(data),
+            source=source,
+            subject=subject,
+            correlationid=correlationid,
+            data=data.model_dump(mode="json", exclude_none=True),
+        )

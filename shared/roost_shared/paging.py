@@ -1,0 +1,35 @@
+"""Keyset paging (``limit`` + ``marker``) shared by every list endpoint.
+
+A marker is the uuid of the last item of the previous page; the next page holds the items that
+sort strictly after it. Unlike skip/offset this stays correct while items are added or removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+
+#: (field, 1 for ascending or -1 for descending); the last field must be unique.
+SortSpec = Sequence[tuple[str, int]]
+
+
+def after(sort: SortSpec, marker: Mapping[str, Any]) -> dict[str, Any]:
+    """A filter for the documents sorting strictly after ``marker`` under ``sort``."""
+    clauses: list[dict[str, Any]] = []
+    for i, (field, direction) in enumerate(sort):
+        clause = {f: marker.get(f) for f, _ in sort[:i]}
+        clause[field] = {"$gt" if direction > 0 else "$lt": marker.get(field)}
+        clauses.append(clause)
+    return {"$or": clauses}
+
+
+def next_link(
+    request: Request, path: str, *, limit: int, marker: str, params: Mapping[str, Any] | None = None
+) -> str:
+    """StarlingX-style ``next`` href: ``<base>/v1/<path>?<params>&limit=N&marker=<uuid>``."""
+    query = {**(params or {}), "limit": limit, "marker": marker}
+    base = str(request.base_url).rstrip("/")
+    return f"{base}/v1/{path}?{urlencode(query)}"

@@ -1,0 +1,132 @@
+"""RFC 9457 problem details for every error a Roost API returns.
+
+Bodies are ``application/problem+json`` with ``type``, ``title``, ``status``, ``detail`` and
+``instance``; validation errors add ``errors`` (one entry per bad field, with its dotted path).
+StarlingX clients (python-fmclient, cgtsclient) read ``error_message`` — a JSON string holding
+``faultstring`` — so every problem carries that too, and ``fm`` prints the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    422: "Invalid input",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+class RoostError(Exception):
+    """Base of domain errors; each subclass carries its HTTP status and message template.
+
+    Borrowed from Ironic's ``IronicException``: ``raise NotFound(kind="alarm", id=u)`` renders
+    ``msg_fmt`` with the keyword arguments.
+    """
+
+    status: int = 500
+    msg_fmt: str = "An unexpected error occurred."
+    field: str | None = None
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **kwargs: Any):
+        self.kwargs = kwargs
+        self.field = field or self.field
+        super().__init__(message or self.msg_fmt.format(**kwargs))
+
+
+class NotFound(RoostError):
+    status = 404
+    msg_fmt = "{kind} {id} could not be found."
+
+
+class Conflict(RoostError):
+    status = 409
+    msg_fmt = "{kind} {id} conflicts with the current state: {reason}"
+
+
+class Invalid(RoostError):
+    status = 422
+    msg_fmt = "Invalid value for {field_name}: {reason}"
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    request: Request | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Build the problem+json response (with StarlingX's ``error_message`` beside it)."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+        request_id = request.headers.get("x-request-id") or getattr(
+            request.state, "request_id", None
+        )
+        if request_id:
+            body["request_id"] = request_id
+    if errors:
+        body["errors"] = errors
+    body["error_message"] = json.dumps(
+        {
+            "faultstring": detail,
+            "faultcode": "Client" if status < 500 else "Server",
+            "debuginfo": None,
+        }
+    )
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    # FastAPI locations look like ("body", "severity") or ("query", "limit"); keep them all so the
+    # client sees where the field lives, and join list indexes with dots.
+    return ".".join(str(part) for part in loc)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Render validation, HTTP and domain errors as problem+json."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        detail = f"{first['field']}: {first['message']}"
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more)"
+        return problem_response(422, detail, request=request, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return problem_response(
+            exc.status_code, detail, request=request, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(RoostError)
+    async def _domain(request: Request, exc: RoostError) -> JSONResponse:
+        errors = [{"field": exc.field, "message": str(exc)}] if exc.field else None
+        return problem_response(exc.status, str(exc), request=request, errors=errors)

@@ -1,0 +1,54 @@
+"""Settings shared by every Roost process, read from ``ROOST_*`` environment variables.
+
+Each service subclasses :class:`RoostSettings` to add its own options; the defaults are the
+all-in-one (``make run``) values from ARCHITECTURE.md so a fresh checkout needs no configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default port of the embedded SecantusDB server started by ``make run`` and the tests.
+EMBEDDED_DB_PORT = 8190
+
+
+class RoostSettings(BaseSettings):
+    """Options every service has. Environment variables are ``ROOST_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROOST_", extra="ignore")
+
+    service: str = Field("roost", description="Service name; also the database suffix.")
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mongo_url: str = f"mongodb://127.0.0.1:{EMBEDDED_DB_PORT}/?directConnection=true"
+    bind_host: str = "127.0.0.1"
+    port: int = 8100
+    state_dir: Path = Path("state")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Auth: a file of hashed tokens (written by ``make run``'s bootstrap) and/or tokens given
+    # directly (handy for docker-compose). Plain tokens never leave process memory.
+    auth_tokens_file: Path | None = None
+    admin_token: SecretStr | None = None
+    reader_token: SecretStr | None = None
+    auth_disabled: bool = Field(False, description="Accept every request as admin (tests only).")
+
+    # Bus consumer behaviour.
+    prefetch: int = Field(256, ge=1, le=5000, description="Unacked messages per consumer.")
+    retry_delays_ms: list[int] = Field(
+        default_factory=lambda: [500, 5_000, 30_000],
+        description="Back-off before each redelivery of a failed message; then it is parked.",
+    )
+    delivery_limit: int = Field(
+        10, description="Broker-side cap on redeliveries (a message that crashes consumers)."
+    )
+    inbox_ttl_s: int = Field(7 * 24 * 3600, description="How long processed event ids are kept.")
+    outbox_poll_s: float = Field(1.0, description="Relay's fallback poll period when idle.")
+
+    @property
+    def database_name(self) -> str:
+        """Each service owns one database, ``roost_<service>``."""
+        return f"roost_{self.service}"
