@@ -2,8 +2,8 @@
 
 Bodies are ``application/problem+json`` with ``type``, ``title``, ``status``, ``detail`` and
 ``instance``; validation errors add ``errors`` (one entry per bad field, with its dotted path).
-StarlingX clients (python-fmclient, cgtsclient) read ``error_message`` — a JSON string holding
-``faultstring`` — so every problem carries that too, and ``fm`` prints the same reason.
+StarlingX clients (python-fmclient) read ``error_message.faultstring``, so every problem carries
+that too, and ``fm`` prints the same reason.
 """
 
 from __future__ import annotations
@@ -73,7 +73,15 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """Build the problem+json response (with StarlingX's ``error_message`` beside it)."""
+    # python-fmclient reads the *first* key of an error body and shows its ``faultstring`` when it
+    # is an object, so ``error_message`` comes first and is an object (StarlingX itself sends a
+    # JSON-encoded string there, which fmclient cannot read and shows as "HTTP Client Error").
     body: dict[str, Any] = {
+        "error_message": {
+            "faultstring": detail,
+            "faultcode": "Client" if status < 500 else "Server",
+            "debuginfo": None,
+        },
         "type": "about:blank",
         "title": _TITLES.get(status, "Error"),
         "status": status,
@@ -88,13 +96,6 @@ def problem_response(
             body["request_id"] = request_id
     if errors:
         body["errors"] = errors
-    body["error_message"] = json.dumps(
-        {
-            "faultstring": detail,
-            "faultcode": "Client" if status < 500 else "Server",
-            "debuginfo": None,
-        }
-    )
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

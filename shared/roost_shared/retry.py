@@ -28,7 +28,7 @@ def until_available(
     """
     return AsyncRetrying(
         retry=retry_if_exception_type(exceptions),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         stop=stop_after_delay(deadline_s),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,

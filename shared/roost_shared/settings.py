@@ -21,6 +21,7 @@ class RoostSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROOST_", extra="ignore")
 
     service: str = Field("roost", description="Service name; also the database suffix.")
+    database: str | None = Field(None, description="Database name; default roost_<service>.")
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     mongo_url: str = f"mongodb://127.0.0.1:{EMBEDDED_DB_PORT}/?directConnection=true"
     bind_host: str = "127.0.0.1"
@@ -51,4 +52,4 @@ class RoostSettings(BaseSettings):
     @property
     def database_name(self) -> str:
         """Each service owns one database, ``roost_<service>``."""
-        return f"roost_{self.service}"
+        return self.database or f"roost_{self.service}"

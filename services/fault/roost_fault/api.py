@@ -164,7 +164,12 @@ async def alarm_summary(c: Ctx, include_suppress: bool = False) -> AlarmSummary:
         warnings=shown["warning"],
         status=logic.summary_status(shown["critical"], shown["major"], shown["minor"]),
         system_uuid=await c.store.system_uuid(),
-        suppressed=hidden,
+        suppressed={
+            "critical": hidden["critical"],
+            "major": hidden["major"],
+            "minor": hidden["minor"],
+            "warnings": hidden["warning"],
+        },
     )
 
 

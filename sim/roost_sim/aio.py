@@ -1,0 +1,167 @@
+"""``make run``: an all-in-one Roost on this machine.
+
+Starts the embedded database (unless ``ROOST_MONGO_URL`` names one), makes sure RabbitMQ answers
+at ``ROOST_AMQP_URL`` (starting a local ``rabbitmq-server`` if one is installed), starts every
+Roost service that exists, prints where everything listens and stops it all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from roost_sim.credentials import credentials_path, ensure_credentials
+from roost_sim.embedded_db import embedded_db, url_for
+from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
+from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
+
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+RESTARTS_PER_MINUTE = 5
+
+
+def fail(message: str) -> None:
+    print(f"roost: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def ensure_broker(url: str) -> None:
+    """RabbitMQ must answer; start the local one if it is installed but down."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 5672
+    if is_listening(port, host):
+        return
+    local = host in ("127.0.0.1", "localhost", "::1")
+    if not local or shutil.which("rabbitmq-server") is None:
+        fail(
+            f"no RabbitMQ at {host}:{port}. Install it (Debian: apt-get install rabbitmq-server), "
+            "run one with 'docker compose up -d rabbitmq', or set ROOST_AMQP_URL."
+        )
+    print("starting rabbitmq-server ...", flush=True)
+    subprocess.run(["rabbitmq-server", "-detached"], check=False)
+    deadline = time.monotonic() + 90
+    while not is_listening(port, host):
+        if time.monotonic() > deadline:
+            fail("rabbitmq-server did not start within 90 s; see /var/log/rabbitmq/")
+        time.sleep(0.5)
+
+
+def installed_services() -> list[str]:
+    """The services whose package is installed, in port order."""
+    return [n for n in SERVICE_PORTS if importlib.util.find_spec(f"roost_{n}") is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="roost-aio", description=__doc__)
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(os.environ.get("ROOST_STATE_DIR", "state"))
+    )
+    args = parser.parse_args(argv)
+    state: Path = args.state_dir.resolve()
+    logs = state / "logs"
+    creds, tokens_file = ensure_credentials(state)
+
+    amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
+    ensure_broker(amqp_url)
+
+    children: list[ManagedProcess] = []
+    mongo_url = os.environ.get("ROOST_MONGO_URL")
+    if not mongo_url:
+        if is_listening(DB_PORT):
+            fail(f"port {DB_PORT} (embedded database) is in use: is Roost already running?")
+        db = embedded_db(DB_PORT, state / "db", logs / "database.log").start()
+        children.append(db)
+        db.wait_ready(60)
+        mongo_url = url_for(DB_PORT)
+
+    env = {
+        "ROOST_AMQP_URL": amqp_url,
+        "ROOST_MONGO_URL": mongo_url,
+        "ROOST_AUTH_TOKENS_FILE": str(tokens_file),
+        "ROOST_STATE_DIR": str(state),
+    }
+    services: list[ManagedProcess] = []
+    for name in installed_services():
+        port = SERVICE_PORTS[name]
+        if is_listening(port):
+            _stop_all(children + services)
+            fail(f"port {port} ({name}) is in use: is Roost already running?")
+        proc = ManagedProcess(
+            name,
+            python_module(f"roost_{name}.app"),
+            env={**env, "ROOST_PORT": str(port)},
+            log_path=logs / f"{name}.log",
+            ready=http_ready(f"http://127.0.0.1:{port}/readyz"),
+        ).start()
+        services.append(proc)
+    try:
+        for proc in services:
+            proc.wait_ready(60)
+    except ReadyTimeout as exc:
+        _stop_all(services + children)
+        fail(str(exc))
+
+    _print_banner(services, mongo_url, amqp_url, state)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    restarts: dict[str, list[float]] = {p.name: [] for p in services + children}
+    while not stopping:
+        for proc in services + children:
+            if not proc.running and not stopping:
+                recent = [t for t in restarts[proc.name] if t > time.monotonic() - 60]
+                if len(recent) >= RESTARTS_PER_MINUTE:
+                    print(
+                        f"roost: {proc.name} keeps exiting; stopping. Log: {proc.log_path}",
+                        file=sys.stderr,
+                    )
+                    stopping = True
+                    break
+                print(f"roost: {proc.name} exited ({proc.returncode}); restarting", flush=True)
+                restarts[proc.name] = [*recent, time.monotonic()]
+                proc.start()
+        time.sleep(0.5)
+    print("\nstopping Roost ...", flush=True)
+    _stop_all(services + children)
+    print("stopped.")
+    return 0
+
+
+def _stop_all(procs: list[ManagedProcess]) -> None:
+    for proc in reversed(procs):
+        proc.stop()
+
+
+def _print_banner(
+    services: list[ManagedProcess], mongo_url: str, amqp_url: str, state: Path
+) -> None:
+    redacted_amqp = (
+        urlparse(amqp_url)
+        ._replace(netloc=f"{urlparse(amqp_url).hostname}:{urlparse(amqp_url).port or 5672}")
+        .geturl()
+    )
+    print("\nRoost is running (all-in-one):")
+    for proc in services:
+        port = SERVICE_PORTS[proc.name]
+        print(f"  {proc.name:<10} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs)")
+    print(f"  database   {mongo_url}")
+    print(f"  broker     {redacted_amqp}")
+    print(f"  state      {state}   (logs in {state / 'logs'})")
+    print(f"  tokens     {credentials_path()}   (the roost CLI reads them)")
+    print("Try: .venv/bin/roost alarm-list    Stop: Ctrl-C\n", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

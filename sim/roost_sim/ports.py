@@ -1,0 +1,30 @@
+"""Well-known all-in-one ports (ARCHITECTURE.md) and a free-port finder for tests."""
+
+from __future__ import annotations
+
+import socket
+
+from roost_shared.settings import EMBEDDED_DB_PORT
+
+SERVICE_PORTS: dict[str, int] = {
+    "dashboard": 8100,
+    "config": 8101,
+    "fault": 8102,
+    "host": 8103,
+    "service": 8104,
+    "software": 8105,
+}
+DB_PORT = EMBEDDED_DB_PORT
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0

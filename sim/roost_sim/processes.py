@@ -1,0 +1,121 @@
+"""Child processes with readiness checks and clean stops (used by ``make run`` and the tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+from roost_sim.ports import is_listening
+
+
+class ReadyTimeout(RuntimeError):
+    """A process did not become ready in time."""
+
+
+class ManagedProcess:
+    """One child process: start it, wait until ready, stop it politely or kill it."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        ready: Callable[[], bool] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.ready = ready
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        out = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_path, "ab")
+        # A new session, so Ctrl-C in a terminal reaches the supervisor only, which then stops
+        # the children in order.
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Poll the readiness check until it passes; raise with the log tail if it does not."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ReadyTimeout(f"{self.name} exited with {self.returncode}: {self.log_tail()}")
+            if self.ready is None or self.ready():
+                return
+            time.sleep(0.05)
+        raise ReadyTimeout(f"{self.name} not ready after {timeout_s:.0f}s: {self.log_tail()}")
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``."""
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all (crash tests)."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    """A readiness check: ``url`` answers 200."""
+
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def port_ready(port: int) -> Callable[[], bool]:
+    return lambda: is_listening(port)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv running ``python -m module`` with this interpreter (the project's venv)."""
+    return [sys.executable, "-m", module, *args]

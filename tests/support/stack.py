@@ -1,0 +1,105 @@
+"""Real parts for tests: an isolated RabbitMQ vhost, the embedded database, service processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from roost_shared.auth import Role, new_token, write_tokens_file
+from roost_sim.embedded_db import embedded_db, url_for
+from roost_sim.ports import free_port
+from roost_sim.processes import ManagedProcess, http_ready, python_module
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Vhost:
+    """A RabbitMQ virtual host of the test session's own, so runs never see each other."""
+
+    name: str
+
+    @classmethod
+    def create(cls) -> Vhost:
+        name = f"roost-test-{uuid.uuid4().hex[:8]}"
+        if shutil.which("rabbitmqctl") is None:
+            return cls("/")
+        rabbitmqctl("add_vhost", name)
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return cls(name)
+
+    @property
+    def url(self) -> str:
+        vhost = "" if self.name == "/" else self.name
+        return f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+
+    def delete(self) -> None:
+        if self.name != "/":
+            rabbitmqctl("delete_vhost", self.name)
+
+
+@dataclass
+class Tokens:
+    admin: str
+    reader: str
+    path: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> Tokens:
+        admin, reader = new_token(), new_token()
+        path = directory / "tokens.json"
+        write_tokens_file(path, {"admin": (Role.admin, admin), "reader": (Role.reader, reader)})
+        return cls(admin, reader, path)
+
+
+def start_database(directory: Path) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    proc = embedded_db(port, directory / "db", directory / "db.log").start()
+    proc.wait_ready(60)
+    return proc, url_for(port)
+
+
+@dataclass
+class ServiceUnderTest:
+    """A Roost service running as its own process on a free port."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> ServiceUnderTest:
+        self.proc = ManagedProcess(
+            self.name,
+            python_module(f"roost_{self.name}.app"),
+            env={**self.env, "ROOST_PORT": str(self.port)},
+            log_path=self.log_path,
+            ready=http_ready(f"{self.url}/readyz"),
+        ).start()
+        self.proc.wait_ready(timeout_s)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, mid-whatever-it-is-doing."""
+        if self.proc is not None:
+            self.proc.kill()
+
+    def client(self, token: str | None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10.0)
