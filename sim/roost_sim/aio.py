@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state: Path = args.state_dir.resolve()
     logs = state / "logs"
-    creds, tokens_file = ensure_credentials(state)
+    _creds, tokens_file = ensure_credentials(state)
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
