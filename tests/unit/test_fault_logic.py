@@ -1,0 +1,134 @@
+"""Fault domain rules without I/O."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from roost_fault import logic
+from roost_shared.catalog import AlarmClear, AlarmSet, LogWrite, Severity
+from roost_shared.problems import Invalid
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def set_(entity="host=a", alarm_id="100.101", severity="major", **kw):
+    return AlarmSet(
+        alarm_id=alarm_id,
+        entity_instance_id=entity,
+        severity=Severity(severity),
+        reason_text=kw.pop("reason_text", "r"),
+        **kw,
+    )
+
+
+def test_raise_creates_alarm_logs_and_notifies():
+    out = logic.apply([(set_(), T0)], {}, set(), set())
+    doc = out.alarms[("100.101", "host=a")]
+    assert doc["severity"] == "major" and doc["alarm_state"] == "set"
+    assert [e["state"] for e in out.event_log] == ["set"]
+    assert [n.kind for n in out.notices] == ["raised"]
+    assert out.new_alarm_ids == {"100.101": "r"}
+
+
+def test_raise_again_updates_same_alarm_and_notifies_change_once():
+    first = logic.apply([(set_(), T0)], {}, set(), {"100.101"})
+    current = {k: v for k, v in first.alarms.items() if v}
+    again = logic.apply(
+        [(set_(severity="critical"), T0), (set_(severity="critical"), T0)],
+        current,
+        set(),
+        {"100.101"},
+    )
+    doc = again.alarms[("100.101", "host=a")]
+    assert doc["uuid"] == current[("100.101", "host=a")]["uuid"]
+    assert doc["severity"] == "critical"
+    # Both sets are logged; only the real change is told to subscribers.
+    assert len(again.event_log) == 2
+    assert [(n.kind, n.previous_severity) for n in again.notices] == [("changed", "major")]
+
+
+def test_clear_removes_and_logs_and_clear_of_nothing_is_quiet():
+    raised = logic.apply([(set_(), T0)], {}, set(), set()).alarms
+    out = logic.apply(
+        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=a"), T0)], raised, set(), set()
+    )
+    assert out.alarms == {("100.101", "host=a"): None}
+    assert [e["state"] for e in out.event_log] == ["clear"]
+    assert [n.kind for n in out.notices] == ["cleared"]
+    quiet = logic.apply(
+        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=b"), T0)], {}, set(), set()
+    )
+    assert quiet.alarms == {} and quiet.event_log == [] and quiet.notices == []
+
+
+def test_clear_without_alarm_id_clears_every_alarm_of_the_entity():
+    cmds = [
+        (set_(alarm_id="100.101"), T0),
+        (set_(alarm_id="100.103"), T0),
+        (set_(entity="host=b"), T0),
+    ]
+    current = {k: v for k, v in logic.apply(cmds, {}, set(), set()).alarms.items() if v}
+    out = logic.apply([(AlarmClear(entity_instance_id="host=a"), T0)], current, set(), set())
+    assert sorted(k for k, v in out.alarms.items() if v is None) == [
+        ("100.101", "host=a"),
+        ("100.103", "host=a"),
+    ]
+
+
+def test_suppression_applies_only_when_allowed():
+    hidden = logic.apply([(set_(), T0)], {}, {"100.101"}, set()).alarms[("100.101", "host=a")]
+    assert hidden["suppression_status"] == "suppressed"
+    shown = logic.apply([(set_(suppression=False), T0)], {}, {"100.101"}, set())
+    assert shown.alarms[("100.101", "host=a")]["suppression_status"] == "unsuppressed"
+
+
+def test_customer_log_goes_to_event_log_only():
+    out = logic.apply(
+        [(LogWrite(event_log_id="200.021", entity_instance_id="host=a", reason_text="x"), T0)],
+        {},
+        set(),
+        set(),
+    )
+    assert out.alarms == {} and out.notices == []
+    assert out.event_log[0]["state"] == "log"
+
+
+def test_subscription_filters():
+    notice = logic.apply(
+        [(set_(alarm_id="200.005", severity="minor"), T0)], {}, set(), set()
+    ).notices[0]
+    assert logic.matches({}, notice)
+    assert logic.matches({"severities": ["minor"], "alarm_id_prefixes": ["200."]}, notice)
+    assert not logic.matches({"severities": ["critical"]}, notice)
+    assert not logic.matches({"alarm_id_prefixes": ["100."]}, notice)
+
+
+def test_summary_status():
+    assert logic.summary_status(0, 0, 0) == "OK"
+    assert logic.summary_status(0, 0, 1) == "degraded"
+    assert logic.summary_status(1, 5, 5) == "critical"
+
+
+def test_query_filter_is_substring_eq_and_names_bad_fields():
+    f = logic.query_filter(
+        ["severity", "uuid"], ["eq", "eq"], ["maj", "u1"], logic.ALARM_QUERY_FIELDS
+    )
+    assert f == {"severity": {"$regex": "maj"}, "uuid": "u1"}
+    with pytest.raises(Invalid) as bad_field:
+        logic.query_filter(["colour"], ["eq"], ["red"], logic.ALARM_QUERY_FIELDS)
+    assert bad_field.value.field == "q.field" and "colour" in str(bad_field.value)
+    with pytest.raises(Invalid) as bad_op:
+        logic.query_filter(["severity"], ["ne"], ["major"], logic.ALARM_QUERY_FIELDS)
+    assert bad_op.value.field == "q.op"
+
+
+def test_event_time_bounds_accept_fm_forms():
+    f = logic.query_filter(
+        ["start", "end"],
+        ["eq", "eq"],
+        ["20160131 10:23:45", "2017-12-25T00:00:00"],
+        logic.EVENT_QUERY_FIELDS,
+    )
+    assert f["timestamp"]["$gte"] == datetime(2016, 1, 31, 10, 23, 45, tzinfo=UTC)
+    with pytest.raises(Invalid):
+        logic.parse_time("yesterday", field="q.value")
