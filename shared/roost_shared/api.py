@@ -135,6 +135,7 @@ def create_app(
         metrics = Metrics(settings.service)
         db = Database(settings.mongo_url, settings.database_name)
         await db.connect()
+        await db.reclaim_orphaned_transactions()
         await db.ensure_indexes(
             {**inbox_indexes(settings.inbox_ttl_s), **deadletters.INDEXES, **(indexes or {})}
         )

@@ -23,6 +23,10 @@ T = TypeVar("T")
 
 Session = AsyncClientSession
 
+#: Where each service records the server sessions its transactions use (see
+#: ``Database.reclaim_orphaned_transactions``).
+TXN_SESSIONS = "txn_sessions"
+
 
 class Database:
     """One service's database plus the client it came from; created and closed by the lifespan."""
@@ -36,6 +40,7 @@ class Database:
             appname=name,
         )
         self.db: AsyncDatabase = self.client[name]
+        self._recorded_sessions: set[bytes] = set()
 
     def __getitem__(self, collection: str):
         return self.db[collection]
@@ -69,7 +74,41 @@ class Database:
         makes the outbox and the inbox exact.
         """
         async with self.client.start_session() as session:
+            await self._record_session(session)
             return await session.with_transaction(work)
+
+    async def _record_session(self, session: Session) -> None:
+        # The driver pools server sessions, so this writes once per pooled session, not per
+        # transaction.
+        lsid = session.session_id["id"]
+        raw = bytes(lsid)
+        if raw not in self._recorded_sessions:
+            self._recorded_sessions.add(raw)
+            await self.db[TXN_SESSIONS].update_one(
+                {"_id": "sessions"}, {"$addToSet": {"lsids": lsid}}, upsert=True
+            )
+
+    async def reclaim_orphaned_transactions(self) -> int:
+        """Abort the transactions a crashed predecessor left open; returns how many sessions.
+
+        A process killed mid-transaction leaves it open on the server until the server's
+        transaction lifetime (60 s in mongod and SecantusDB) runs out, and its uncommitted writes
+        block every transaction that touches the same documents, so a restarted consumer
+        redelivering those very messages would stall for a minute. Each process records its
+        sessions' ids; its successor kills them at start-up (``killSessions``) and starts afresh.
+        With several replicas this also aborts a live sibling's open transaction, which the
+        driver then retries (a transient error), so it is safe, merely a little wasteful.
+        """
+        doc = await self.db[TXN_SESSIONS].find_one_and_delete({"_id": "sessions"})
+        lsids = (doc or {}).get("lsids", [])
+        if lsids:
+            try:
+                await self.client.admin.command("killSessions", [{"id": x} for x in lsids])
+            except PyMongoError as exc:
+                log.warning("could not kill %d orphaned sessions: %s", len(lsids), exc)
+                return 0
+            log.info("aborted transactions of %d sessions left by a previous run", len(lsids))
+        return len(lsids)
 
     async def close(self) -> None:
         await self.client.close()

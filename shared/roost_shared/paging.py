@@ -26,10 +26,15 @@ def after(sort: SortSpec, marker: Mapping[str, Any]) -> dict[str, Any]:
     return {"$or": clauses}
 
 
-def next_link(
-    request: Request, path: str, *, limit: int, marker: str, params: Mapping[str, Any] | None = None
-) -> str:
-    """StarlingX-style ``next`` href: ``<base>/v1/<path>?<params>&limit=N&marker=<uuid>``."""
-    query = {**(params or {}), "limit": limit, "marker": marker}
+def next_link(request: Request, path: str, *, limit: int, marker: str, **defaults: Any) -> str:
+    """StarlingX-style ``next`` href: ``<base>/v1/<path>?<params>&limit=N&marker=<uuid>``.
+
+    Every query parameter of the request (filters, ``expand``, ...) is carried over, so following
+    ``next`` as given continues the same listing; ``defaults`` fill in what the request omitted.
+    """
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("limit", "marker")]
+    given = {k for k, _ in kept}
+    kept += [(k, v) for k, v in defaults.items() if k not in given]
+    kept += [("limit", str(limit)), ("marker", marker)]
     base = str(request.base_url).rstrip("/")
-    return f"{base}/v1/{path}?{urlencode(query)}"
+    return f"{base}/v1/{path}?{urlencode(kept)}"

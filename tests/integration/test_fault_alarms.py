@@ -154,6 +154,18 @@ async def test_paging_follows_markers_in_fm_order_and_filters_by_q(stack):
         found = await alarms(http, **q)
         assert sorted(a["entity_instance_id"] for a in found) == ["host=p03", "host=p07"]
 
+        # Following ``next`` as given keeps the filter and the expanded form.
+        body = (
+            await http.get(
+                "/v1/alarms",
+                params={**q, "q.value": ["major", "host=p"], "limit": 3, "expand": True},
+            )
+        ).json()
+        page2 = (await http.get(body["next"])).json()["alarms"]
+        assert page2 and all(a["severity"] == "major" and "alarm_type" in a for a in page2)
+        got = {a["entity_instance_id"] for a in body["alarms"] + page2}
+        assert got == {f"host=p{i:02d}" for i in range(25) if i % 4 == 2}
+
         r = await http.get("/v1/alarms", params={"q.field": "colour", "q.value": "red"})
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "q.field"
         r = await http.get("/v1/alarms", params={"marker": "no-such-uuid"})

@@ -145,7 +145,8 @@ async def list_alarms(
             "alarms",
             limit=limit,
             marker=docs[-1]["uuid"],
-            params={"sort_key": sort_key, "sort_dir": sort_dir},
+            sort_key=sort_key,
+            sort_dir=sort_dir,
         )
     return body
 
@@ -240,7 +241,8 @@ async def list_events(
             "event_log",
             limit=limit,
             marker=docs[-1]["uuid"],
-            params={"sort_key": sort_key, "sort_dir": sort_dir},
+            sort_key=sort_key,
+            sort_dir=sort_dir,
         )
     return body
 

@@ -1,0 +1,97 @@
+"""Where the CLI finds the fault service and its API token.
+
+Precedence: command-line option, then environment (``ROOST_FAULT_URL``, ``ROOST_TOKEN``), then the
+credentials file (``ROOST_CREDENTIALS``, else ``$XDG_CONFIG_HOME/roost/credentials.json``, else
+``~/.config/roost/credentials.json``), which holds ``{"admin_token": ..., "reader_token": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from roost_cli.errors import CliError, ExitCode
+
+DEFAULT_FAULT_URL = "http://127.0.0.1:8102"
+DEFAULT_PAGE_SIZE = 2000  # the fault API's limit_max
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def credentials_path() -> Path:
+    """The credentials file this environment points at (it need not exist)."""
+    explicit = os.environ.get("ROOST_CREDENTIALS")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "roost" / "credentials.json"
+
+
+def token_from_file(path: Path) -> str | None:
+    """``admin_token`` (else ``reader_token``) from the credentials file; None if it is absent."""
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CliError(f"cannot read credentials file {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise CliError(f"credentials file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"credentials file {path} must hold a JSON object with 'admin_token'")
+    for key in ("admin_token", "reader_token"):
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def page_size() -> int:
+    """Items per request when fetching every page (``ROOST_PAGE_SIZE``, 1..2000)."""
+    raw = os.environ.get("ROOST_PAGE_SIZE", "")
+    if not raw:
+        return DEFAULT_PAGE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= DEFAULT_PAGE_SIZE:
+        raise CliError(
+            f"ROOST_PAGE_SIZE must be a number from 1 to {DEFAULT_PAGE_SIZE}, not {raw!r}",
+            ExitCode.usage,
+        )
+    return size
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global options as given (option or environment); resolved only when a command calls
+    the service, so ``--help`` works whatever the credentials file holds."""
+
+    fault_url: str | None
+    token: str | None
+    output: OutputFormat
+
+    def url(self) -> str:
+        """The fault service's base URL (default: the all-in-one port on localhost)."""
+        url = (self.fault_url or DEFAULT_FAULT_URL).strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise CliError(
+                f"--fault-url must start with http:// or https://, not {url!r}", ExitCode.usage
+            )
+        return url
+
+    def resolved_token(self) -> str | None:
+        """``--token``/``ROOST_TOKEN``, else the credentials file, else None (the API says 401)."""
+        if self.token and self.token.strip():
+            return self.token.strip()
+        return token_from_file(credentials_path())
