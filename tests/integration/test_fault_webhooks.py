@@ -48,7 +48,7 @@ async def test_receiver_down_for_a_while_gets_everything_in_order_per_entity(sta
             by_entity = defaultdict(list)
             for n in receiver.unique().values():
                 by_entity[n["alarm"]["entity_instance_id"]].append(n)
-            for entity, notes in by_entity.items():
+            for entity in by_entity:
                 ordered = [
                     n for n in receiver.received if n["alarm"]["entity_instance_id"] == entity
                 ]
