@@ -7,7 +7,7 @@ Topology (declared by every process that uses it, idempotently):
 * ``roost.dead``     durable direct exchange; key = the consumer queue whose message was parked.
 
 Each consumer owns a durable quorum queue ``<service>.<purpose>`` and beside it
-``<queue>.retry.<n>`` (classic, TTL = the n-th back-off, dead-lettering back into the queue) and
+``<queue>.retry.<delay>ms`` (classic, TTL = one back-off step, dead-lettering back into the queue) and
 ``<queue>.parked`` (quorum, bound to ``roost.dead``). A message is acked only after its effect
 committed; a message that cannot be parsed is parked at once; one whose handler fails is retried
 through the retry queues and parked when they are used up. The broker parks it too if consumers
@@ -240,6 +240,11 @@ class Consumer:
             "bus_dead_lettered", "Messages parked in a dead-letter queue.", ["queue", "reason"]
         )
 
+    def retry_queue(self, delay_ms: int) -> str:
+        """The holding queue for one back-off step, named by its delay: changing the delays
+        declares new queues instead of clashing with the old ones' TTL."""
+        return f"{self.queue_name}.retry.{delay_ms}ms"
+
     @property
     def parked_queue(self) -> str:
         return f"{self.queue_name}.parked"
@@ -262,9 +267,9 @@ class Consumer:
         )
         for key in self.bindings:
             await queue.bind(EVENTS_EXCHANGE, routing_key=key)
-        for level, delay in enumerate(self.retry_delays_ms):
+        for delay in self.retry_delays_ms:
             await channel.declare_queue(
-                f"{self.queue_name}.retry.{level}",
+                self.retry_queue(delay),
                 durable=True,
                 arguments={
                     "x-message-ttl": delay,
@@ -407,7 +412,7 @@ class Consumer:
         await self.bus.publish_raw(
             _copy(message, {ATTEMPT_HEADER: attempt + 1}),
             exchange="",
-            routing_key=f"{self.queue_name}.retry.{attempt}",
+            routing_key=self.retry_queue(self.retry_delays_ms[attempt]),
         )
         await message.ack()
         self._outcomes.labels(self.queue_name, "retried").inc()

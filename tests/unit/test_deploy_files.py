@@ -1,0 +1,60 @@
+"""docker-compose.yml and the Dockerfiles cannot run here (no Docker engine), so they are kept
+honest by reading them against the code: names, ports, settings, and what each image holds."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import yaml
+
+from roost_sim.ports import SERVICE_PORTS
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+ROOST_SERVICES = [n for n in COMPOSE["services"] if n in SERVICE_PORTS]
+
+
+def settings_class(name: str):
+    module = importlib.import_module(f"roost_{name}.settings")
+    return next(
+        v for k, v in vars(module).items() if k.endswith("Settings") and k != "RoostSettings"
+    )
+
+
+def test_every_service_package_is_in_compose():
+    packaged = sorted(p.name for p in (ROOT / "services").iterdir() if (p / "Dockerfile").exists())
+    assert sorted(ROOST_SERVICES) == packaged
+
+
+def test_compose_ports_env_and_health_match_the_code():
+    for name in ROOST_SERVICES:
+        spec = COMPOSE["services"][name]
+        settings = settings_class(name)
+        port = SERVICE_PORTS[name]
+        assert settings.model_fields["port"].default == port, name
+        assert spec["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        env = spec["environment"]
+        assert str(env["ROOST_PORT"]) == str(port)
+        for key in env:
+            assert key.startswith("ROOST_"), key
+            assert key.removeprefix("ROOST_").lower() in settings.model_fields, key
+        assert "/readyz" in " ".join(spec["healthcheck"]["test"])
+        assert set(spec["depends_on"]) == {"rabbitmq", "mongo"}
+    # Transactions need a replica set.
+    assert "--replSet" in COMPOSE["services"]["mongo"]["command"]
+
+
+def test_dockerfiles_are_minimal_non_root_and_expose_their_port():
+    for name in ROOST_SERVICES:
+        text = (ROOT / "services" / name / "Dockerfile").read_text()
+        copied = re.findall(r"^COPY (\S+)", text, flags=re.M)
+        assert copied == ["shared", f"services/{name}"], "only its own code goes in its image"
+        assert re.search(r"^USER (?!root)\w+", text, flags=re.M)
+        assert f"EXPOSE {SERVICE_PORTS[name]}" in text
+        assert "secantus" not in text.lower(), "GPL SecantusDB never ships in a service image"
+        entry = re.search(r'^CMD \["([\w-]+)"\]', text, flags=re.M)[1]
+        pyproject = (ROOT / "services" / name / "pyproject.toml").read_text()
+        assert f'{entry} = "roost_{name}.app:main"' in pyproject
+        assert "secantus" not in pyproject.lower()
