@@ -9,10 +9,10 @@ Topology (declared by every process that uses it, idempotently):
 Each consumer owns a durable quorum queue ``<service>.<purpose>`` and beside it
 ``<queue>.retry.<delay>ms`` (classic, TTL = one back-off step, dead-lettering back into the
 queue) and ``<queue>.parked`` (quorum, bound to ``roost.dead``). A message is acked only after
-its effect committed; a message that cannot be parsed is parked at once; one whose handler fails is retried
-through the retry queues and parked when they are used up. The broker parks it too if consumers
-keep crashing on it (``x-delivery-limit``). Nothing is dropped: ``deadletters`` stores what is
-parked, counts it and lets the API replay it.
+its effect committed; a message that cannot be parsed is parked at once; one whose handler
+fails is retried through the retry queues and parked when they are used up. The broker parks
+it too if consumers keep crashing on it (``x-delivery-limit``). Nothing is dropped:
+``deadletters`` stores what is parked, counts it and lets the API replay it.
 """
 
 from __future__ import annotations
