@@ -42,6 +42,7 @@ NAME = "fault_throughput"
 SIZES = (1_000, 10_000)
 BATCH = 500  # events per bus.publish() (one confirm round) and alerts per batched AM POST
 WARMUP = 20
+UNLOADED = 50  # alarms sent one at a time, each after the previous webhook arrived
 ALARM_ID = "100.101"
 BUDGET_S = 330.0  # hard stop for all waiting; the whole run must stay under six minutes
 RUN_TIMEOUT_S = {1_000: 60.0, 10_000: 150.0}
@@ -398,6 +399,25 @@ async def roost_run(
     return r
 
 
+async def roost_closed_loop(bus: Bus, rx: Receiver, n: int) -> Run:
+    """One alarm at a time, the next only after the previous one's webhook arrived: the
+    latency of Roost's path without any queueing (the floor under the burst figures)."""
+    r = Run("roost-unloaded", n, "unloaded")
+    for key in keys_for(r.run, n):
+        envelope = alarm(key)
+        at = time.time()
+        await bus.publish([envelope])
+        r.sent[key] = at
+        deadline = time.monotonic() + 10.0
+        while True:
+            if key in rx.first or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.001)
+    r.sent_done = time.time()
+    await wait_received(rx, r, 10.0)
+    return r
+
+
 def roost_post_sizes(rx: Receiver, since: int) -> list[int]:
     with rx.lock:
         return list(rx.post_sizes.get("/roost", [])[since:])
@@ -654,11 +674,13 @@ async def measure(
         if am_url:
             await am_run(am_url, rx, "amwarm", WARMUP, 1, 30, CpuWatch({}))
         log("warm-up done")
+        r = await roost_closed_loop(bus, rx, UNLOADED)
+        runs: dict[tuple[str, int], Run] = {("roost-unloaded", UNLOADED): r}
+        stored_expected = WARMUP + UNLOADED - r.missing
+        log(r.line())
 
         cpu = CpuWatch(pids)
         busy = {"fault": fault.pid, "db": pids["db"]}
-        runs: dict[tuple[str, int], Run] = {}
-        stored_expected = WARMUP
         for n in SIZES:
             tag = f"{n // 1000}k"
             if am_url:
@@ -782,6 +804,20 @@ def build_results(
             ):
                 if key in roost.diag:
                     out.append(result(f"diag_{key}_{tag}{suffix}", roost.diag[key], unit))
+    unloaded, am_seq = runs.get(("roost-unloaded", UNLOADED)), runs.get(("alertmanager", SIZES[0]))
+    if unloaded is not None and unloaded.received:
+        for name, fn, unit, _ in figures[1:]:
+            peer_value = fn(am_seq) if am_seq is not None and am_seq.received else None
+            out.append(
+                result(
+                    f"{name}_unloaded",
+                    fn(unloaded),
+                    unit,
+                    peer="alertmanager" if peer_value is not None else None,
+                    peer_value=peer_value,
+                    higher_is_better=False,
+                )
+            )
     fault_rss, fault_cpu = idle["fault"]
     am_rss, am_cpu = idle.get("alertmanager", (None, None))
     am = "alertmanager" if am_rss is not None else None

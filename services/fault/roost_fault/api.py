@@ -108,6 +108,16 @@ def _event_view(doc: dict[str, Any], expand: bool) -> dict[str, Any]:
     return view
 
 
+def _page(
+    request: Request, key: str, views: list[dict[str, Any]], limit: int, **defaults: Any
+) -> dict[str, Any]:
+    """FM's collection body: ``{key: [...]}`` plus ``next`` when the page is full."""
+    body: dict[str, Any] = {key: views}
+    if len(views) == limit:
+        body["next"] = next_link(request, key, limit=limit, marker=views[-1]["uuid"], **defaults)
+    return body
+
+
 @router.get("", include_in_schema=False)
 async def version(request: Request) -> dict[str, Any]:
     base = str(request.base_url).rstrip("/")
@@ -138,17 +148,8 @@ async def list_alarms(
     if not include_suppress:
         query["suppression_status"] = SuppressionStatus.unsuppressed.value
     docs = await c.store.list_alarms(query, marker=marker, limit=limit)
-    body: dict[str, Any] = {"alarms": [_alarm_view(d, expand) for d in docs]}
-    if len(docs) == limit:
-        body["next"] = next_link(
-            request,
-            "alarms",
-            limit=limit,
-            marker=docs[-1]["uuid"],
-            sort_key=sort_key,
-            sort_dir=sort_dir,
-        )
-    return body
+    views = [_alarm_view(d, expand) for d in docs]
+    return _page(request, "alarms", views, limit, sort_key=sort_key, sort_dir=sort_dir)
 
 
 @router.get("/alarms/summary", response_model=AlarmSummary)
@@ -234,17 +235,8 @@ async def list_events(
     if not include_suppress:
         query["suppression_status"] = SuppressionStatus.unsuppressed.value
     docs = await c.store.list_events(query, marker=marker, limit=limit)
-    body: dict[str, Any] = {"event_log": [_event_view(d, expand) for d in docs]}
-    if len(docs) == limit:
-        body["next"] = next_link(
-            request,
-            "event_log",
-            limit=limit,
-            marker=docs[-1]["uuid"],
-            sort_key=sort_key,
-            sort_dir=sort_dir,
-        )
-    return body
+    views = [_event_view(d, expand) for d in docs]
+    return _page(request, "event_log", views, limit, sort_key=sort_key, sort_dir=sort_dir)
 
 
 @router.get("/event_log/{event_uuid}", response_model=EventLogView)
