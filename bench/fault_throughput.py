@@ -399,10 +399,11 @@ async def roost_run(
     return r
 
 
-async def roost_closed_loop(bus: Bus, rx: Receiver, n: int) -> Run:
+async def roost_closed_loop(bus: Bus, fault: Fault, rx: Receiver, n: int) -> Run:
     """One alarm at a time, the next only after the previous one's webhook arrived: the
     latency of Roost's path without any queueing (the floor under the burst figures)."""
     r = Run("roost-unloaded", n, "unloaded")
+    before = await fault.metrics()
     for key in keys_for(r.run, n):
         envelope = alarm(key)
         at = time.time()
@@ -415,6 +416,17 @@ async def roost_closed_loop(bus: Bus, rx: Receiver, n: int) -> Run:
             await asyncio.sleep(0.001)
     r.sent_done = time.time()
     await wait_received(rx, r, 10.0)
+    after = await fault.metrics()
+    name, queue = "roost_bus_batch_seconds", "fault.commands"
+    batches = prom_value(after, f"{name}_count", queue=queue) - prom_value(
+        before, f"{name}_count", queue=queue
+    )
+    seconds = prom_value(after, f"{name}_sum", queue=queue) - prom_value(
+        before, f"{name}_sum", queue=queue
+    )
+    if batches:
+        r.diag["consumer_batch_mean"] = n / batches
+        r.diag["consumer_batch_ms_mean"] = seconds / batches * 1000
     return r
 
 
@@ -674,7 +686,7 @@ async def measure(
         if am_url:
             await am_run(am_url, rx, "amwarm", WARMUP, 1, 30, CpuWatch({}))
         log("warm-up done")
-        r = await roost_closed_loop(bus, rx, UNLOADED)
+        r = await roost_closed_loop(bus, fault, rx, UNLOADED)
         runs: dict[tuple[str, int], Run] = {("roost-unloaded", UNLOADED): r}
         stored_expected = WARMUP + UNLOADED - r.missing
         log(r.line())
@@ -806,6 +818,9 @@ def build_results(
                     out.append(result(f"diag_{key}_{tag}{suffix}", roost.diag[key], unit))
     unloaded, am_seq = runs.get(("roost-unloaded", UNLOADED)), runs.get(("alertmanager", SIZES[0]))
     if unloaded is not None and unloaded.received:
+        if "consumer_batch_ms_mean" in unloaded.diag:
+            ms = unloaded.diag["consumer_batch_ms_mean"]
+            out.append(result("diag_consumer_batch_ms_mean_unloaded", ms, "ms"))
         for name, fn, unit, _ in figures[1:]:
             peer_value = fn(am_seq) if am_seq is not None and am_seq.received else None
             out.append(

@@ -215,8 +215,14 @@ class Consumer:
         handler: BatchHandler,
         after_commit: Callable[[], None] | None = None,
         batch_max: int | None = None,
+        exchange: str = EVENTS_EXCHANGE,
+        queue_type: str = "quorum",
     ) -> None:
+        """``exchange``/``bindings`` say what the queue receives; ``queue_type="classic"`` suits
+        the many small per-agent command queues (a quorum queue is a Raft group each)."""
         settings = bus.settings
+        self.exchange = exchange
+        self.queue_type = queue_type
         self.bus = bus
         self.db = db
         self.queue_name = queue
@@ -259,14 +265,19 @@ class Consumer:
             self.queue_name,
             durable=True,
             arguments={
-                "x-queue-type": "quorum",
+                "x-queue-type": self.queue_type,
                 "x-dead-letter-exchange": DEAD_EXCHANGE,
                 "x-dead-letter-routing-key": self.queue_name,
-                "x-delivery-limit": self.bus.settings.delivery_limit,
+                # Only quorum queues count redeliveries.
+                **(
+                    {"x-delivery-limit": self.bus.settings.delivery_limit}
+                    if self.queue_type == "quorum"
+                    else {}
+                ),
             },
         )
         for key in self.bindings:
-            await queue.bind(EVENTS_EXCHANGE, routing_key=key)
+            await queue.bind(self.exchange, routing_key=key)
         for delay in self.retry_delays_ms:
             await channel.declare_queue(
                 self.retry_queue(delay),
@@ -278,7 +289,7 @@ class Consumer:
                 },
             )
         parked = await channel.declare_queue(
-            self.parked_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            self.parked_queue, durable=True, arguments={"x-queue-type": self.queue_type}
         )
         await parked.bind(DEAD_EXCHANGE, routing_key=self.queue_name)
         self.queue = queue

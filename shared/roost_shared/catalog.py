@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,6 +116,111 @@ class AlarmNotice(BaseModel):
     previous_severity: Severity | None = None
 
 
+# Configuration and agents ----------------------------------------------------------------------
+
+MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+HOSTNAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class Personality(StrEnum):
+    """What a host is for (StarlingX personalities)."""
+
+    controller = "controller"
+    worker = "worker"
+    storage = "storage"
+
+
+class HostAnnounced(_Strict):
+    """``agent.host.announced``: an agent (re)started or reconnected and says who it is.
+
+    The management MAC is the node's identity until the operator has given it a hostname;
+    ``config_applied`` lets config re-send what a returning host missed.
+    """
+
+    mgmt_mac: str = Field(pattern=MAC_PATTERN)
+    hostname: str = Field(pattern=HOSTNAME_PATTERN, description="The node's own hostname.")
+    mgmt_ip: str | None = Field(None, max_length=64)
+    agent_version: str = Field("0", max_length=64)
+    boot_id: str = Field(max_length=64, description="Changes on every boot of the node.")
+    config_applied: int = Field(0, ge=0)
+
+
+class CpuInventory(_Strict):
+    model: str = ""
+    sockets: int = Field(ge=0)
+    cores: int = Field(ge=0, description="Physical cores in all.")
+    threads: int = Field(ge=0, description="Logical CPUs in all.")
+
+
+class DiskInventory(_Strict):
+    device: str
+    size_gb: float = Field(ge=0)
+    type: str = Field("unknown", description="ssd, hdd, nvme or unknown")
+
+
+class PortInventory(_Strict):
+    name: str
+    mac: str | None = None
+    speed_mbps: int | None = None
+    link: bool = False
+
+
+class PciInventory(_Strict):
+    address: str
+    vendor: str = ""
+    device: str = ""
+    pclass: str = ""
+
+
+class InventoryReported(_Strict):
+    """``agent.inventory.reported``: an agent's hardware, sent at start and again on change."""
+
+    mgmt_mac: str = Field(pattern=MAC_PATTERN)
+    cpu: CpuInventory
+    memory_mb: int = Field(ge=0)
+    disks: list[DiskInventory] = Field(default_factory=list)
+    ports: list[PortInventory] = Field(default_factory=list)
+    pci: list[PciInventory] = Field(default_factory=list)
+
+
+class ConfigApplied(_Strict):
+    """``agent.config.applied``: the outcome of a ``config.apply`` command on a host."""
+
+    mgmt_mac: str = Field(pattern=MAC_PATTERN)
+    version: int = Field(ge=0)
+    ok: bool
+    error: str | None = Field(None, max_length=2000)
+
+
+class ConfigApply(_Strict):
+    """Command ``config.apply`` (to ``roost.commands``, key ``agent.<mac hex>``): bring the host to
+    configuration ``version``. Agents apply it idempotently and remember the version."""
+
+    version: int = Field(ge=1)
+    hostname: str = Field(pattern=HOSTNAME_PATTERN)
+    personality: Personality
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class HostRecord(BaseModel):
+    """``config.host.added|updated|deleted``: a host as other services need to know it.
+
+    Never carries BMC credentials (the password stays in the config service).
+    """
+
+    uuid: str
+    hostname: str | None
+    personality: Personality | None
+    mgmt_mac: str
+    mgmt_ip: str | None = None
+    bmc_type: str | None = None
+    bmc_address: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    install_state: str
+    config_target: int = 0
+    config_applied: int = 0
+
+
 CATALOG: dict[str, type[BaseModel]] = {
     # Commands-as-events that any producer publishes; the fault service consumes them.
     "fault.alarm.set": AlarmSet,
@@ -124,6 +230,16 @@ CATALOG: dict[str, type[BaseModel]] = {
     "fault.alarm.raised": AlarmNotice,
     "fault.alarm.changed": AlarmNotice,
     "fault.alarm.cleared": AlarmNotice,
+    # Agents report; the config service consumes.
+    "agent.host.announced": HostAnnounced,
+    "agent.inventory.reported": InventoryReported,
+    "agent.config.applied": ConfigApplied,
+    # The config service tells everyone about hosts.
+    "config.host.added": HostRecord,
+    "config.host.updated": HostRecord,
+    "config.host.deleted": HostRecord,
+    # Commands (exchange roost.commands, routing key agent.<mac hex>).
+    "config.apply": ConfigApply,
 }
 
 _TYPE_BY_MODEL: dict[type[BaseModel], str] = {

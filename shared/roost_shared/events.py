@@ -30,6 +30,9 @@ class Envelope(BaseModel):
     time: datetime = Field(default_factory=utcnow)
     subject: str | None = None
     correlationid: str | None = None
+    deadline: datetime | None = Field(
+        None, description="Commands only: after this the receiver rejects it instead of acting."
+    )
     datacontenttype: str = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
 

@@ -13,10 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from itertools import groupby
 
 from bson import ObjectId
 
-from roost_shared.bus import Bus
+from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.db import Database, Session
 from roost_shared.events import Envelope
 from roost_shared.metrics import Metrics
@@ -50,13 +51,29 @@ class Outbox:
         self._pending = metrics.gauge("outbox_pending", "Outbox events seen waiting to publish.")
         self._failures = metrics.counter("outbox_publish_failures", "Relay publish failures.")
 
-    async def add(self, session: Session | None, envelopes: Sequence[Envelope]) -> None:
-        """Record events to publish; pass the session of the transaction that causes them."""
+    async def add(
+        self,
+        session: Session | None,
+        envelopes: Sequence[Envelope],
+        *,
+        exchange: str = EVENTS_EXCHANGE,
+        routing_key: str | None = None,
+    ) -> None:
+        """Record messages to publish; pass the session of the transaction that causes them.
+
+        Events go to ``roost.events`` keyed by their type; a command passes
+        ``exchange=COMMANDS_EXCHANGE`` and its agent's ``routing_key``.
+        """
         if not envelopes:
             return
         await self.db[OUTBOX].insert_many(
             [
-                {"_id": ObjectId(), "envelope": e.model_dump(mode="json", exclude_none=True)}
+                {
+                    "_id": ObjectId(),
+                    "envelope": e.model_dump(mode="json", exclude_none=True),
+                    "exchange": exchange,
+                    "routing_key": routing_key,
+                }
                 for e in envelopes
             ],
             session=session,
@@ -103,8 +120,12 @@ class Outbox:
         self._pending.set(len(docs))
         if not docs:
             return 0
-        envelopes = [Envelope.model_validate(d["envelope"]) for d in docs]
-        await self.bus.publish(envelopes)
+        # Consecutive messages for the same destination go out together, in order.
+        for (exchange, routing_key), group in groupby(
+            docs, key=lambda d: (d.get("exchange", EVENTS_EXCHANGE), d.get("routing_key"))
+        ):
+            envelopes = [Envelope.model_validate(d["envelope"]) for d in group]
+            await self.bus.publish(envelopes, exchange=exchange, routing_key=routing_key)
         await self.db[OUTBOX].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
         self._relayed.inc(len(docs))
         return len(docs)
