@@ -145,9 +145,9 @@ class FaultClient:
     ) -> dict[str, Any]:
         """A list endpoint's ``{key: [...]}``: one page of ``limit``, or every page.
 
-        Each further page re-sends our own parameters with the ``marker`` from the ``next`` link,
-        rather than fetching ``next`` verbatim: the service's ``next`` link drops the query
-        (``q.*``, ``include_suppress``, ``expand``, ``alarms``/``logs``).
+        Each further page re-sends our own parameters with the ``marker`` from the ``next`` link
+        rather than fetching ``next`` verbatim, so the listing cannot drift from what was asked
+        even against a server (StarlingX FM) whose ``next`` drops the filters.
         """
         if limit is not None:
             return self.get(path, [*params, ("limit", limit)])

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika import DeliveryMode, ExchangeType, Message
@@ -35,15 +35,18 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from pydantic import BaseModel, ValidationError
-from pymongo import ASCENDING, IndexModel
 
 from roost_shared.catalog import parse_data
-from roost_shared.db import Database, Session
 from roost_shared.events import Envelope, utcnow
 from roost_shared.logging import correlation_id
 from roost_shared.metrics import Metrics
 from roost_shared.retry import backoff, until_available
 from roost_shared.settings import RoostSettings
+
+if TYPE_CHECKING:  # agents use the bus without a database: keep pymongo out of their memory
+    from pymongo import IndexModel
+
+    from roost_shared.db import Database, Session
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +76,13 @@ class Delivery:
 
 
 #: A batch handler: apply every delivery's effect using ``session`` (inside one transaction).
-BatchHandler = Callable[[Session | None, list[Delivery]], Awaitable[None]]
+BatchHandler = Callable[["Session | None", list[Delivery]], Awaitable[None]]
 
 
 def inbox_indexes(ttl_s: int) -> dict[str, list[IndexModel]]:
     """The inbox keeps processed event ids for ``ttl_s`` (de-duplicates redeliveries)."""
+    from pymongo import ASCENDING, IndexModel
+
     return {INBOX: [IndexModel([("at", ASCENDING)], expireAfterSeconds=ttl_s)]}
 
 
