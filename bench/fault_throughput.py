@@ -580,7 +580,6 @@ class Parts:
     db: ManagedProcess | None = None
     fault_proc: ManagedProcess | None = None
     am: ManagedProcess | None = None
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
 
 def teardown(parts: Parts) -> None:

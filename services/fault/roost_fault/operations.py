@@ -46,7 +46,7 @@ class FaultOperations:
         suppressed = {a for a, s in table.items() if s == SuppressionStatus.suppressed}
         outcome = logic.apply(commands, current, suppressed, set(table))
         await self.store.add_alarm_ids(session, outcome.new_alarm_ids)
-        await self.store.write_alarms(session, outcome.alarms)
+        await self.store.write_alarms(session, outcome.alarms, current)
         await self.store.append_events(session, outcome.event_log)
         if outcome.notices:
             await self._notify(session, outcome.notices)

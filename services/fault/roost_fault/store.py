@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, DeleteOne, IndexModel, InsertOne, ReplaceOne, UpdateOne
 
 from roost_fault.logic import AlarmKey
 from roost_fault.models import SuppressionStatus
@@ -29,10 +29,11 @@ EVENT_SORT: SortSpec = [("timestamp", -1), ("_id", -1)]
 
 INDEXES: dict[str, list[IndexModel]] = {
     ALARMS: [
-        IndexModel([("alarm_id", ASCENDING), ("entity_instance_id", ASCENDING)], unique=True),
+        # Entity first: the same index enforces one alarm per key and serves the per-batch
+        # ``entity_instance_id $in`` lookup (every index costs each write on the hot path).
+        IndexModel([("entity_instance_id", ASCENDING), ("alarm_id", ASCENDING)], unique=True),
         IndexModel([("uuid", ASCENDING)], unique=True),
         IndexModel([(f, ASCENDING) for f, _ in ALARM_SORT]),
-        IndexModel([("entity_instance_id", ASCENDING)]),
     ],
     EVENT_LOG: [
         IndexModel([("uuid", ASCENDING)], unique=True),
@@ -79,32 +80,48 @@ class FaultStore:
     async def alarms_for(
         self, session: Session, keys: Iterable[AlarmKey], entities: Iterable[str]
     ) -> dict[AlarmKey, dict[str, Any]]:
-        """Stored alarms with the given keys, plus every alarm of the given entities."""
-        ors: list[dict[str, Any]] = [{"alarm_id": a, "entity_instance_id": e} for a, e in set(keys)]
-        entity_list = sorted(set(entities))
-        if entity_list:
-            ors.append({"entity_instance_id": {"$in": entity_list}})
-        if not ors:
+        """Stored alarms with the given keys, plus every alarm of the given entities.
+
+        One ``entity_instance_id $in`` lookup, filtered here: SecantusDB answers an ``$or`` of
+        compound keys with a collection scan (measured: 4.7 s for 200 keys among 5,000 alarms,
+        against 3.7 ms for the indexed ``$in``).
+        """
+        wanted = set(keys)
+        whole = set(entities)
+        lookup = sorted({e for _, e in wanted} | whole)
+        if not lookup:
             return {}
         found: dict[AlarmKey, dict[str, Any]] = {}
-        async for doc in self.alarms.find({"$or": ors}, session=session):
-            found[(doc["alarm_id"], doc["entity_instance_id"])] = doc
+        cursor = self.alarms.find({"entity_instance_id": {"$in": lookup}}, session=session)
+        async for doc in cursor:
+            key = (doc["alarm_id"], doc["entity_instance_id"])
+            if key in wanted or key[1] in whole:
+                found[key] = doc
         return found
 
     async def write_alarms(
-        self, session: Session, final: dict[AlarmKey, dict[str, Any] | None]
+        self,
+        session: Session,
+        final: dict[AlarmKey, dict[str, Any] | None],
+        stored: dict[AlarmKey, dict[str, Any]],
     ) -> None:
-        """Persist each touched alarm's final state (None: cleared)."""
+        """Persist each touched alarm's final state (None: cleared); ``stored`` is what the
+        database held before (from ``alarms_for``), so new alarms are plain inserts and the rest
+        are addressed by ``_id``."""
         ops: list[Any] = []
-        for (alarm_id, entity), doc in final.items():
-            selector = {"alarm_id": alarm_id, "entity_instance_id": entity}
+        for key, doc in final.items():
+            before = stored.get(key)
             if doc is None:
-                ops.append(DeleteOne(selector))
+                if before is not None:  # raised and cleared within one batch: nothing stored
+                    ops.append(DeleteOne({"_id": before["_id"]}))
+            elif before is None:
+                ops.append(InsertOne({k: v for k, v in doc.items() if k != "_id"}))
             else:
                 body = {k: v for k, v in doc.items() if k != "_id"}
-                ops.append(ReplaceOne(selector, body, upsert=True))
+                ops.append(ReplaceOne({"_id": before["_id"]}, body))
         if ops:
-            await self.alarms.bulk_write(ops, ordered=True, session=session)
+            # One operation per key, so their order does not matter.
+            await self.alarms.bulk_write(ops, ordered=False, session=session)
 
     async def alarm(self, alarm_uuid: str) -> dict[str, Any] | None:
         return await self.alarms.find_one({"uuid": alarm_uuid})
