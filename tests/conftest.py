@@ -63,7 +63,12 @@ class Stack:
         db = database or f"roost_{name}_{uuid.uuid4().hex[:8]}"
         svc = ServiceUnderTest(
             name,
-            {**self.env(), "ROOST_DATABASE": db, **env},
+            {
+                **self.env(),
+                "ROOST_DATABASE": db,
+                "ROOST_STATE_DIR": str(self.workdir / "state" / db),
+                **env,
+            },
             self.workdir / "logs" / f"{db}.log",
         )
         self.services.append(svc)
