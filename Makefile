@@ -23,7 +23,7 @@ $(UV):
 install: $(VENV)/.synced
 
 $(VENV)/.synced: pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.toml cli/pyproject.toml sim/pyproject.toml | $(UV)
-	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV sync --all-packages --frozen --quiet
+	@UV=$$(command -v uv || echo $(HOME)/.local/bin/uv); $$UV sync --all-packages --frozen --quiet --compile-bytecode
 	@touch $@
 
 # RabbitMQ must answer on 127.0.0.1:5672 for tests; install/start Debian's if it does not.

@@ -1,4 +1,4 @@
-"""A small synchronous client for the fault service that turns every failure into a CliError."""
+"""A small synchronous client for a Roost service's API that turns every failure into a CliError."""
 
 from __future__ import annotations
 
@@ -47,11 +47,17 @@ def _problem_detail(response: httpx.Response) -> str:
     return text[:200] if text else response.reason_phrase or "error"
 
 
-class FaultClient:
-    """The fault service's v1 API over HTTP, with the token sent as a bearer token."""
+class ServiceClient:
+    """One Roost service's v1 API over HTTP, with the token sent as a bearer token.
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 15.0) -> None:
+    ``service`` names it in error messages ("cannot reach the config service at ...").
+    """
+
+    def __init__(
+        self, base_url: str, token: str | None, *, service: str = "fault", timeout: float = 15.0
+    ) -> None:
         self.base_url = base_url
+        self.service = service
         self.timeout = timeout
         headers = {"Accept": "application/json", "User-Agent": f"roost-cli/{__version__}"}
         if token:
@@ -61,7 +67,7 @@ class FaultClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> FaultClient:
+    def __enter__(self) -> ServiceClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,16 +83,18 @@ class FaultClient:
             response = self._http.request(method, path, params=params, json=json)
         except httpx.TimeoutException:
             raise CliError(
-                f"the fault service at {self.base_url} did not answer within {self.timeout:g}s",
+                f"the {self.service} service at {self.base_url} did not answer within "
+                f"{self.timeout:g}s",
                 ExitCode.unreachable,
             ) from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
             raise CliError(
-                f"invalid fault service URL {self.base_url!r}: {e}", ExitCode.usage
+                f"invalid {self.service} service URL {self.base_url!r}: {e}", ExitCode.usage
             ) from None
         except httpx.TransportError as e:
             raise CliError(
-                f"cannot reach the fault service at {self.base_url} ({_transport_reason(e)})"
+                f"cannot reach the {self.service} service at {self.base_url} "
+                f"({_transport_reason(e)})"
                 " — is Roost running? (make run)",
                 ExitCode.unreachable,
             ) from None
@@ -98,7 +106,7 @@ class FaultClient:
             return response.json()
         except ValueError:
             raise CliError(
-                f"the fault service at {self.base_url} answered {method} {path} with "
+                f"the {self.service} service at {self.base_url} answered {method} {path} with "
                 f"{response.status_code} but not with JSON",
             ) from None
 
@@ -165,6 +173,13 @@ class FaultClient:
             if not page or marker is None or marker in seen:
                 return {key: items}
             seen.add(marker)
+
+
+class FaultClient(ServiceClient):
+    """The fault service's client (what the alarm and event commands use)."""
+
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 15.0) -> None:
+        super().__init__(base_url, token, service="fault", timeout=timeout)
 
 
 def _next_marker(next_href: str | None, page: list[Any]) -> str | None:

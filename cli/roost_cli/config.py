@@ -1,8 +1,9 @@
-"""Where the CLI finds the fault service and its API token.
+"""Where the CLI finds the fault and config services and its API token.
 
-Precedence: command-line option, then environment (``ROOST_FAULT_URL``, ``ROOST_TOKEN``), then the
-credentials file (``ROOST_CREDENTIALS``, else ``$XDG_CONFIG_HOME/roost/credentials.json``, else
-``~/.config/roost/credentials.json``), which holds ``{"admin_token": ..., "reader_token": ...}``.
+Precedence: command-line option, then environment (``ROOST_FAULT_URL``, ``ROOST_CONFIG_URL``,
+``ROOST_TOKEN``), then the credentials file (``ROOST_CREDENTIALS``, else
+``$XDG_CONFIG_HOME/roost/credentials.json``, else ``~/.config/roost/credentials.json``), which
+holds ``{"admin_token": ..., "reader_token": ...}``. One token serves every service.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from roost_cli.errors import CliError, ExitCode
 
 DEFAULT_FAULT_URL = "http://127.0.0.1:8102"
+DEFAULT_CONFIG_URL = "http://127.0.0.1:8101"
 DEFAULT_PAGE_SIZE = 2000  # the fault API's limit_max
 
 
@@ -72,6 +74,13 @@ def page_size() -> int:
     return size
 
 
+def _base_url(given: str | None, default: str, option: str) -> str:
+    url = (given or default).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise CliError(f"{option} must start with http:// or https://, not {url!r}", ExitCode.usage)
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """The global options as given (option or environment); resolved only when a command calls
@@ -80,15 +89,15 @@ class Settings:
     fault_url: str | None
     token: str | None
     output: OutputFormat
+    config_url: str | None = None
 
     def url(self) -> str:
         """The fault service's base URL (default: the all-in-one port on localhost)."""
-        url = (self.fault_url or DEFAULT_FAULT_URL).strip().rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise CliError(
-                f"--fault-url must start with http:// or https://, not {url!r}", ExitCode.usage
-            )
-        return url
+        return _base_url(self.fault_url, DEFAULT_FAULT_URL, "--fault-url")
+
+    def config_service_url(self) -> str:
+        """The config service's base URL (default: the all-in-one port on localhost)."""
+        return _base_url(self.config_url, DEFAULT_CONFIG_URL, "--config-url")
 
     def resolved_token(self) -> str | None:
         """``--token``/``ROOST_TOKEN``, else the credentials file, else None (the API says 401)."""

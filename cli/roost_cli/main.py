@@ -1,4 +1,5 @@
-"""The ``roost`` command: typer commands over the fault service's v1 API.
+"""The ``roost`` command: typer commands over the fault service's v1 API (host and system
+commands over the config service are in ``hosts.py``, ``roost sim`` in ``sim.py``).
 
 ``app`` is the entry point: it runs the typer application and turns every failure into one
 ``roost: error: ...`` line on stderr with a non-zero exit code (see cli/README.md).
@@ -13,14 +14,14 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import render
+from roost_cli import hosts, render, sim
 from roost_cli.client import FaultClient, path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
 
 cli = typer.Typer(
     name="roost",
-    help="Operate Roost: alarms, the event log, suppression and alarm webhooks.",
+    help="Operate Roost: hosts and the system, alarms, the event log, suppression and webhooks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -51,6 +52,15 @@ def _global(
             show_default=False,
         ),
     ] = None,
+    config_url: Annotated[
+        str | None,
+        typer.Option(
+            "--config-url",
+            envvar="ROOST_CONFIG_URL",
+            help="The config service (default: http://127.0.0.1:8101).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -62,7 +72,7 @@ def _global(
     ] = None,
 ) -> None:
     """Global options come before the command: ``roost --format json alarm-list``."""
-    ctx.obj = Settings(fault_url=fault_url, token=token, output=output)
+    ctx.obj = Settings(fault_url=fault_url, token=token, output=output, config_url=config_url)
 
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -360,6 +370,10 @@ def subscription_delete(
         render.print_json({"deleted": sub_id})
     else:
         render.message(f"Subscription {sub_id} deleted.")
+
+
+hosts.register(cli)
+sim.register(cli)
 
 
 # Entry point -----------------------------------------------------------------------------------

@@ -181,3 +181,171 @@ def subscriptions(items: Sequence[Mapping[str, Any]]) -> None:
         for s in items
     ]
     table(columns, rows, no_wrap=["UUID", "URL", "State"])
+
+
+# Hosts and the system (config service) ----------------------------------------------------------
+
+CONFIG_STATUS_STYLES = {"up-to-date": "green", "out-of-date": "yellow", "failed": "bold red"}
+
+
+def _hostname(h: Mapping[str, Any]) -> str:
+    """The assigned hostname, or ``(reported name)`` for a host that has none yet."""
+    if h.get("hostname"):
+        return str(h["hostname"])
+    reported = h.get("reported_hostname")
+    return f"({reported})" if reported else "-"
+
+
+def config_cell(h: Mapping[str, Any]) -> Text:
+    """``target/applied status``, coloured by status."""
+    status = str(h.get("config_status") or "")
+    text = f"{h.get('config_target', 0)}/{h.get('config_applied', 0)} {status}"
+    return Text(text, style=CONFIG_STATUS_STYLES.get(status, ""))
+
+
+def labels_text(labels: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+
+
+def hosts(items: Sequence[Mapping[str, Any]]) -> None:
+    """``system host-list``: one row per host; discovered hosts show their reported name."""
+    columns = [
+        "UUID",
+        "Hostname",
+        "Personality",
+        "Install State",
+        "Config (target/applied)",
+        "Mgmt MAC",
+        "Mgmt IP",
+    ]
+    rows = [
+        [
+            h.get("uuid"),
+            _hostname(h),
+            h.get("personality") or "-",
+            h.get("install_state"),
+            config_cell(h),
+            h.get("mgmt_mac"),
+            h.get("mgmt_ip"),
+        ]
+        for h in items
+    ]
+    table(columns, rows, no_wrap=["UUID", "Hostname", "Install State", "Mgmt MAC", "Mgmt IP"])
+
+
+def host(item: Mapping[str, Any]) -> None:
+    """``system host-show``. A stray password field would never be printed."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in item.items():
+        if "password" in key and key != "bmc_password_set":
+            continue
+        if key == "labels":
+            value = labels_text(value)
+        elif key == "subfunctions":
+            value = ", ".join(value or [])
+        elif key == "config_status":
+            value = Text(str(value), style=CONFIG_STATUS_STYLES.get(str(value), ""))
+        rows.append((key, value))
+    table(["Property", "Value"], rows, no_wrap=["Property"])
+
+
+def labels(item: Mapping[str, Any]) -> None:
+    """A host's labels after ``host-label-assign``/``-remove``."""
+    rows = [[k, v] for k, v in sorted((item.get("labels") or {}).items())]
+    table(
+        ["Key", "Value"],
+        rows,
+        no_wrap=["Key"],
+        caption=f"labels of {item.get('hostname') or item.get('uuid')}",
+    )
+
+
+def inventory(body: Mapping[str, Any]) -> None:
+    """CPUs and memory, disks, ports and PCI devices, one table each."""
+    name = body.get("hostname") or body.get("mgmt_mac")
+    cpu = body.get("cpu") or {}
+    table(
+        ["CPU Model", "Sockets", "Cores", "Threads", "Memory (MiB)"],
+        [
+            [
+                cpu.get("model"),
+                cpu.get("sockets"),
+                cpu.get("cores"),
+                cpu.get("threads"),
+                body.get("memory_mb"),
+            ]
+        ],
+        title=f"Inventory of {name}",
+        caption=f"reported {body.get('reported_at')}, changed {body.get('changed_at')}",
+    )
+    table(
+        ["Device", "Size (GB)", "Type"],
+        [[d.get("device"), d.get("size_gb"), d.get("type")] for d in body.get("disks") or []],
+        title="Disks",
+        no_wrap=["Device"],
+    )
+    table(
+        ["Port", "MAC", "Speed (Mbps)", "Link"],
+        [
+            [p.get("name"), p.get("mac"), p.get("speed_mbps"), "up" if p.get("link") else "down"]
+            for p in body.get("ports") or []
+        ],
+        title="Ports",
+        no_wrap=["Port", "MAC"],
+    )
+    table(
+        ["PCI Address", "Vendor", "Device", "Class"],
+        [
+            [d.get("address"), d.get("vendor"), d.get("device"), d.get("pclass")]
+            for d in body.get("pci") or []
+        ],
+        title="PCI Devices",
+        no_wrap=["PCI Address"],
+    )
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested document as ``(dotted.key, scalar-or-list)`` rows."""
+    if isinstance(value, Mapping):
+        rows: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            rows += flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list) and all(not isinstance(v, Mapping | list) for v in value):
+        return [(prefix, ", ".join(str(v) for v in value))]
+    return [(prefix, value)]
+
+
+def host_config(body: Mapping[str, Any]) -> None:
+    """Desired against applied configuration, then the desired document as key/value rows."""
+    status = str(body.get("config_status") or "")
+    rows = [
+        (
+            key,
+            Text(status, style=CONFIG_STATUS_STYLES.get(status, ""))
+            if key == "config_status"
+            else value,
+        )
+        for key, value in body.items()
+        if key != "desired"
+    ]
+    table(["Property", "Value"], rows, no_wrap=["Property"])
+    desired = body.get("desired")
+    if desired:
+        table(
+            ["Key", "Value"],
+            flatten(desired),
+            no_wrap=["Key"],
+            title=f"Desired configuration (version {body.get('config_target')})",
+        )
+    else:
+        message("No desired configuration yet (the host needs a hostname and a personality).")
+
+
+def system(body: Mapping[str, Any]) -> None:
+    """``system show``."""
+    rows = [
+        (k, ", ".join(v) if k in ("dns_servers", "ntp_servers") and isinstance(v, list) else v)
+        for k, v in body.items()
+    ]
+    table(["Property", "Value"], rows, no_wrap=["Property"])

@@ -3,7 +3,7 @@
 Topology (declared by every process that uses it, idempotently):
 
 * ``roost.events``   durable topic exchange; routing key = event type ``<service>.<entity>.<verb>``.
-* ``roost.commands`` durable direct exchange for commands to agents (``agent.<hostname>``).
+* ``roost.commands`` durable direct exchange for commands to agents (``agent.<mac hex>``).
 * ``roost.dead``     durable direct exchange; key = the consumer queue whose message was parked.
 
 Each consumer owns a durable quorum queue ``<service>.<purpose>`` and beside it
@@ -39,14 +39,16 @@ from pydantic import BaseModel, ValidationError
 from roost_shared.catalog import parse_data
 from roost_shared.events import Envelope, utcnow
 from roost_shared.logging import correlation_id
-from roost_shared.metrics import Metrics
 from roost_shared.retry import backoff, until_available
 from roost_shared.settings import RoostSettings
 
-if TYPE_CHECKING:  # agents use the bus without a database: keep pymongo out of their memory
+if TYPE_CHECKING:
+    # Agents use the bus without a database and without prometheus_client (they pass a light
+    # Metrics look-alike): keep pymongo and prometheus_client out of their memory.
     from pymongo import IndexModel
 
     from roost_shared.db import Database, Session
+    from roost_shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

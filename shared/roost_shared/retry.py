@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from tenacity import (
-    AsyncRetrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+if TYPE_CHECKING:  # imported when first used: processes that never retry a start-up skip it
+    from tenacity import AsyncRetrying
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +22,14 @@ def until_available(
 
     Usage: ``async for attempt in until_available("broker"): with attempt: await connect()``.
     """
+    from tenacity import (
+        AsyncRetrying,
+        before_sleep_log,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential_jitter,
+    )
+
     return AsyncRetrying(
         retry=retry_if_exception_type(exceptions),
         wait=wait_exponential_jitter(multiplier=0.2, max=5.0),

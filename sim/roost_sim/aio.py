@@ -2,7 +2,9 @@
 
 Starts the embedded database (unless ``ROOST_MONGO_URL`` names one), makes sure RabbitMQ answers
 at ``ROOST_AMQP_URL`` (starting a local ``rabbitmq-server`` if one is installed), starts every
-Roost service that exists, prints where everything listens and stops it all on Ctrl-C.
+Roost service that exists, then a simulated fleet (``ROOST_SIM_HOSTS`` hosts, default 3:
+controller-0, worker-0, worker-1; 0 for none; see ``roost_sim.fleet``), prints where everything
+listens and stops it all on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import urlparse
 
 from roost_sim.credentials import credentials_path, ensure_credentials
 from roost_sim.embedded_db import embedded_db, url_for
+from roost_sim.fleet import Fleet, FleetSupervisor
 from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
 from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
 
@@ -108,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         _stop_all(services + children)
         fail(str(exc))
 
-    _print_banner(services, mongo_url, amqp_url, state)
+    fleet: FleetSupervisor | None = None
+    sim_hosts = int(os.environ.get("ROOST_SIM_HOSTS", "3") or 0)
+    if sim_hosts > 0:
+        fleet = FleetSupervisor(Fleet(state), amqp_url, logs)
+        fleet.fleet.seed(sim_hosts)
+        fleet.poll()
+        (fleet.fleet.dir / "supervisor.pid").write_text(str(os.getpid()))
+
+    _print_banner(services, mongo_url, amqp_url, state, fleet)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -132,8 +143,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"roost: {proc.name} exited ({proc.returncode}); restarting", flush=True)
                 restarts[proc.name] = [*recent, time.monotonic()]
                 proc.start()
+        if fleet is not None and not stopping:
+            fleet.poll()  # restarts dead agents, starts hosts added with "fleet add-host"
         time.sleep(0.5)
     print("\nstopping Roost ...", flush=True)
+    if fleet is not None:
+        fleet.stop()
+        (fleet.fleet.dir / "supervisor.pid").unlink(missing_ok=True)
     _stop_all(services + children)
     print("stopped.")
     return 0
@@ -145,7 +161,11 @@ def _stop_all(procs: list[ManagedProcess]) -> None:
 
 
 def _print_banner(
-    services: list[ManagedProcess], mongo_url: str, amqp_url: str, state: Path
+    services: list[ManagedProcess],
+    mongo_url: str,
+    amqp_url: str,
+    state: Path,
+    fleet: FleetSupervisor | None = None,
 ) -> None:
     redacted_amqp = (
         urlparse(amqp_url)
@@ -156,6 +176,9 @@ def _print_banner(
     for proc in services:
         port = SERVICE_PORTS[proc.name]
         print(f"  {proc.name:<10} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs)")
+    if fleet is not None:
+        hosts = ", ".join(h.hostname for h in fleet.fleet.hosts())
+        print(f"  fleet      {hosts}   (simulated hosts; more: python -m roost_sim.fleet add-host)")
     print(f"  database   {mongo_url}")
     print(f"  broker     {redacted_amqp}")
     print(f"  state      {state}   (logs in {state / 'logs'})")

@@ -1,0 +1,237 @@
+"""The agent: says who it is, reports its hardware, applies configuration commands.
+
+* On start and after every broker reconnect it publishes ``agent.host.announced`` (with the
+  boot id and the persisted applied configuration version) and ``agent.inventory.reported``;
+  the config service answers an announce by re-sending what the host has not applied.
+* Every ``inventory_poll_s`` it re-reads its inventory and publishes it again if it changed.
+* It consumes ``agent.<mac hex>`` (classic durable queue on ``roost.commands``) and handles
+  ``config.apply``: expired commands are rejected (logged, counted, nothing published), versions
+  at or below the applied one are re-acknowledged without being re-applied, newer ones are
+  written, hooked and acknowledged with ``agent.config.applied``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from roost_agent import __version__
+from roost_agent.apply import Applier
+from roost_agent.inventory import digest, read_inventory
+from roost_agent.settings import AgentSettings
+from roost_agent.state import AgentState, write_atomic
+from roost_agent.tally import Tally
+from roost_shared.bus import COMMANDS_EXCHANGE, Bus, Consumer, Delivery
+from roost_shared.catalog import ConfigApplied, ConfigApply, HostAnnounced, InventoryReported
+from roost_shared.commands import agent_key, expired
+from roost_shared.events import Envelope
+
+log = logging.getLogger(__name__)
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id(settings: AgentSettings) -> str:
+    """The kernel's boot id; a simulated host (one with a profile) gets one per process."""
+    if settings.boot_id:
+        return settings.boot_id
+    if settings.profile is None:
+        with contextlib.suppress(OSError):
+            return BOOT_ID.read_text().strip()
+    return str(uuid.uuid4())
+
+
+def source_address(amqp_url: str) -> str | None:
+    """The local address this node uses to reach the broker (no packet is sent)."""
+    parsed = urlparse(amqp_url)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((parsed.hostname or "127.0.0.1", parsed.port or 5672))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+class Agent:
+    """One node's agent. ``bus`` may be shared by many simulated agents in one process."""
+
+    def __init__(self, settings: AgentSettings, bus: Bus, tally: Tally) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.tally = tally
+        self.source = f"agent/{settings.hostname}"
+        self.boot_id = boot_id(settings)
+        self.mgmt_ip = settings.mgmt_ip
+        self.state = AgentState(settings.state_dir)
+        self.applier = Applier(self.state, settings.apply_hooks, settings.hook_timeout_s)
+        self.queue = agent_key(settings.mgmt_mac)
+        self.consumer = Consumer(
+            bus=bus,
+            db=None,
+            queue=self.queue,
+            bindings=[self.queue],
+            handler=self._handle,
+            exchange=COMMANDS_EXCHANGE,
+            queue_type="classic",
+        )
+        self._inventory_digest: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._commands = tally.counter(
+            "agent_commands", "Commands received, by type and outcome.", ["type", "outcome"]
+        )
+        self._announces = tally.counter("agent_announces", "Announcements published.")
+        self._inventory_reports = tally.counter(
+            "agent_inventory_reports", "Inventory reports published."
+        )
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Consume commands first (so nothing sent in reply to the announce is lost), then
+        announce and start watching the inventory."""
+        assert self.bus.connection is not None
+        if self.mgmt_ip is None:
+            self.mgmt_ip = await asyncio.to_thread(source_address, self.settings.amqp_url)
+        await self.consumer.start()
+        self.bus.connection.reconnect_callbacks.add(self._on_reconnect)
+        await self.announce()
+        self._spawn(self._watch_inventory(), "inventory")
+        log.info(
+            "agent %s (%s) ready: queue %s, applied version %d",
+            self.settings.hostname,
+            self.settings.mgmt_mac,
+            self.queue,
+            self.state.applied,
+        )
+
+    async def stop(self) -> None:
+        if self.bus.connection is not None:
+            self.bus.connection.reconnect_callbacks.discard(self._on_reconnect)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.consumer.stop()
+        self._write_metrics()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{self.queue}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_reconnect(self, *_: object) -> None:
+        # Called by aio-pika once channels, queues and consumers are restored; publish from a
+        # task of our own rather than inside the connection's recovery.
+        log.warning("reconnected to the broker; announcing again")
+        self._spawn(self._announce_logged(), "re-announce")
+
+    async def _announce_logged(self) -> None:
+        try:
+            await self.announce()
+        except Exception:
+            log.exception("re-announce failed")
+
+    # Announce and inventory ------------------------------------------------------------------
+
+    def announcement(self) -> HostAnnounced:
+        return HostAnnounced(
+            mgmt_mac=self.settings.mgmt_mac,
+            hostname=self.settings.hostname,
+            mgmt_ip=self.mgmt_ip,
+            agent_version=__version__,
+            boot_id=self.boot_id,
+            config_applied=self.state.applied,
+        )
+
+    async def read_inventory(self) -> InventoryReported:
+        return await asyncio.to_thread(
+            read_inventory, self.settings.mgmt_mac, self.settings.profile
+        )
+
+    async def announce(self) -> None:
+        """``agent.host.announced`` then ``agent.inventory.reported``, confirmed by the broker."""
+        inventory = await self.read_inventory()
+        await self._publish(self.announcement(), self._envelope_of(inventory))
+        self._inventory_digest = digest(inventory)
+        self._announces.inc()
+        self._inventory_reports.inc()
+
+    async def _watch_inventory(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.inventory_poll_s)
+            try:
+                inventory = await self.read_inventory()
+                fingerprint = digest(inventory)
+                if fingerprint != self._inventory_digest:
+                    log.info("inventory changed; reporting it")
+                    await self._publish(inventory)
+                    self._inventory_digest = fingerprint
+                    self._inventory_reports.inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inventory check failed; trying again next period")
+
+    # Commands --------------------------------------------------------------------------------
+
+    async def _handle(self, _session: object, deliveries: list[Delivery]) -> None:
+        """Commands one at a time, in order. An exception parks the command (roost.dead)."""
+        for delivery in deliveries:
+            envelope = delivery.envelope
+            if expired(envelope):
+                log.warning(
+                    "rejected expired command %s %s (deadline %s)",
+                    envelope.type,
+                    envelope.id,
+                    envelope.deadline,
+                )
+                self._commands.labels(envelope.type, "expired").inc()
+            elif isinstance(delivery.payload, ConfigApply):
+                await self._config_apply(envelope, delivery.payload)
+            else:
+                log.warning("ignored command %s %s: not for agents", envelope.type, envelope.id)
+                self._commands.labels(envelope.type, "ignored").inc()
+        await asyncio.to_thread(self._write_metrics)
+
+    async def _config_apply(self, envelope: Envelope, command: ConfigApply) -> None:
+        outcome = await self.applier.apply(command)
+        if not outcome.changed:
+            verdict = "already-applied"
+        else:
+            verdict = "applied" if outcome.ok else "failed"
+        log.info(
+            "config.apply %d: %s (applied version %d)", command.version, verdict, outcome.version
+        )
+        self._commands.labels(envelope.type, verdict).inc()
+        await self._publish(
+            ConfigApplied(
+                mgmt_mac=self.settings.mgmt_mac,
+                version=outcome.version,
+                ok=outcome.ok,
+                error=outcome.error,
+            ),
+            correlationid=envelope.correlationid or envelope.id,
+        )
+
+    # Publishing ------------------------------------------------------------------------------
+
+    def _envelope_of(self, payload: Any, correlationid: str | None = None) -> Envelope:
+        return Envelope.of(
+            payload, source=self.source, subject=self.settings.mgmt_mac, correlationid=correlationid
+        )
+
+    async def _publish(self, *items: Any, correlationid: str | None = None) -> None:
+        envelopes = [
+            i if isinstance(i, Envelope) else self._envelope_of(i, correlationid) for i in items
+        ]
+        await self.bus.publish(envelopes, retry_for_s=self.settings.publish_retry_s)
+
+    def _write_metrics(self) -> None:
+        with contextlib.suppress(OSError):
+            write_atomic(self.settings.state_dir / "metrics.prom", self.tally.exposition())

@@ -1,0 +1,61 @@
+"""``roost-agent`` / ``python -m roost_agent.app``: run the agent until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from roost_agent.agent import Agent
+from roost_agent.settings import AgentSettings
+from roost_agent.tally import Tally
+from roost_shared.bus import Bus
+from roost_shared.logging import configure_logging
+
+log = logging.getLogger("roost_agent")
+
+
+async def connect(bus: Bus, stop: asyncio.Event) -> bool:
+    """Connect, however long the broker takes (a node may boot before it); False if stopped."""
+    while not stop.is_set():
+        try:
+            await bus.connect(deadline_s=30)
+            return True
+        except Exception as exc:
+            log.warning("broker unreachable (%s); still trying", exc)
+    return False
+
+
+async def run(settings: AgentSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tally = Tally(settings.service)
+    bus = Bus(settings, tally)  # type: ignore[arg-type]  # Tally is the light Metrics
+    connecting = asyncio.create_task(connect(bus, stop))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        await bus.close()
+        return
+    agent = Agent(settings, bus, tally)
+    try:
+        await agent.start()
+        await stopping
+        log.info("stopping")
+    finally:
+        await agent.stop()
+        await bus.close()
+
+
+def main() -> None:
+    """Run the agent with settings from ``ROOST_*`` environment variables."""
+    settings = AgentSettings()
+    configure_logging(f"agent/{settings.hostname}", settings.log_level, settings.log_json)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Agent settings (``ROOST_*`` environment variables); identity defaults come from the node."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from roost_shared.catalog import HOSTNAME_PATTERN, MAC_PATTERN
+from roost_shared.settings import RoostSettings
+
+SYS_NET = Path("/sys/class/net")
+
+
+def default_interface() -> str | None:
+    """The interface of the default IPv4 route (``/proc/net/route``), if there is one."""
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 1 and fields[1] == "00000000":
+            return fields[0]
+    return None
+
+
+def node_mac() -> str:
+    """The management MAC: the default route's interface, else the first real interface."""
+    candidates = [default_interface(), *sorted(p.name for p in SYS_NET.glob("*"))]
+    for name in candidates:
+        if not name or name == "lo":
+            continue
+        try:
+            mac = (SYS_NET / name / "address").read_text().strip().lower()
+        except OSError:
+            continue
+        if re.fullmatch(MAC_PATTERN, mac) and mac != "00:00:00:00:00:00":
+            return mac
+    raise RuntimeError("no network interface with a MAC address; set ROOST_MGMT_MAC")
+
+
+def node_hostname() -> str:
+    """The node's short hostname, lower-cased (a valid Roost hostname or ``localhost``)."""
+    name = socket.gethostname().split(".")[0].lower()
+    return name if re.fullmatch(HOSTNAME_PATTERN, name) else "localhost"
+
+
+class AgentSettings(RoostSettings):
+    """What an agent needs to know; on a real node only ``ROOST_AMQP_URL`` is usually set."""
+
+    service: str = "agent"
+    mgmt_mac: str = Field(
+        default_factory=node_mac, description="Identity of the node; routing key of its commands."
+    )
+    hostname: str = Field(default_factory=node_hostname)
+    mgmt_ip: str | None = Field(
+        None, description="Reported management address; default: the source address to the broker."
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/roost-agent"),
+        description="Applied version (applied.json) and applied configs (config/<version>.json).",
+    )
+    profile: Path | None = Field(
+        None, description="JSON hardware profile (simulation); default: read the real node."
+    )
+    boot_id: str | None = Field(
+        None, description="Default: the kernel's boot id, or a new one per process with a profile."
+    )
+    apply_hooks: Path | None = Field(
+        None, description="Directory of executables run as HOOK VERSION PATH after a config write."
+    )
+    hook_timeout_s: float = Field(120.0, gt=0)
+    inventory_poll_s: float = Field(60.0, gt=0, description="How often inventory is re-read.")
+    publish_retry_s: float = Field(
+        300.0, ge=0, description="How long a publish is retried while the broker is unreachable."
+    )
+    # Commands come one at a time and in order; nothing to gain from a deep prefetch.
+    prefetch: int = Field(4, ge=1, le=5000)
+    # A command that fails is parked at once (roost.dead) instead of going through retry queues:
+    # a queue per back-off step per agent adds up across a fleet, and the config service re-sends
+    # whatever a host has not applied when it announces itself.
+    retry_delays_ms: list[int] = Field(default_factory=list)
+
+    @field_validator("mgmt_mac")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        value = value.strip().lower().replace("-", ":")
+        if not re.fullmatch(MAC_PATTERN, value):
+            raise ValueError("expected a MAC address like 02:00:00:00:00:01")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(HOSTNAME_PATTERN, value):
+            raise ValueError("expected a hostname of a-z, 0-9 and '-'")
+        return value

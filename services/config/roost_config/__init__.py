@@ -1,0 +1,1 @@
+"""Roost config service: the system, hosts, inventory and node configuration (sysinv)."""

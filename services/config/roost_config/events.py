@@ -1,0 +1,34 @@
+"""Events the config service consumes and emits.
+
+Consumes (queue ``config.agents``): ``agent.host.announced``, ``agent.inventory.reported``,
+``agent.config.applied``. Emits through its outbox: ``config.host.added|updated|deleted``
+(``HostRecord``) on ``roost.events``; ``config.apply`` commands on ``roost.commands`` (key
+``agent.<mac hex>``); ``fault.alarm.set|clear`` and ``fault.log.write`` for the fault service.
+"""
+
+from __future__ import annotations
+
+from roost_config.operations import ConfigOperations
+from roost_shared.bus import BatchHandler, Delivery
+from roost_shared.catalog import ConfigApplied, HostAnnounced, InventoryReported
+from roost_shared.db import Session
+
+QUEUE = "config.agents"
+BINDINGS = ("agent.host.announced", "agent.inventory.reported", "agent.config.applied")
+
+
+def agent_handler(ops: ConfigOperations) -> BatchHandler:
+    """Apply a batch of agent reports in one transaction, in arrival order."""
+
+    async def handle(session: Session | None, deliveries: list[Delivery]) -> None:
+        assert session is not None
+        for d in deliveries:
+            payload = d.payload
+            if isinstance(payload, HostAnnounced):
+                await ops.announced(session, payload)
+            elif isinstance(payload, InventoryReported):
+                await ops.inventory_reported(session, payload)
+            elif isinstance(payload, ConfigApplied):
+                await ops.config_applied(session, payload)
+
+    return handle
