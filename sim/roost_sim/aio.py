@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
+
 from roost_sim.credentials import credentials_path, ensure_credentials
 from roost_sim.embedded_db import embedded_db, url_for
-from roost_sim.fleet import Fleet, FleetSupervisor
+from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
 from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
 from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state: Path = args.state_dir.resolve()
     logs = state / "logs"
-    _creds, tokens_file = ensure_credentials(state)
+    creds, tokens_file = ensure_credentials(state)
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     sim_hosts = int(os.environ.get("ROOST_SIM_HOSTS", "3") or 0)
     if sim_hosts > 0:
         fleet = FleetSupervisor(Fleet(state), amqp_url, logs)
-        fleet.fleet.seed(sim_hosts)
+        first_run = not fleet.fleet.hosts()
+        seeded = fleet.fleet.seed(sim_hosts)
+        if first_run and "config" in {p.name for p in services}:
+            register_hosts(seeded, creds.admin_token)
         fleet.poll()
         (fleet.fleet.dir / "supervisor.pid").write_text(str(os.getpid()))
 
@@ -153,6 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     _stop_all(services + children)
     print("stopped.")
     return 0
+
+
+def register_hosts(hosts: list[SimHost], admin_token: str) -> None:
+    """Add the seed hosts to the inventory, so a first ``make run`` shows a configured site;
+    hosts added later (``roost sim add-host``) arrive unknown and show up as discovered."""
+    url = f"http://127.0.0.1:{SERVICE_PORTS['config']}/v1/hosts"
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    for host in hosts:
+        body = {
+            "hostname": host.hostname,
+            "personality": host.profile,
+            "mgmt_mac": host.mac,
+            "mgmt_ip": host.ip,
+        }
+        try:
+            response = httpx.post(url, json=body, headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            print(f"roost: could not add {host.hostname} to the inventory: {exc}", file=sys.stderr)
+            continue
+        if response.status_code not in (201, 409):  # 409: already there from an earlier run
+            print(
+                f"roost: could not add {host.hostname}: {response.status_code} "
+                f"{response.text[:200]}",
+                file=sys.stderr,
+            )
 
 
 def _stop_all(procs: list[ManagedProcess]) -> None:
