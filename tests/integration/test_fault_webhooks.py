@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from pymongo import AsyncMongoClient
+
 from roost_sim.ports import free_port
 from tests.support.fault import alarm, clear
 from tests.support.receiver import WebhookReceiver
@@ -18,7 +20,7 @@ async def _subscribe(http, url, **filters):
 
 
 async def test_receiver_down_for_a_while_gets_everything_in_order_per_entity(stack):
-    fault = stack.start("fault")
+    fault = stack.start("fault", ROOST_RETENTION_PERIOD_S="0.2")
     bus = await stack.bus()
     receiver = WebhookReceiver(free_port())
     async with fault.client(stack.tokens.admin) as http:
@@ -66,6 +68,15 @@ async def test_receiver_down_for_a_while_gets_everything_in_order_per_entity(sta
 
             view = await eventually(healthy, what="subscription healthy")
             assert view["delivered"] == 15 and view["last_error"] is None
+
+            # What every subscriber has received is dropped from the notification log.
+            db = AsyncMongoClient(stack.mongo_url)[fault.env["ROOST_DATABASE"]]
+
+            async def pruned():
+                return await db.notifications.count_documents({}) == 0
+
+            await eventually(pruned, what="delivered notifications pruned")
+            await db.client.close()
         finally:
             await receiver.stop()
 

@@ -93,14 +93,29 @@ def test_customer_log_goes_to_event_log_only():
     assert out.event_log[0]["state"] == "log"
 
 
-def test_subscription_filters():
+def test_subscription_filters_and_their_query_agree():
     notice = logic.apply(
         [(set_(alarm_id="200.005", severity="minor"), T0)], {}, set(), set()
     ).notices[0]
-    assert logic.matches({}, notice)
-    assert logic.matches({"severities": ["minor"], "alarm_id_prefixes": ["200."]}, notice)
-    assert not logic.matches({"severities": ["critical"]}, notice)
-    assert not logic.matches({"alarm_id_prefixes": ["100."]}, notice)
+    alarm = notice.to_model().model_dump(mode="json")
+    subs = [
+        ({}, True),
+        ({"severities": ["minor"], "alarm_id_prefixes": ["200."]}, True),
+        ({"severities": ["critical"]}, False),
+        ({"alarm_id_prefixes": ["100.", "200.00"]}, True),
+        ({"alarm_id_prefixes": ["100."]}, False),
+    ]
+    for sub, wanted in subs:
+        assert logic.matches(sub, alarm) is wanted, sub
+    assert logic.subscription_query(
+        {"severities": ["minor"], "alarm_id_prefixes": ["2.0", "1"]}
+    ) == {
+        "alarm.suppressed": {"$ne": True},
+        "alarm.severity": {"$in": ["minor"]},
+        "alarm.alarm_id": {"$regex": r"^(?:2\.0|1)"},
+    }
+    assert not logic.matches({}, {**alarm, "suppressed": True})
+    assert logic.matches({"include_suppressed": True}, {**alarm, "suppressed": True})
 
 
 def test_summary_status():

@@ -321,8 +321,8 @@ async def patch_suppression(
 
 
 async def _subscription_view(c: FaultContext, doc: dict[str, Any]) -> SubscriptionView:
-    pending = await c.store.deliveries.count_documents(
-        {"subscription": doc["_id"], "status": "pending"}
+    pending = await c.store.notifications.count_documents(
+        {"seq": {"$gt": doc.get("cursor", 0)}, **logic.subscription_query(doc)}
     )
     return SubscriptionView(
         uuid=doc["_id"],
@@ -364,6 +364,8 @@ async def create_subscription(c: Ctx, body: SubscriptionCreate, who: Admin) -> S
         "state": "ok",
         "delivered": 0,
         "attempts": 0,
+        # Changes from now on: start after the newest logged notification.
+        "cursor": await c.store.last_seq(),
     }
     await c.store.subscriptions.insert_one(doc)
     c.dispatcher.subscriptions_changed()
@@ -377,13 +379,9 @@ async def show_subscription(c: Ctx, sub_uuid: str) -> SubscriptionView:
 
 @router.delete("/subscriptions/{sub_uuid}", status_code=204)
 async def delete_subscription(c: Ctx, sub_uuid: str, who: Admin) -> Response:
-    """Stop delivering to a webhook; its undelivered notifications are dropped with it."""
+    """Stop delivering to a webhook (what it had not received yet is not sent)."""
     await _subscription(c, sub_uuid)
 
-    async def remove(s: Any) -> None:
-        await c.store.subscriptions.delete_one({"_id": sub_uuid}, session=s)
-        await c.store.deliveries.delete_many({"subscription": sub_uuid}, session=s)
-
-    await c.platform.db.in_transaction(remove)
+    await c.store.subscriptions.delete_one({"_id": sub_uuid})
     c.dispatcher.subscriptions_changed()
     return Response(status_code=204)

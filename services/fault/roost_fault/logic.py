@@ -230,18 +230,29 @@ def summary_status(critical: int, major: int, minor: int) -> str:
     return "OK"
 
 
-def matches(subscription: Mapping[str, Any], notice: Notice) -> bool:
-    """Whether a webhook subscription wants this notice."""
-    alarm = notice.alarm
-    if alarm["suppression_status"] == SuppressionStatus.suppressed and not subscription.get(
-        "include_suppressed"
-    ):
+def matches(subscription: Mapping[str, Any], alarm: Mapping[str, Any]) -> bool:
+    """Whether a webhook subscription wants a notification about ``alarm`` (an ``AlarmNotice``
+    as JSON). Must agree with :func:`subscription_query`."""
+    if alarm.get("suppressed") and not subscription.get("include_suppressed"):
         return False
     severities = subscription.get("severities") or []
     if severities and alarm["severity"] not in severities:
         return False
     prefixes = subscription.get("alarm_id_prefixes") or []
     return not prefixes or any(alarm["alarm_id"].startswith(p) for p in prefixes)
+
+
+def subscription_query(subscription: Mapping[str, Any]) -> dict[str, Any]:
+    """The notification-log filter selecting what :func:`matches` accepts (for counting)."""
+    query: dict[str, Any] = {}
+    if not subscription.get("include_suppressed"):
+        query["alarm.suppressed"] = {"$ne": True}
+    if subscription.get("severities"):
+        query["alarm.severity"] = {"$in": list(subscription["severities"])}
+    if subscription.get("alarm_id_prefixes"):
+        alternatives = "|".join(re.escape(p) for p in subscription["alarm_id_prefixes"])
+        query["alarm.alarm_id"] = {"$regex": f"^(?:{alternatives})"}
+    return query
 
 
 # FM queries ------------------------------------------------------------------------------------

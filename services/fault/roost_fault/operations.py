@@ -1,12 +1,11 @@
 """Fault use cases: apply sets, clears and logs (from the bus or the API) in one transaction,
-together with the events and webhook deliveries they cause."""
+together with the events and webhook notifications they cause."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
-from bson import ObjectId
 from pydantic import BaseModel
 
 from roost_fault import logic
@@ -14,7 +13,7 @@ from roost_fault.models import SuppressionStatus
 from roost_fault.store import FaultStore
 from roost_shared.catalog import AlarmClear, AlarmSet
 from roost_shared.db import Session
-from roost_shared.events import Envelope, utcnow
+from roost_shared.events import Envelope
 from roost_shared.outbox import Outbox
 
 SOURCE = "roost/fault"
@@ -63,25 +62,21 @@ class FaultOperations:
             for n in notices
         ]
         await self.outbox.add(session, envelopes)
-        subscriptions = await self.store.subscriptions_all(session)
-        if not subscriptions:
+        # Webhooks read one notification log, each subscription with its own cursor; nothing is
+        # logged while nobody subscribes.
+        if await self.store.subscriptions.count_documents({}, limit=1, session=session) == 0:
             return
-        now = utcnow()
-        deliveries = [
-            {
-                "_id": ObjectId(),  # client-made, increasing: the delivery order
-                "subscription": sub["_id"],
-                "status": "pending",
-                "created_at": now,
-                "notification": {
+        first = await self.store.next_seqs(session, len(envelopes))
+        await self.store.log_notifications(
+            session,
+            [
+                {
+                    "seq": first + i,
                     "id": env.id,
                     "type": env.type,
                     "time": env.time,
                     "alarm": env.data,
-                },
-            }
-            for env, notice in zip(envelopes, notices, strict=True)
-            for sub in subscriptions
-            if logic.matches(sub, notice)
-        ]
-        await self.store.queue_deliveries(session, deliveries)
+                }
+                for i, env in enumerate(envelopes)
+            ],
+        )

@@ -1,4 +1,5 @@
 """Event log retention: keep at most N records and none older than D days, oldest dropped first.
+The same loop drops webhook notifications that every subscription has received.
 
 StarlingX FM caps its event log at 4,000 records by deleting the oldest on insert; Roost prunes
 in a background loop instead (so a burst of alarms never pays for the deletes) and also by age.
@@ -53,6 +54,7 @@ class Retention:
         if by_age or by_count:
             log.info("event log retention dropped %d by age, %d by count", by_age, by_count)
         self._size.set(await self.store.event_count())
+        await self.store.prune_notifications()
         return by_age, by_count
 
     async def run(self) -> None:

@@ -19,7 +19,7 @@ ALARMS = "alarms"
 EVENT_LOG = "event_log"
 SUPPRESSION = "event_suppression"
 SUBSCRIPTIONS = "subscriptions"
-DELIVERIES = "deliveries"
+NOTIFICATIONS = "notifications"
 META = "meta"
 
 #: FM's fixed alarm list order: severity, then entity, then id (uuid breaks ties).
@@ -43,11 +43,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("alarm_id", ASCENDING)], unique=True),
         IndexModel([("uuid", ASCENDING)], unique=True),
     ],
-    DELIVERIES: [
-        IndexModel([("subscription", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)]),
-        # Delivered notifications stay visible for a day, then go.
-        IndexModel([("delivered_at", ASCENDING)], expireAfterSeconds=86_400),
-    ],
+    NOTIFICATIONS: [IndexModel([("seq", ASCENDING)], unique=True)],
 }
 
 
@@ -60,7 +56,7 @@ class FaultStore:
         self.event_log = db[EVENT_LOG]
         self.suppression = db[SUPPRESSION]
         self.subscriptions = db[SUBSCRIPTIONS]
-        self.deliveries = db[DELIVERIES]
+        self.notifications = db[NOTIFICATIONS]
         self.meta = db[META]
 
     # System identity ------------------------------------------------------------------------
@@ -241,9 +237,44 @@ class FaultStore:
     async def subscriptions_all(self, session: Session | None = None) -> list[dict[str, Any]]:
         return await self.subscriptions.find({}, session=session).to_list()
 
-    async def queue_deliveries(self, session: Session, docs: list[dict[str, Any]]) -> None:
+    async def next_seqs(self, session: Session, count: int) -> int:
+        """Reserve ``count`` notification sequence numbers; returns the first.
+
+        Every writer increments the same counter document inside its transaction, so concurrent
+        transactions conflict there and commit one after the other: sequence order is commit
+        order, and a reader that has seen ``seq`` n will never later find a smaller one appear.
+        """
+        doc = await self.meta.find_one_and_update(
+            {"_id": "notification_seq"},
+            {"$inc": {"value": count}},
+            upsert=True,
+            return_document=True,
+            session=session,
+        )
+        return int(doc["value"]) - count + 1
+
+    async def last_seq(self, session: Session | None = None) -> int:
+        doc = await self.meta.find_one({"_id": "notification_seq"}, session=session)
+        return int(doc["value"]) if doc else 0
+
+    async def log_notifications(self, session: Session, docs: list[dict[str, Any]]) -> None:
         if docs:
-            await self.deliveries.insert_many(docs, session=session)
+            await self.notifications.insert_many(docs, session=session)
+
+    async def notifications_after(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        return (
+            await self.notifications.find({"seq": {"$gt": seq}})
+            .sort("seq", 1)
+            .limit(limit)
+            .to_list()
+        )
+
+    async def prune_notifications(self) -> int:
+        """Drop notifications every subscription has passed (all, if there is none)."""
+        cursors = [s.get("cursor", 0) async for s in self.subscriptions.find({}, {"cursor": 1})]
+        upto = min(cursors) if cursors else await self.last_seq()
+        result = await self.notifications.delete_many({"seq": {"$lte": upto}})
+        return result.deleted_count
 
 
 async def _page(

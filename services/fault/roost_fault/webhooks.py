@@ -1,9 +1,14 @@
-"""Webhook delivery: each subscription has one worker that POSTs its pending notifications in
-order, in batches, retrying with back-off until the receiver accepts them. Nothing is skipped,
-so a receiver that is down for a while gets everything, in order, when it returns.
+"""Webhook delivery from the notification log.
 
-Delivery is at least once: if the service dies after a POST succeeded but before it recorded
-that, the batch is sent again; receivers de-duplicate on each notification's ``id``.
+Every alarm change is logged once in ``notifications`` with a sequence number that follows
+commit order (see ``FaultStore.next_seqs``). Each subscription keeps a cursor: its worker reads
+the next notifications after the cursor, POSTs the ones the subscription wants in one batch,
+and only after a 2xx moves the cursor past everything it read — one write per POST, however many
+subscribers. A failed POST is retried with back-off, the same batch again, so nothing is skipped
+and order holds; a receiver that is down for a while gets everything when it returns.
+
+Delivery is at least once: if the service dies after a POST succeeded but before the cursor
+moved, the batch is sent again; receivers de-duplicate on each notification's ``id``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from roost_fault import logic
 from roost_fault.store import FaultStore
 from roost_shared.events import utcnow
 from roost_shared.metrics import Metrics
@@ -53,7 +59,7 @@ class WebhookDispatcher:
         )
 
     def wake(self) -> None:
-        """New deliveries were committed."""
+        """New notifications were committed."""
         for event in self._wakes.values():
             event.set()
 
@@ -89,23 +95,23 @@ class WebhookDispatcher:
         delays = backoff(initial=0.5, cap=self.retry_cap_s)
         while True:
             try:
-                pending = (
-                    await self.store.deliveries.find({"subscription": sub_id, "status": "pending"})
-                    .sort("_id", 1)
-                    .limit(self.batch_max)
-                    .to_list()
-                )
+                sub = await self.store.subscriptions.find_one({"_id": sub_id})
+                if sub is None:
+                    return
+                batch = await self.store.notifications_after(sub.get("cursor", 0), self.batch_max)
             except Exception as exc:
-                log.warning("webhook %s: cannot read deliveries: %s", sub_id, exc)
+                log.warning("webhook %s: cannot read notifications: %s", sub_id, exc)
                 await asyncio.sleep(next(delays))
                 continue
-            if not pending:
+            if not batch:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.poll_s)
                 continue
-            error = await self._post(sub_id, url, pending)
+            wanted = [n for n in batch if logic.matches(sub, n["alarm"])]
+            error = await self._post(sub_id, url, wanted) if wanted else None
             if error is None:
+                await self._advance(sub_id, batch[-1]["seq"], len(wanted))
                 delays = backoff(initial=0.5, cap=self.retry_cap_s)
                 continue
             delay = next(delays)
@@ -113,16 +119,14 @@ class WebhookDispatcher:
                 "webhook %s: %s; retrying %d notifications in %.1fs",
                 sub_id,
                 error,
-                len(pending),
+                len(wanted),
                 delay,
             )
             await asyncio.sleep(delay)
 
-    async def _post(self, sub_id: str, url: str, pending: list[dict[str, Any]]) -> str | None:
-        body = {
-            "subscription": sub_id,
-            "notifications": [_jsonable(d["notification"]) for d in pending],
-        }
+    async def _post(self, sub_id: str, url: str, wanted: list[dict[str, Any]]) -> str | None:
+        """POST one batch; None on success, else the reason (also recorded on the subscription)."""
+        body = {"subscription": sub_id, "notifications": [_jsonable(n) for n in wanted]}
         try:
             response = await self.http.post(url, json=body)
             if response.status_code >= 300:
@@ -132,36 +136,36 @@ class WebhookDispatcher:
                     response=response,
                 )
         except httpx.HTTPError as exc:
-            self._sent.labels("failed").inc(len(pending))
+            self._sent.labels("failed").inc(len(wanted))
             error = str(exc) or type(exc).__name__
             await self.store.subscriptions.update_one(
                 {"_id": sub_id},
                 {"$set": {"state": "retrying", "last_error": error[:500]}, "$inc": {"attempts": 1}},
             )
             return error
-        now = utcnow()
-        await self.store.deliveries.update_many(
-            {"_id": {"$in": [d["_id"] for d in pending]}},
-            {"$set": {"status": "delivered", "delivered_at": now}},
-        )
-        await self.store.subscriptions.update_one(
-            {"_id": sub_id},
-            {
-                "$set": {
-                    "state": "ok",
-                    "attempts": 0,
-                    "last_error": None,
-                    "last_delivered_at": now,
-                },
-                "$inc": {"delivered": len(pending)},
-            },
-        )
-        self._sent.labels("delivered").inc(len(pending))
+        self._sent.labels("delivered").inc(len(wanted))
         wall = time.time()
-        for d in pending:
-            self._latency.observe(max(0.0, wall - d["notification"]["time"].timestamp()))
+        for n in wanted:
+            self._latency.observe(max(0.0, wall - n["time"].timestamp()))
         return None
+
+    async def _advance(self, sub_id: str, seq: int, delivered: int) -> None:
+        update: dict[str, Any] = {"$max": {"cursor": seq}}
+        if delivered:
+            update["$set"] = {
+                "state": "ok",
+                "attempts": 0,
+                "last_error": None,
+                "last_delivered_at": utcnow(),
+            }
+            update["$inc"] = {"delivered": delivered}
+        await self.store.subscriptions.update_one({"_id": sub_id}, update)
 
 
 def _jsonable(notification: dict[str, Any]) -> dict[str, Any]:
-    return {**notification, "time": notification["time"].isoformat()}
+    return {
+        "id": notification["id"],
+        "type": notification["type"],
+        "time": notification["time"].isoformat(),
+        "alarm": notification["alarm"],
+    }
