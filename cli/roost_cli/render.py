@@ -230,7 +230,7 @@ def hosts(items: Sequence[Mapping[str, Any]]) -> None:
         ]
         for h in items
     ]
-    table(columns, rows, no_wrap=["UUID", "Hostname", "Install State", "Mgmt MAC", "Mgmt IP"])
+    table(columns, rows, no_wrap=[c for c in columns if c != "Personality"])
 
 
 def host(item: Mapping[str, Any]) -> None:
@@ -307,6 +307,8 @@ def inventory(body: Mapping[str, Any]) -> None:
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """A nested document as ``(dotted.key, scalar-or-list)`` rows."""
     if isinstance(value, Mapping):
+        if not value and prefix:
+            return [(prefix, "")]
         rows: list[tuple[str, Any]] = []
         for key, item in value.items():
             rows += flatten(item, f"{prefix}.{key}" if prefix else str(key))
@@ -332,12 +334,8 @@ def host_config(body: Mapping[str, Any]) -> None:
     table(["Property", "Value"], rows, no_wrap=["Property"])
     desired = body.get("desired")
     if desired:
-        table(
-            ["Key", "Value"],
-            flatten(desired),
-            no_wrap=["Key"],
-            title=f"Desired configuration (version {body.get('config_target')})",
-        )
+        message(f"Desired configuration (version {body.get('config_target')}):")
+        table(["Key", "Value"], flatten(desired), no_wrap=["Key"])
     else:
         message("No desired configuration yet (the host needs a hostname and a personality).")
 

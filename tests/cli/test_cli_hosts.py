@@ -292,15 +292,19 @@ async def test_errors_are_one_line_with_exit_codes(roost: Roost) -> None:
     assert duplicate_mac.code == 1 and "409" in duplicate_mac.error_line
     assert "mgmt_mac" in duplicate_mac.error_line
     assert invalid.code == 1
-    assert invalid.error_line.startswith("roost: error: 422 body.hostname")
+    assert invalid.error_line.startswith("roost: error: 422 body.hostname: ")
+    assert "RFC 1123" in invalid.error_line
     assert unknown.code == 5
     assert unknown.error_line == "roost: error: 404 Host no-such-host could not be found."
     assert unknown_mac.code == 5 and "no host has management MAC" in unknown_mac.error_line
     assert unreachable.code == 3
     assert "cannot reach the config service" in unreachable.error_line
     assert nothing.code == 2 and "nothing to change" in nothing.error_line
-    assert half_bmc.code == 1 and "422" in half_bmc.error_line
-    assert personality_change.code == 1 and personality_change.error_line.startswith(
-        "roost: error: "
+    assert half_bmc.code == 1 and half_bmc.error_line.startswith("roost: error: 422 ")
+    assert "bmc_username is missing" in half_bmc.error_line
+    assert personality_change.code == 1
+    assert personality_change.error_line.startswith(
+        "roost: error: 409 the personality of a host cannot change (worker)"
     )
+
     assert both_passwords.code == 2 and "not both" in both_passwords.error_line

@@ -46,6 +46,10 @@ async def test_discovered_node_is_provisioned_and_reconfigured_by_a_system_chang
         assert host["hostname"] is None and host["personality"] is None
         assert host["reported_hostname"] == "localhost" and host["mgmt_mac"] == mac
         assert host["config_target"] == 0 and host["config_status"] == "none"
+        # Without a name, the MAC (any spelling) finds it too.
+        by_mac = await http.get(f"/v1/hosts/{mac.upper()}")
+        assert by_mac.status_code == 200 and by_mac.json()["uuid"] == host["uuid"]
+        assert (await http.get("/v1/hosts/02:00:00:ff:ff:ff")).status_code == 404
         log = await events.wait_for(
             _is("fault.log.write", event_log_id="200.020"), "discovery customer log"
         )

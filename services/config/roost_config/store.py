@@ -15,6 +15,7 @@ from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 
+from roost_config.logic import normalise_mac
 from roost_shared.db import Database, Session
 from roost_shared.paging import SortSpec, after
 from roost_shared.problems import NotFound
@@ -88,8 +89,17 @@ class ConfigStore:
     # Hosts ----------------------------------------------------------------------------------
 
     async def host(self, ref: str, session: Session | None = None) -> dict[str, Any]:
-        """A host by uuid or assigned hostname (404 otherwise)."""
-        query = {"uuid": ref} if is_uuid(ref) else {"hostname": ref}
+        """A host by uuid, management MAC (a discovered host has no name yet) or assigned
+        hostname (404 otherwise)."""
+        if is_uuid(ref):
+            query = {"uuid": ref}
+        elif ":" in ref:  # hostnames never hold a colon
+            try:
+                query = {"mgmt_mac": normalise_mac(ref)}
+            except ValueError:
+                raise NotFound(kind="Host", id=ref) from None
+        else:
+            query = {"hostname": ref}
         doc = await self.hosts.find_one(query, session=session)
         if doc is None:
             raise NotFound(kind="Host", id=ref)
