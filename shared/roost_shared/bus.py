@@ -77,6 +77,9 @@ class Delivery:
     message: AbstractIncomingMessage
 
 
+#: A message and where it goes: (envelope, exchange, routing key or None for its type).
+Destined = tuple[Envelope, str, "str | None"]
+
 #: A batch handler: apply every delivery's effect using ``session`` (inside one transaction).
 BatchHandler = Callable[["Session | None", list[Delivery]], Awaitable[None]]
 
@@ -165,11 +168,18 @@ class Bus:
         by scripts without an outbox); a retried message may arrive twice, which consumers'
         inboxes absorb.
         """
+        await self.publish_to(
+            [(e, exchange, routing_key) for e in envelopes], retry_for_s=retry_for_s
+        )
+
+    async def publish_to(self, items: Sequence[Destined], *, retry_for_s: float = 0.0) -> None:
+        """Publish messages each to its own exchange and routing key (None: the event type), in
+        one confirm round: the outbox relay sends events and commands together this way."""
         deadline = time.monotonic() + retry_for_s
         delays = backoff(initial=0.1, cap=2.0)
         while True:
             try:
-                await self._publish_once(envelopes, exchange, routing_key)
+                await self._publish_once(items)
                 return
             except Exception as exc:
                 if time.monotonic() >= deadline:
@@ -178,19 +188,19 @@ class Bus:
                 log.warning("publish failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _publish_once(
-        self, envelopes: Sequence[Envelope], exchange: str, routing_key: str | None
-    ) -> None:
+    async def _publish_once(self, items: Sequence[Destined]) -> None:
         if not self.exchanges:
             raise ConnectionError("bus is not connected")
-        target = self.exchanges[exchange]
+        # Publishes are written to the channel in this order; the confirms come back together.
         await asyncio.gather(
             *(
-                target.publish(to_message(e), routing_key=routing_key or e.type, mandatory=False)
-                for e in envelopes
+                self.exchanges[exchange].publish(
+                    to_message(e), routing_key=routing_key or e.type, mandatory=False
+                )
+                for e, exchange, routing_key in items
             )
         )
-        for e in envelopes:
+        for e, _, _ in items:
             self._published.labels(e.type).inc()
 
     async def publish_raw(self, message: Message, *, exchange: str, routing_key: str) -> None:

@@ -13,11 +13,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from itertools import groupby
 
 from bson import ObjectId
 
-from roost_shared.bus import EVENTS_EXCHANGE, Bus
+from roost_shared.bus import EVENTS_EXCHANGE, Bus, Destined
 from roost_shared.db import Database, Session
 from roost_shared.events import Envelope
 from roost_shared.metrics import Metrics
@@ -64,7 +63,11 @@ class Outbox:
         Events go to ``roost.events`` keyed by their type; a command passes
         ``exchange=COMMANDS_EXCHANGE`` and its agent's ``routing_key``.
         """
-        if not envelopes:
+        await self.add_to(session, [(e, exchange, routing_key) for e in envelopes])
+
+    async def add_to(self, session: Session | None, items: Sequence[Destined]) -> None:
+        """Record messages with a destination each (one write for a whole fan-out)."""
+        if not items:
             return
         await self.db[OUTBOX].insert_many(
             [
@@ -74,7 +77,7 @@ class Outbox:
                     "exchange": exchange,
                     "routing_key": routing_key,
                 }
-                for e in envelopes
+                for e, exchange, routing_key in items
             ],
             session=session,
         )
@@ -120,12 +123,17 @@ class Outbox:
         self._pending.set(len(docs))
         if not docs:
             return 0
-        # Consecutive messages for the same destination go out together, in order.
-        for (exchange, routing_key), group in groupby(
-            docs, key=lambda d: (d.get("exchange", EVENTS_EXCHANGE), d.get("routing_key"))
-        ):
-            envelopes = [Envelope.model_validate(d["envelope"]) for d in group]
-            await self.bus.publish(envelopes, exchange=exchange, routing_key=routing_key)
+        # One confirm round for the whole batch, events and commands alike, in outbox order.
+        await self.bus.publish_to(
+            [
+                (
+                    Envelope.model_validate(d["envelope"]),
+                    d.get("exchange", EVENTS_EXCHANGE),
+                    d.get("routing_key"),
+                )
+                for d in docs
+            ]
+        )
         await self.db[OUTBOX].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
         self._relayed.inc(len(docs))
         return len(docs)

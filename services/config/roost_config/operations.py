@@ -24,7 +24,7 @@ from roost_config.models import HostCreate, HostPatch, SystemPatch
 from roost_config.settings import ConfigSettings
 from roost_config.store import ConfigStore
 from roost_config.vault import Vault
-from roost_shared.bus import COMMANDS_EXCHANGE
+from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
 from roost_shared.catalog import (
     AlarmClear,
     ConfigApplied,
@@ -87,7 +87,7 @@ class ConfigOperations:
 
     # Outbox helpers -------------------------------------------------------------------------
 
-    async def _emit(self, session: Session, verb: str, host: dict[str, Any]) -> None:
+    def _host_event(self, verb: str, host: dict[str, Any]) -> Destined:
         """``config.host.<verb>`` (the model is shared by three types, so the type is explicit)."""
         envelope = Envelope.of(
             logic.host_record(host),
@@ -95,7 +95,10 @@ class ConfigOperations:
             source=SOURCE,
             subject=logic.entity(host),
         )
-        await self.outbox.add(session, [envelope])
+        return (envelope, EVENTS_EXCHANGE, None)
+
+    async def _emit(self, session: Session, verb: str, host: dict[str, Any]) -> None:
+        await self.outbox.add_to(session, [self._host_event(verb, host)])
 
     async def _fault(self, session: Session, items: Sequence[BaseModel]) -> None:
         """``fault.alarm.set|clear`` and ``fault.log.write`` for the fault service."""
@@ -105,8 +108,8 @@ class ConfigOperations:
         ]
         await self.outbox.add(session, envelopes)
 
-    async def _send_config(self, session: Session, host: dict[str, Any], reason: str) -> None:
-        """Queue ``config.apply`` for the host's target version, with a fresh deadline."""
+    def _config_command(self, host: dict[str, Any], reason: str) -> Destined:
+        """``config.apply`` for the host's target version, with a fresh deadline."""
         payload = ConfigApply(
             version=int(host["config_target"]),
             hostname=host["hostname"],
@@ -119,13 +122,15 @@ class ConfigOperations:
             subject=logic.entity(host),
             deadline_s=self.settings.command_deadline_s,
         )
-        await self.outbox.add(
-            session, [envelope], exchange=COMMANDS_EXCHANGE, routing_key=agent_key(host["mgmt_mac"])
-        )
         self._commands.labels(reason).inc()
+        return (envelope, COMMANDS_EXCHANGE, agent_key(host["mgmt_mac"]))
+
+    async def _send_config(self, session: Session, host: dict[str, Any], reason: str) -> None:
+        """Queue ``config.apply`` for the host's target version."""
+        await self.outbox.add_to(session, [self._config_command(host, reason)])
         log.info(
             "config.apply version %d queued for %s (%s)",
-            payload.version,
+            host["config_target"],
             host["hostname"],
             reason,
         )
@@ -369,12 +374,22 @@ class ConfigOperations:
         changes = patch.model_dump(mode="json", exclude_unset=True, exclude_none=True)
         now = utcnow()
         system = await self.store.update_system(session, changes, now)
-        bumped = 0
+        # A site-wide change touches every host: one bulk update and one outbox write for all
+        # (per-host round trips made a change on 500 hosts take seconds before any was sent).
+        host_changes: list[tuple[str, dict[str, Any]]] = []
+        messages: list[Destined] = []
         for host in await self.store.configurable_hosts(session):
-            updated = await self._reconfigure(session, system, host, now)
-            if updated is not host:
-                await self._emit(session, "updated", updated)
-                bumped += 1
+            update = logic.new_version(system, host, now)
+            if update is None:
+                continue
+            update["updated_at"] = now
+            updated = {**host, **update}
+            host_changes.append((host["uuid"], update))
+            messages.append(self._config_command(updated, "changed"))
+            messages.append(self._host_event("updated", updated))
+        await self.store.update_hosts(session, host_changes)
+        await self.outbox.add_to(session, messages)
+        bumped = len(host_changes)
         log.info(
             "system updated (%s); %d hosts get a new configuration", ", ".join(changes), bumped
         )

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 
 from roost_config.logic import normalise_mac
 from roost_shared.db import Database, Session
@@ -129,6 +129,25 @@ class ConfigStore:
         if doc is None:
             raise NotFound(kind="Host", id=host_uuid)
         return doc
+
+    async def update_hosts(
+        self, session: Session, changes: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Apply ``(uuid, changes)`` to many hosts in one round trip."""
+        if changes:
+            await self.hosts.bulk_write(
+                [
+                    UpdateOne(
+                        {
+                            "uuid": u,
+                        },
+                        {"$set": c},
+                    )
+                    for u, c in changes
+                ],
+                ordered=False,
+                session=session,
+            )
 
     async def delete_host(self, session: Session, host_uuid: str) -> None:
         await self.hosts.delete_one({"uuid": host_uuid}, session=session)
