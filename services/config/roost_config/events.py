@@ -22,13 +22,20 @@ def agent_handler(ops: ConfigOperations) -> BatchHandler:
 
     async def handle(session: Session | None, deliveries: list[Delivery]) -> None:
         assert session is not None
+        applied: list[ConfigApplied] = []  # a run of consecutive reports, handled together
         for d in deliveries:
             payload = d.payload
+            if isinstance(payload, ConfigApplied):
+                applied.append(payload)
+                continue
+            if applied:
+                await ops.config_applied(session, applied)
+                applied = []
             if isinstance(payload, HostAnnounced):
                 await ops.announced(session, payload)
             elif isinstance(payload, InventoryReported):
                 await ops.inventory_reported(session, payload)
-            elif isinstance(payload, ConfigApplied):
-                await ops.config_applied(session, payload)
+        if applied:
+            await ops.config_applied(session, applied)
 
     return handle

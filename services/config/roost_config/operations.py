@@ -518,29 +518,44 @@ class ConfigOperations:
         if changed:
             log.info("inventory of %s %s", msg.mgmt_mac, "stored" if current is None else "changed")
 
-    async def config_applied(self, session: Session, msg: ConfigApplied) -> None:
-        """``agent.config.applied``: move ``config_applied`` forward, or raise 200.011."""
-        host = await self.store.host_by_mac(msg.mgmt_mac, session)
-        if host is None:
-            log.warning("config.applied from unknown node %s ignored", msg.mgmt_mac)
-            self._reports.labels("applied", "unknown").inc()
-            return
-        fx = logic.on_applied(host, msg.version, msg.ok, msg.error, utcnow())
-        if fx.note:
-            log.info("config.applied from %s: %s", logic.entity(host), fx.note)
-        if not fx.changed and not fx.alarms:
-            self._reports.labels("applied", "ignored").inc()
-            return
-        updated = await self.store.update_host(
-            session, host["uuid"], {**fx.set, "updated_at": utcnow()}
+    async def config_applied(self, session: Session, msgs: Sequence[ConfigApplied]) -> None:
+        """``agent.config.applied`` (a batch, in arrival order): move ``config_applied`` forward,
+        or raise 200.011. One read, one bulk update and one outbox write for the whole batch: a
+        site-wide change brings hundreds of these at once."""
+        hosts = await self.store.hosts_by_macs(session, {m.mgmt_mac for m in msgs})
+        before = {mac: dict(h) for mac, h in hosts.items()}
+        sets: dict[str, dict[str, Any]] = {}
+        alarms: list[BaseModel] = []
+        for msg in msgs:
+            host = hosts.get(msg.mgmt_mac)
+            if host is None:
+                log.warning("config.applied from unknown node %s ignored", msg.mgmt_mac)
+                self._reports.labels("applied", "unknown").inc()
+                continue
+            now = utcnow()
+            fx = logic.on_applied(host, msg.version, msg.ok, msg.error, now)
+            if fx.note:
+                log.info("config.applied from %s: %s", logic.entity(host), fx.note)
+            if not fx.changed and not fx.alarms:
+                self._reports.labels("applied", "ignored").inc()
+                continue
+            change = {**fx.set, "updated_at": now}
+            host.update(change)
+            sets.setdefault(msg.mgmt_mac, {}).update(change)
+            alarms.extend(fx.alarms)
+            self._reports.labels("applied", "ok" if msg.ok else "failed").inc()
+            if not msg.ok:
+                log.warning("%s failed to apply version %d", logic.entity(host), msg.version)
+        await self.store.update_hosts(
+            session, [(hosts[mac]["uuid"], change) for mac, change in sets.items()]
         )
-        await self._fault(session, fx.alarms)
-        if logic.host_record(host) != logic.host_record(updated):
-            await self._emit(session, "updated", updated)
-        outcome = "ok" if msg.ok else "failed"
-        self._reports.labels("applied", outcome).inc()
-        if not msg.ok:
-            log.warning("%s failed to apply version %d", logic.entity(host), msg.version)
+        messages = [
+            self._host_event("updated", hosts[mac])
+            for mac in sets
+            if logic.host_record(before[mac]) != logic.host_record(hosts[mac])
+        ]
+        await self._fault(session, alarms)
+        await self.outbox.add_to(session, messages)
 
     # Drift ----------------------------------------------------------------------------------
 

@@ -108,6 +108,11 @@ class ConfigStore:
     async def host_by_mac(self, mac: str, session: Session | None = None) -> dict[str, Any] | None:
         return await self.hosts.find_one({"mgmt_mac": mac}, session=session)
 
+    async def hosts_by_macs(self, session: Session, macs: set[str]) -> dict[str, dict[str, Any]]:
+        """The hosts with these management MACs, by MAC (one indexed query)."""
+        cursor = self.hosts.find({"mgmt_mac": {"$in": sorted(macs)}}, session=session)
+        return {doc["mgmt_mac"]: doc async for doc in cursor}
+
     async def host_by_hostname(
         self, hostname: str, session: Session | None = None
     ) -> dict[str, Any] | None:
