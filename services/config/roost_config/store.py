@@ -166,10 +166,11 @@ class ConfigStore:
     async def hosts_in_conflict_with(self, session: Session, hostname: str) -> list[dict[str, Any]]:
         return await self.hosts.find({"conflict_with": hostname}, session=session).to_list()
 
-    async def drift_candidates(self) -> list[dict[str, Any]]:
+    async def drift_candidates(self, session: Session | None = None) -> list[dict[str, Any]]:
         """Hosts lagging behind their target, or still alarmed for it."""
         return await self.hosts.find(
-            {"$or": [{"out_of_date_since": {"$type": "date"}}, {"drift_alarmed": True}]}
+            {"$or": [{"out_of_date_since": {"$type": "date"}}, {"drift_alarmed": True}]},
+            session=session,
         ).to_list()
 
     async def list_hosts(
