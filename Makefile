@@ -18,7 +18,8 @@ help:
 
 # uv is bootstrapped from PyPI when missing; the venv is synced from uv.lock.
 $(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv \
+		|| python3 -m pip install --quiet --user --break-system-packages uv
 
 install: $(VENV)/.synced
 
