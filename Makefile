@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install broker lint format bench bench-deps clean help
+.PHONY: run test install broker test-tools lint format bench bench-deps clean help
 
 help:
 	@echo "make run      start an all-in-one Roost (Ctrl-C stops it)"
@@ -31,10 +31,14 @@ $(VENV)/.synced: pyproject.toml uv.lock shared/pyproject.toml services/*/pyproje
 broker:
 	@bash deploy/scripts/ensure-rabbitmq.sh
 
+# Real clients the tests drive our simulators with (ipmitool against the BMC simulator).
+test-tools:
+	@bash deploy/scripts/ensure-test-tools.sh
+
 run: install
 	@$(PY) -m roost_sim.aio
 
-test: install broker
+test: install broker test-tools
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check --quiet .
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 

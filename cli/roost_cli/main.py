@@ -1,5 +1,6 @@
 """The ``roost`` command: typer commands over the fault service's v1 API (host and system
-commands over the config service are in ``hosts.py``, ``roost sim`` in ``sim.py``).
+commands over the config service are in ``hosts.py``, host actions and timelines over the host
+service in ``host_actions.py``, ``roost sim`` in ``sim.py``).
 
 ``app`` is the entry point: it runs the typer application and turns every failure into one
 ``roost: error: ...`` line on stderr with a non-zero exit code (see cli/README.md).
@@ -14,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import hosts, render, sim
+from roost_cli import host_actions, hosts, render, sim
 from roost_cli.client import FaultClient, path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
@@ -61,6 +62,15 @@ def _global(
             show_default=False,
         ),
     ] = None,
+    host_url: Annotated[
+        str | None,
+        typer.Option(
+            "--host-url",
+            envvar="ROOST_HOST_URL",
+            help="The host service (default: http://127.0.0.1:8103).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -72,7 +82,13 @@ def _global(
     ] = None,
 ) -> None:
     """Global options come before the command: ``roost --format json alarm-list``."""
-    ctx.obj = Settings(fault_url=fault_url, token=token, output=output, config_url=config_url)
+    ctx.obj = Settings(
+        fault_url=fault_url,
+        token=token,
+        output=output,
+        config_url=config_url,
+        host_url=host_url,
+    )
 
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -373,6 +389,7 @@ def subscription_delete(
 
 
 hosts.register(cli)
+host_actions.register(cli)
 sim.register(cli)
 
 

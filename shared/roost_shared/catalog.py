@@ -209,8 +209,10 @@ class HostRecord(BaseModel):
     """
 
     uuid: str
-    hostname: str | None
-    personality: Personality | None
+    # Defaults: envelopes drop None values (``exclude_none``), so a discovered host's record
+    # arrives without these keys.
+    hostname: str | None = None
+    personality: Personality | None = None
     mgmt_mac: str
     mgmt_ip: str | None = None
     bmc_type: str | None = None
@@ -219,6 +221,32 @@ class HostRecord(BaseModel):
     install_state: str
     config_target: int = 0
     config_applied: int = 0
+
+
+# Host lifecycle ------------------------------------------------------------------------------
+
+
+class HostStateChanged(BaseModel):
+    """``host.state.changed``: one transition of a host's StarlingX states (host service).
+
+    Every transition is also a timeline entry of the host; ``reason`` is a short code
+    (``operator-request``, ``intest-passed``, ...), ``cause`` says in words what triggered it.
+    """
+
+    uuid: str
+    hostname: str | None = None
+    personality: Personality | None = None
+    from_administrative: str
+    from_operational: str
+    from_availability: str
+    to_administrative: str
+    to_operational: str
+    to_availability: str
+    task: str = ""
+    cause: str
+    reason: str
+    actor: str = "system"
+    time: datetime
 
 
 CATALOG: dict[str, type[BaseModel]] = {
@@ -238,6 +266,8 @@ CATALOG: dict[str, type[BaseModel]] = {
     "config.host.added": HostRecord,
     "config.host.updated": HostRecord,
     "config.host.deleted": HostRecord,
+    # The host service tells everyone about host state transitions.
+    "host.state.changed": HostStateChanged,
     # Commands (exchange roost.commands, routing key agent.<mac hex>).
     "config.apply": ConfigApply,
 }

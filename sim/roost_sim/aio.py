@@ -63,6 +63,17 @@ def installed_services() -> list[str]:
     return [n for n in SERVICE_PORTS if importlib.util.find_spec(f"roost_{n}") is not None]
 
 
+def service_env(name: str, installed: list[str], reader_token: str) -> dict[str, str]:
+    """What one service needs to know about the others: config asks the host service whether
+    a host is unlocked before deleting it (a reader token suffices)."""
+    if name == "config" and "host" in installed:
+        return {
+            "ROOST_HOST_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['host']}",
+            "ROOST_HOST_SERVICE_TOKEN": reader_token,
+        }
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roost-aio", description=__doc__)
     parser.add_argument(
@@ -93,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "ROOST_STATE_DIR": str(state),
     }
     services: list[ManagedProcess] = []
-    for name in installed_services():
+    installed = installed_services()
+    for name in installed:
         port = SERVICE_PORTS[name]
         if is_listening(port):
             _stop_all(children + services)
@@ -101,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         proc = ManagedProcess(
             name,
             python_module(f"roost_{name}.app"),
-            env={**env, "ROOST_PORT": str(port)},
+            env={
+                **env,
+                **service_env(name, installed, creds.reader_token),
+                "ROOST_PORT": str(port),
+            },
             log_path=logs / f"{name}.log",
             ready=http_ready(f"http://127.0.0.1:{port}/readyz"),
         ).start()

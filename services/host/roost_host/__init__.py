@@ -1,0 +1,1 @@
+"""Roost host service: host lifecycle, failure detection, BMC power and sensors, recovery."""

@@ -1,0 +1,59 @@
+"""Composition of the host service: settings, platform, store, consumer, step runner, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from roost_host import events
+from roost_host.api import HostContext, install_handlers, router
+from roost_host.operations import HostOperations
+from roost_host.settings import HostSettings
+from roost_host.steps import StepRunner
+from roost_host.store import INDEXES, HostStore
+from roost_shared.api import Platform, create_app, serve
+
+DESCRIPTION = """Host lifecycle and state (StarlingX mtce): administrative, operational and
+availability states, operator actions (lock, force-lock, unlock with in-test, reboot, reset,
+power-on, power-off, reinstall) with StarlingX's rules, and each host's timeline.
+
+Learns hosts from the config service's `config.host.added|updated|deleted` events; emits
+`host.state.changed` for every transition and raises/clears alarm 200.001 (host locked)."""
+
+
+def build_app(settings: HostSettings | None = None) -> FastAPI:
+    settings = settings or HostSettings()
+
+    @asynccontextmanager
+    async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
+        store = HostStore(platform.db)
+        ops = HostOperations(store, platform.outbox, settings)
+        steps = StepRunner(platform.db, store, ops, platform.outbox, settings.step_poll_s)
+        await steps.restart_interrupted()
+        app.state.host = HostContext(platform, store, ops, steps)
+        platform.consume(events.QUEUE, events.BINDINGS, events.inventory_handler(ops))
+        platform.spawn(steps.run(), "steps")
+        yield
+
+    app = create_app(
+        settings,
+        title="Roost host",
+        description=DESCRIPTION,
+        routers=[router],
+        indexes=INDEXES,
+        start=start,
+    )
+    install_handlers(app)
+    return app
+
+
+def main() -> None:
+    """``roost-host``: run the host service."""
+    settings = HostSettings()
+    serve(build_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The host service's collections, their indexes and its queries (database ``roost_host``).
+
+* ``hosts``: one per host config told us about, keyed by config's ``uuid``: identity (hostname,
+  personality, management MAC/IP, BMC type and address — never a password), the three states,
+  ``task``, and ``pending`` (the timed step under way: ``{"step", "due"}``) with ``version``
+  bumped by every write.
+* ``timeline``: one entry per transition of a host (by ``host_uuid``, so renames keep it).
+* ``guards``: ``{"_id": "controllers"}`` is written by every transition of a controller, so two
+  concurrent locks of the last two controllers conflict and one is retried (no write skew).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+
+from roost_shared.db import Database, Session
+from roost_shared.paging import SortSpec, after
+from roost_shared.problems import NotFound
+
+HOSTS = "hosts"
+TIMELINE = "timeline"
+GUARDS = "guards"
+
+HOST_SORT: SortSpec = [("created_at", 1), ("uuid", 1)]
+#: Timeline order: oldest first, in the order the entries were written.
+TIMELINE_SORT: SortSpec = [("_id", 1)]
+
+INDEXES: dict[str, list[IndexModel]] = {
+    HOSTS: [
+        IndexModel([("uuid", ASCENDING)], unique=True),
+        IndexModel([("hostname", ASCENDING)]),
+        IndexModel([("mgmt_mac", ASCENDING)]),
+        IndexModel([("personality", ASCENDING)]),
+        IndexModel([("pending.due", ASCENDING)], sparse=True),
+        IndexModel([(f, ASCENDING) for f, _ in HOST_SORT]),
+    ],
+    TIMELINE: [
+        IndexModel([("uuid", ASCENDING)], unique=True),
+        IndexModel([("host_uuid", ASCENDING), ("_id", ASCENDING)]),
+    ],
+}
+
+
+def is_uuid(ref: str) -> bool:
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        return False
+    return True
+
+
+class HostStore:
+    """Queries over the host collections; writes take the caller's session."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.hosts = db[HOSTS]
+        self.timeline = db[TIMELINE]
+        self.guards = db[GUARDS]
+
+    async def host(self, ref: str, session: Session | None = None) -> dict[str, Any]:
+        """A host by uuid, hostname or (for a discovered host) management MAC; 404 otherwise."""
+        if is_uuid(ref):
+            query: dict[str, Any] = {"uuid": ref}
+        elif ":" in ref:
+            query = {"mgmt_mac": ref.lower()}
+        else:
+            query = {"hostname": ref}
+        doc = await self.hosts.find_one(query, session=session)
+        if doc is None:
+            raise NotFound(kind="Host", id=ref)
+        return doc
+
+    async def by_uuid(self, host_uuid: str, session: Session | None = None) -> dict | None:
+        return await self.hosts.find_one({"uuid": host_uuid}, session=session)
+
+    async def insert(self, session: Session, doc: dict[str, Any]) -> None:
+        await self.hosts.insert_one(doc, session=session)
+
+    async def update(
+        self, session: Session, host_uuid: str, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        doc = await self.hosts.find_one_and_update(
+            {"uuid": host_uuid},
+            {"$set": changes, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        if doc is None:
+            raise NotFound(kind="Host", id=host_uuid)
+        return doc
+
+    async def delete(self, session: Session, host_uuid: str) -> None:
+        await self.hosts.delete_one({"uuid": host_uuid}, session=session)
+        await self.timeline.delete_many({"host_uuid": host_uuid}, session=session)
+
+    async def other_controllers(self, session: Session, host_uuid: str) -> list[dict[str, Any]]:
+        query = {"personality": "controller", "uuid": {"$ne": host_uuid}}
+        return await self.hosts.find(query, session=session).to_list()
+
+    async def touch_controller_guard(self, session: Session) -> None:
+        await self.guards.update_one(
+            {"_id": "controllers"}, {"$inc": {"n": 1}}, upsert=True, session=session
+        )
+
+    async def due(self, now: datetime, limit: int = 100) -> list[dict[str, Any]]:
+        """Hosts whose timed step is due."""
+        query = {"pending.due": {"$lte": now}}
+        return await self.hosts.find(query).sort("pending.due", 1).limit(limit).to_list()
+
+    async def next_due(self) -> datetime | None:
+        doc = await self.hosts.find_one(
+            {"pending.due": {"$type": "date"}}, sort=[("pending.due", 1)]
+        )
+        return doc["pending"]["due"] if doc else None
+
+    async def pending(self) -> list[dict[str, Any]]:
+        return await self.hosts.find({"pending.due": {"$type": "date"}}).to_list()
+
+    async def list_hosts(
+        self, query: dict[str, Any], *, marker: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        if marker:
+            marker_doc = await self.hosts.find_one({"uuid": marker})
+            if marker_doc is None:
+                raise NotFound(kind="Marker host", id=marker, field="query.marker")
+            page = after(HOST_SORT, marker_doc)
+            query = {"$and": [query, page]} if query else page
+        return await self.hosts.find(query).sort(list(HOST_SORT)).limit(limit).to_list()
+
+    # Timeline -------------------------------------------------------------------------------
+
+    async def add_entry(self, session: Session, entry: dict[str, Any]) -> None:
+        await self.timeline.insert_one({"_id": ObjectId(), **entry}, session=session)
+
+    async def entries(
+        self, host_uuid: str, *, marker: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"host_uuid": host_uuid}
+        if marker:
+            marker_doc = await self.timeline.find_one({"uuid": marker, "host_uuid": host_uuid})
+            if marker_doc is None:
+                raise NotFound(kind="Marker timeline entry", id=marker, field="query.marker")
+            query = {"$and": [query, after(TIMELINE_SORT, marker_doc)]}
+        return await self.timeline.find(query).sort(list(TIMELINE_SORT)).limit(limit).to_list()
