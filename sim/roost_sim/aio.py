@@ -26,7 +26,13 @@ from roost_sim.credentials import credentials_path, ensure_credentials
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
 from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
-from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
+from roost_sim.processes import (
+    ManagedProcess,
+    ReadyTimeout,
+    http_ready,
+    python_module,
+    stop_together,
+)
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 RESTARTS_PER_MINUTE = 5
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in installed:
         port = SERVICE_PORTS[name]
         if is_listening(port):
-            _stop_all(children + services)
+            _stop_all(children, services)
             fail(f"port {port} ({name}) is in use: is Roost already running?")
         proc = ManagedProcess(
             name,
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in services:
             proc.wait_ready(60)
     except ReadyTimeout as exc:
-        _stop_all(services + children)
+        _stop_all(children, services)
         fail(str(exc))
 
     fleet: FleetSupervisor | None = None
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if fleet is not None:
         fleet.stop()
         (fleet.fleet.dir / "supervisor.pid").unlink(missing_ok=True)
-    _stop_all(services + children)
+    _stop_all(children, services)
     print("stopped.")
     return 0
 
@@ -201,9 +207,10 @@ def register_hosts(hosts: list[SimHost], admin_token: str) -> None:
             )
 
 
-def _stop_all(procs: list[ManagedProcess]) -> None:
-    for proc in reversed(procs):
-        proc.stop()
+def _stop_all(infrastructure: list[ManagedProcess], services: list[ManagedProcess]) -> None:
+    """Stop the services together (they flush their outboxes), then the database they use."""
+    stop_together(services)
+    stop_together(infrastructure)
 
 
 def _print_banner(

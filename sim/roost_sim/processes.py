@@ -76,12 +76,18 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (see :func:`stop_together`)."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``."""
         if not self.running:
             return
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -98,6 +104,15 @@ class ManagedProcess:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_together(procs: list[ManagedProcess], timeout_s: float = 10.0) -> None:
+    """SIGTERM every process at once, then wait for each (SIGKILL past ``timeout_s``): stopping
+    n services costs the slowest one's shutdown, not the sum."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.stop(timeout_s)
 
 
 def http_ready(url: str) -> Callable[[], bool]:
