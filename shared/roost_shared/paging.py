@@ -6,11 +6,14 @@ sort strictly after it. Unlike skip/offset this stays correct while items are ad
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
+
+from roost_shared.problems import NotFound
 
 #: (field, 1 for ascending or -1 for descending); the last field must be unique.
 SortSpec = Sequence[tuple[str, int]]
@@ -24,6 +27,37 @@ def after(sort: SortSpec, marker: Mapping[str, Any]) -> dict[str, Any]:
         clause[field] = {"$gt" if direction > 0 else "$lt": marker.get(field)}
         clauses.append(clause)
     return {"$or": clauses}
+
+
+async def page(
+    collection: Any,
+    query: Mapping[str, Any],
+    sort: SortSpec,
+    *,
+    marker: str | None,
+    limit: int,
+    what: str = "item",
+) -> list[dict[str, Any]]:
+    """One page of ``collection`` matching ``query`` in ``sort`` order, after the document whose
+    ``uuid`` is ``marker`` (404 naming ``query.marker`` if there is none)."""
+    selector: dict[str, Any] = dict(query)
+    if marker:
+        marker_doc = await collection.find_one({"uuid": marker})
+        if marker_doc is None:
+            raise NotFound(kind=f"Marker {what}", id=marker, field="query.marker")
+        selector = (
+            {"$and": [selector, after(sort, marker_doc)]} if selector else after(sort, marker_doc)
+        )
+    return await collection.find(selector).sort(list(sort)).limit(limit).to_list()
+
+
+def is_uuid(ref: str) -> bool:
+    """Whether a path reference is a uuid (else a name, a MAC, ...)."""
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        return False
+    return True
 
 
 def next_link(request: Request, path: str, *, limit: int, marker: str, **defaults: Any) -> str:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +16,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 
 from roost_config.logic import normalise_mac
 from roost_shared.db import Database, Session
-from roost_shared.paging import SortSpec, after
+from roost_shared.paging import SortSpec, is_uuid, page
 from roost_shared.problems import NotFound
 
 SYSTEM = "system"
@@ -41,14 +40,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("conflict_with", ASCENDING)]),
     ],
 }
-
-
-def is_uuid(ref: str) -> bool:
-    try:
-        uuid.UUID(ref)
-    except ValueError:
-        return False
-    return True
 
 
 class ConfigStore:
@@ -176,13 +167,7 @@ class ConfigStore:
     async def list_hosts(
         self, query: dict[str, Any], *, marker: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        if marker:
-            marker_doc = await self.hosts.find_one({"uuid": marker})
-            if marker_doc is None:
-                raise NotFound(kind="Marker host", id=marker, field="query.marker")
-            page = after(HOST_SORT, marker_doc)
-            query = {"$and": [query, page]} if query else page
-        return await self.hosts.find(query).sort(list(HOST_SORT)).limit(limit).to_list()
+        return await page(self.hosts, query, HOST_SORT, marker=marker, limit=limit, what="host")
 
     # Inventory ------------------------------------------------------------------------------
 

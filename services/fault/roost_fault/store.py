@@ -13,7 +13,7 @@ from roost_fault.logic import AlarmKey
 from roost_fault.models import SuppressionStatus
 from roost_shared.db import Database, Session
 from roost_shared.events import utcnow
-from roost_shared.paging import SortSpec, after
+from roost_shared.paging import SortSpec, after, page
 
 ALARMS = "alarms"
 EVENT_LOG = "event_log"
@@ -125,7 +125,7 @@ class FaultStore:
     async def list_alarms(
         self, query: dict[str, Any], *, marker: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        return await _page(self.alarms, query, ALARM_SORT, marker, limit)
+        return await page(self.alarms, query, ALARM_SORT, marker=marker, limit=limit, what="alarm")
 
     async def severity_counts(self, *, suppressed: bool) -> list[dict[str, Any]]:
         status = SuppressionStatus.suppressed if suppressed else SuppressionStatus.unsuppressed
@@ -147,7 +147,9 @@ class FaultStore:
     async def list_events(
         self, query: dict[str, Any], *, marker: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        return await _page(self.event_log, query, EVENT_SORT, marker, limit)
+        return await page(
+            self.event_log, query, EVENT_SORT, marker=marker, limit=limit, what="event log"
+        )
 
     async def prune_events(self, *, older_than: datetime, keep: int) -> tuple[int, int]:
         """Drop records older than ``older_than`` and beyond the newest ``keep``.
@@ -275,16 +277,3 @@ class FaultStore:
         upto = min(cursors) if cursors else await self.last_seq()
         result = await self.notifications.delete_many({"seq": {"$lte": upto}})
         return result.deleted_count
-
-
-async def _page(
-    collection: Any, query: dict[str, Any], sort: SortSpec, marker: str | None, limit: int
-) -> list[dict[str, Any]]:
-    if marker:
-        from roost_shared.problems import NotFound
-
-        marker_doc = await collection.find_one({"uuid": marker})
-        if marker_doc is None:
-            raise NotFound(kind="marker", id=marker, field="marker")
-        query = {"$and": [query, after(sort, marker_doc)]} if query else after(sort, marker_doc)
-    return await collection.find(query).sort(list(sort)).limit(limit).to_list()

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +18,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 
 from roost_shared.db import Database, Session
-from roost_shared.paging import SortSpec, after
+from roost_shared.paging import SortSpec, is_uuid, page
 from roost_shared.problems import NotFound
 
 HOSTS = "hosts"
@@ -44,14 +43,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("host_uuid", ASCENDING), ("_id", ASCENDING)]),
     ],
 }
-
-
-def is_uuid(ref: str) -> bool:
-    try:
-        uuid.UUID(ref)
-    except ValueError:
-        return False
-    return True
 
 
 class HostStore:
@@ -125,13 +116,7 @@ class HostStore:
     async def list_hosts(
         self, query: dict[str, Any], *, marker: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        if marker:
-            marker_doc = await self.hosts.find_one({"uuid": marker})
-            if marker_doc is None:
-                raise NotFound(kind="Marker host", id=marker, field="query.marker")
-            page = after(HOST_SORT, marker_doc)
-            query = {"$and": [query, page]} if query else page
-        return await self.hosts.find(query).sort(list(HOST_SORT)).limit(limit).to_list()
+        return await page(self.hosts, query, HOST_SORT, marker=marker, limit=limit, what="host")
 
     # Timeline -------------------------------------------------------------------------------
 
@@ -141,10 +126,11 @@ class HostStore:
     async def entries(
         self, host_uuid: str, *, marker: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"host_uuid": host_uuid}
-        if marker:
-            marker_doc = await self.timeline.find_one({"uuid": marker, "host_uuid": host_uuid})
-            if marker_doc is None:
-                raise NotFound(kind="Marker timeline entry", id=marker, field="query.marker")
-            query = {"$and": [query, after(TIMELINE_SORT, marker_doc)]}
-        return await self.timeline.find(query).sort(list(TIMELINE_SORT)).limit(limit).to_list()
+        return await page(
+            self.timeline,
+            {"host_uuid": host_uuid},
+            TIMELINE_SORT,
+            marker=marker,
+            limit=limit,
+            what="timeline entry",
+        )
