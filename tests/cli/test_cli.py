@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,29 +13,12 @@ import pytest
 from roost_shared.catalog import AlarmSet, Severity
 from roost_shared.events import Envelope
 from roost_sim.ports import free_port
+from tests.support.cli import Run, clean_env, run_cli
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
 _UNSET = object()
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    @property
-    def error_line(self) -> str:
-        """The single stderr line of a failed run (asserting it is exactly one)."""
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, f"expected one stderr line, got: {self.err!r}"
-        assert "Traceback" not in self.err
-        return lines[0]
 
 
 @dataclass
@@ -50,32 +31,10 @@ class Roost:
 
     async def __call__(self, *args: str, token: Any = _UNSET, **env: str) -> Run:
         chosen = self.token if token is _UNSET else token
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-        clean.update(
-            {
-                "HOME": str(self.home),
-                "XDG_CONFIG_HOME": str(self.home / "config"),
-                "COLUMNS": "250",
-                "NO_COLOR": "1",
-                **env,
-            }
-        )
+        clean = clean_env(self.home, **env)
         if chosen is not None:
             clean["ROOST_TOKEN"] = chosen
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "roost_cli.main",
-            "--fault-url",
-            self.url,
-            *args,
-            env=clean,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        return await run_cli(["--fault-url", self.url, *args], clean)
 
     async def ok(self, *args: str, **env: str) -> Run:
         run = await self(*args, **env)

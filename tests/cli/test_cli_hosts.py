@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,29 +12,12 @@ import pytest
 
 from roost_sim.ports import free_port
 from tests.config.helpers import Agent, new_mac
+from tests.support.cli import Run, clean_env, run_cli
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cret-BMC-pw"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    @property
-    def error_line(self) -> str:
-        """The single stderr line of a failed run (asserting it is exactly one)."""
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, f"expected one stderr line, got: {self.err!r}"
-        assert "Traceback" not in self.err
-        return lines[0]
 
 
 @dataclass
@@ -48,33 +29,8 @@ class Roost:
     home: Path
 
     async def __call__(self, *args: str, stdin: str | None = None, **env: str) -> Run:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-        clean.update(
-            {
-                "HOME": str(self.home),
-                "XDG_CONFIG_HOME": str(self.home / "config"),
-                "COLUMNS": "250",
-                "NO_COLOR": "1",
-                "ROOST_TOKEN": self.token,
-                **env,
-            }
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "roost_cli.main",
-            "--config-url",
-            self.url,
-            *args,
-            env=clean,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        data = stdin.encode() if stdin is not None else None
-        out, err = await asyncio.wait_for(proc.communicate(data), timeout=30)
-        assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(), err.decode())
+        env = clean_env(self.home, ROOST_TOKEN=self.token, **env)
+        return await run_cli(["--config-url", self.url, *args], env, stdin)
 
     async def ok(self, *args: str, **kw: Any) -> Run:
         run = await self(*args, **kw)
