@@ -142,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         first_run = not fleet.fleet.hosts()
         seeded = fleet.fleet.seed(sim_hosts)
         if first_run and "config" in {p.name for p in services}:
-            register_hosts(seeded, creds.admin_token)
-        fleet.poll()
+            register_hosts(fleet.fleet, seeded, creds.admin_token)
+        try:
+            fleet.poll()  # starts the BMCs, then the agents
+        except ReadyTimeout as exc:
+            _stop_all(children, services)
+            fail(f"{exc}\n(BMC ports: is Roost already running?)")
         (fleet.fleet.dir / "supervisor.pid").write_text(str(os.getpid()))
 
     _print_banner(services, mongo_url, amqp_url, state, fleet)
@@ -182,17 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def register_hosts(hosts: list[SimHost], admin_token: str) -> None:
-    """Add the seed hosts to the inventory, so a first ``make run`` shows a configured site;
-    hosts added later (``roost sim add-host``) arrive unknown and show up as discovered."""
+def register_hosts(fleet: Fleet, hosts: list[SimHost], admin_token: str) -> None:
+    """Add the seed hosts, with their BMCs, to the inventory, so a first ``make run`` shows a
+    configured site; hosts added later (``roost sim add-host``) arrive unknown and show up as
+    discovered.
+
+    The config API takes a BMC address without a port (an IP address or a host name), so the
+    inventory says 127.0.0.1 and the port (``16230 + index``) is known only to the fleet.
+    """
     url = f"http://127.0.0.1:{SERVICE_PORTS['config']}/v1/hosts"
     headers = {"Authorization": f"Bearer {admin_token}"}
+    bmc_user, bmc_password = fleet.bmc_credentials()
     for host in hosts:
         body = {
             "hostname": host.hostname,
             "personality": host.profile,
             "mgmt_mac": host.mac,
             "mgmt_ip": host.ip,
+            "bmc_type": "ipmi",
+            "bmc_address": "127.0.0.1",
+            "bmc_username": bmc_user,
+            "bmc_password": bmc_password,
         }
         try:
             response = httpx.post(url, json=body, headers=headers, timeout=10)
@@ -232,6 +246,12 @@ def _print_banner(
     if fleet is not None:
         hosts = ", ".join(h.hostname for h in fleet.fleet.hosts())
         print(f"  fleet      {hosts}   (simulated hosts; more: python -m roost_sim.fleet add-host)")
+        ports = [fleet.fleet.bmc_port(h) for h in fleet.fleet.hosts()]
+        user = fleet.fleet.bmc_credentials()[0]
+        print(
+            f"  bmcs       127.0.0.1:{min(ports)}-{max(ports)}   (ipmitool -I lanplus -p PORT "
+            f"-U {user} -P <in {fleet.fleet.dir / 'bmc.json'}>; control {fleet.bmcs.url}/bmcs)"
+        )
     print(f"  database   {mongo_url}")
     print(f"  broker     {redacted_amqp}")
     print(f"  state      {state}   (logs in {state / 'logs'})")

@@ -15,10 +15,10 @@ and faults you can switch on (unreachable, slow, wrong password).
       fleet.stop()
 
   ``on_power(state)`` is called after every power change, with ``"off"`` or ``"on"``; reset
-  and power cycle call it with ``"off"`` and then ``"on"``. The simulated fleet is meant to stop
-  a host's agent on ``"off"`` and start it on ``"on"``. The hook runs in the thread that made
-  the change: the BMC loop thread for IPMI commands, so it must not block (hand the work to
-  your own thread or event loop, e.g. ``loop.call_soon_threadsafe``).
+  and power cycle call it with ``"off"`` and then ``"on"``. (The simulated fleet runs its BMCs
+  in a child process and follows ``/events`` instead; see ``roost_sim.fleet``.) The hook runs
+  in the thread that made the change: the BMC loop thread for IPMI commands, so it must not
+  block (hand the work to your own thread or event loop, e.g. ``loop.call_soon_threadsafe``).
 
 * A process of its own::
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -493,6 +494,8 @@ class BmcFleet:
         self._seq = 0
         self._events_lock = threading.Lock()
         self.control: ControlServer | None = None
+        # What ``POST /bmcs`` gives a BMC added at run time (set by :meth:`create`).
+        self.defaults: dict[str, Any] = {"user": "admin", "password": "password"}
 
     @classmethod
     def create(
@@ -504,6 +507,7 @@ class BmcFleet:
         **kwargs: Any,
     ) -> BmcFleet:
         fleet = cls()
+        fleet.defaults = {"user": user, "password": password, **kwargs}
         try:
             for i in range(count):
                 fleet.add(first_port + i, user, password, **kwargs)
@@ -595,6 +599,8 @@ class ControlServer:
     ==========================================  =================================================
     ``GET  /bmcs``                              every BMC: power, boot device, faults, sensors
     ``GET  /bmcs/{port}``                       one BMC
+    ``POST /bmcs``                              add one: ``{"port": P, "name": N, "power": "off"}``
+                                                (the serve command's user, password and suites)
     ``POST /bmcs/{port}/power``                 ``{"action": "on|off|cycle|reset|soft|diag"}``
     ``POST /bmcs/{port}/sensors/{name}``        ``{"value": 91, "thresholds": {"ucr": 90}}``
     ``POST /bmcs/{port}/faults``                ``{"unreachable": true, "slow_ms": 300,
@@ -691,6 +697,18 @@ class _ControlHandler(BaseHTTPRequestHandler):
                 return 200, [b.as_dict() for b in self.fleet]
             case "GET", ["bmcs", key]:
                 return 200, self._targets(key)[0].as_dict()
+            case "POST", ["bmcs"]:
+                if "port" not in body:
+                    raise ValueError("the body needs a port")
+                settings = {**self.fleet.defaults, **body}
+                port = int(settings.pop("port"))
+                try:
+                    bmc = self.fleet.add(
+                        port, settings.pop("user"), settings.pop("password"), **settings
+                    )
+                except OSError as e:
+                    raise ValueError(f"cannot serve port {port}: {e.strerror}") from None
+                return 201, bmc.as_dict()
             case "POST", ["bmcs", key, "power"]:
                 targets = self._targets(key)
                 for bmc in targets:
@@ -722,7 +740,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--count", type=int, default=1)
     serve.add_argument("--first-port", type=int, default=FIRST_PORT)
     serve.add_argument("--user", default="admin")
-    serve.add_argument("--password", default="password")
+    serve.add_argument(
+        "--password",
+        default=os.environ.get("ROOST_SIM_BMC_PASSWORD", "password"),
+        help="default: $ROOST_SIM_BMC_PASSWORD, else 'password'",
+    )
     serve.add_argument("--power", choices=("on", "off"), default="on", help="initial power state")
     serve.add_argument(
         "--cipher-suites", default="3,17", help="suites served, among 3 and 17 (default 3,17)"

@@ -10,6 +10,11 @@ with the host's MACs filled in).
 * ``make run`` (``roost_sim.aio``) seeds the registry with controller-0, worker-0 and worker-1
   (``ROOST_SIM_HOSTS``, default 3; 0 = no fleet), runs one agent process per host, restarts
   the ones that die and starts hosts added while it runs.
+* Every host has a simulated BMC (:mod:`roost_sim.bmc`) on 127.0.0.1, UDP port
+  ``16230 + index``, user ``admin`` and the password in ``<state>/fleet/bmc.json`` (made once,
+  mode 0600). One ``python -m roost_sim.bmc serve`` child serves them all (:class:`FleetBmcs`).
+  Their power drives the hosts: power-off kills the host's agent (the power is cut) and keeps
+  it down, power-on starts it, cycle and reset restart it.
 * ``python -m roost_sim.fleet add-host [--hostname H] [--profile worker]`` registers one more
   host; a running ``make run`` starts its agent within a second. ``roost sim add-host`` should
   call :func:`add_host` (or run this command).
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -33,12 +39,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from roost_sim.processes import ManagedProcess, python_module
+import httpx
+
+from roost_sim.bmc import CONTROL_PORT as BMC_CONTROL_PORT
+from roost_sim.bmc import FIRST_PORT as BMC_FIRST_PORT
+from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_HOSTS = ("controller", "worker", "worker")
 RESTARTS_PER_MINUTE = 5
+BMC_USER = "admin"
 
 
 def profiles() -> list[str]:
@@ -83,9 +94,31 @@ class SimHost:
 class Fleet:
     """The registry of simulated hosts under ``<state>/fleet``."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, bmc_first_port: int = BMC_FIRST_PORT) -> None:
         self.dir = state_dir / "fleet"
         self.registry = self.dir / "hosts.json"
+        self.bmc_first_port = bmc_first_port
+
+    def bmc_port(self, host: SimHost) -> int:
+        """The UDP port of the host's BMC on 127.0.0.1."""
+        return self.bmc_first_port + host.index
+
+    def bmc_credentials(self) -> tuple[str, str]:
+        """``(user, password)`` of every BMC of the fleet, from ``<state>/fleet/bmc.json``
+        (made at first use, mode 0600)."""
+        path = self.dir / "bmc.json"
+        with contextlib.suppress(FileNotFoundError):
+            doc = json.loads(path.read_text())
+            return doc["user"], doc["password"]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        doc = {"user": BMC_USER, "password": secrets.token_urlsafe(12)}  # IPMI allows 20 bytes
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made by another process just now
+            return self.bmc_credentials()
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+        return doc["user"], doc["password"]
 
     def hosts(self) -> list[SimHost]:
         try:
@@ -177,33 +210,88 @@ def bytecode_env(cache_root: Path) -> dict[str, str]:
     }
 
 
-class FleetSupervisor:
-    """Runs one agent process per registered host; restarts dead ones, starts added ones."""
+class FleetBmcs:
+    """The fleet's BMCs: one ``python -m roost_sim.bmc serve`` child for every host (one receive
+    loop), driven over its HTTP control channel. BMCs are added per host (``POST /bmcs``, named
+    after the host) and power changes are read from ``GET /events``."""
 
-    def __init__(self, fleet: Fleet, amqp_url: str, logs: Path) -> None:
+    def __init__(self, fleet: Fleet, logs: Path, control_port: int = BMC_CONTROL_PORT) -> None:
+        self.fleet = fleet
+        user, password = fleet.bmc_credentials()
+        self.url = f"http://127.0.0.1:{control_port}"
+        serve = ["serve", "--count", "0", "--user", user, "--control-port", str(control_port)]
+        self.proc = ManagedProcess(
+            "bmcs",
+            python_module("roost_sim.bmc", *serve),
+            env={"ROOST_SIM_BMC_PASSWORD": password},  # not on the command line
+            log_path=logs / "bmcs.log",
+            ready=http_ready(f"{self.url}/healthz"),
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=5)
+        self._seq = 0
+
+    def start(self) -> None:
+        """(Re)start the simulator; it starts empty, with no events."""
+        self.proc.start()
+        self.proc.wait_ready(30)
+        self._seq = 0
+
+    def add(self, host: SimHost, power: str = "on") -> None:
+        body = {"port": self.fleet.bmc_port(host), "name": host.hostname, "power": power}
+        self.client.post("/bmcs", json=body).raise_for_status()
+
+    def events(self) -> list[tuple[str, str]]:
+        """Power changes since the last call, oldest first: ``(hostname, "on" | "off")``."""
+        response = self.client.get("/events", params={"after": self._seq})
+        response.raise_for_status()
+        body = response.json()
+        self._seq = body["last"]
+        return [(e["name"], e["state"]) for e in body["events"]]
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.stop()
+
+
+class FleetSupervisor:
+    """Runs one agent process per registered host and one BMC per host; restarts dead agents,
+    starts added hosts, and follows the BMCs' power: a host that is off has no agent."""
+
+    def __init__(
+        self, fleet: Fleet, amqp_url: str, logs: Path, bmc_control_port: int = BMC_CONTROL_PORT
+    ) -> None:
         self.fleet = fleet
         self.amqp_url = amqp_url
         self.logs = logs
         self.procs: dict[str, ManagedProcess] = {}
         self.given_up: set[str] = set()
+        self.powered_off: set[str] = set()
+        self.bmcs_failed = False
+        self.bmcs = FleetBmcs(fleet, logs, bmc_control_port)
+        self._hosts: dict[str, SimHost] = {}
         self._restarts: dict[str, list[float]] = {}
         self._registry_mtime = -1.0
 
     def poll(self) -> list[str]:
-        """Start new hosts' agents and restart exited ones; returns what it (re)started."""
+        """Start new hosts, apply power changes, restart exited agents of hosts that are on;
+        returns the agents it (re)started."""
         started = []
+        self._ensure_bmcs()
         with contextlib.suppress(FileNotFoundError):
             mtime = self.fleet.registry.stat().st_mtime
             if mtime != self._registry_mtime:
                 self._registry_mtime = mtime
                 for host in self.fleet.hosts():
                     if host.hostname not in self.procs:
+                        self.bmcs.add(host)
+                        self._hosts[host.hostname] = host
                         proc = self.fleet.process(host, self.amqp_url, self.logs)
                         self.procs[host.hostname] = proc.start()
                         started.append(proc.name)
+        started += self._apply_power()
         now = time.monotonic()
         for name, proc in self.procs.items():
-            if proc.running or name in self.given_up:
+            if proc.running or name in self.given_up or name in self.powered_off:
                 continue
             recent = [t for t in self._restarts.get(name, []) if t > now - 60]
             if len(recent) >= RESTARTS_PER_MINUTE:
@@ -216,12 +304,64 @@ class FleetSupervisor:
             started.append(proc.name)
         return started
 
+    def _ensure_bmcs(self) -> None:
+        """Start the BMC simulator, or restart it if it died; its BMCs keep their power."""
+        if self.bmcs.proc.running or self.bmcs_failed:
+            return
+        if self.bmcs.proc.proc is not None:
+            print(f"roost: bmcs exited ({self.bmcs.proc.returncode}); restarting", flush=True)
+            try:
+                self.bmcs.start()
+            except ReadyTimeout as exc:  # the agents run on, with their last power state
+                print(f"roost: BMCs left down: {exc}", flush=True)
+                self.bmcs_failed = True
+                return
+        else:
+            self.bmcs.start()  # the first start fails loudly
+        for name, host in self._hosts.items():
+            self.bmcs.add(host, "off" if name in self.powered_off else "on")
+
+    def _apply_power(self) -> list[str]:
+        """Power-off kills the agent (no clean shutdown: the power is cut); power-on starts it.
+        Cycle and reset arrive as off then on: the agent restarts."""
+        if not self.bmcs.proc.running:
+            return []
+        try:
+            events = self.bmcs.events()
+        except httpx.HTTPError as exc:
+            print(f"roost: cannot read BMC power events: {exc}", flush=True)
+            return []
+        cut, powered_on = set(), set()
+        for name, state in events:
+            if name not in self.procs:
+                continue
+            if state == "off":
+                self.powered_off.add(name)
+                cut.add(name)
+            else:
+                self.powered_off.discard(name)
+                powered_on.add(name)
+        for name in cut:
+            print(f"roost: {name} powered off; agent stopped", flush=True)
+            self.procs[name].kill()
+        started = []
+        for name in powered_on - self.powered_off:
+            proc = self.procs[name]
+            self.given_up.discard(name)  # power-on is a fresh start
+            self._restarts.pop(name, None)
+            if not proc.running:
+                print(f"roost: {name} powered on; agent starting", flush=True)
+                proc.start()
+                started.append(proc.name)
+        return started
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.running and proc.proc is not None:
                 proc.proc.send_signal(signal.SIGTERM)  # all at once, then wait for each
         for proc in self.procs.values():
             proc.stop()
+        self.bmcs.stop()
 
 
 # Many agents in one process (benchmarks) -------------------------------------------------------
@@ -337,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "list":
         for h in fleet.hosts():
-            print(f"{h.hostname:<16} {h.profile:<11} {h.mac}  {h.ip}")
+            bmc = f"127.0.0.1:{fleet.bmc_port(h)}"
+            print(f"{h.hostname:<16} {h.profile:<11} {h.mac}  {h.ip:<12} bmc {bmc}")
         return 0
     if args.cmd == "run":
         fleet.seed(args.hosts)
