@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
+from roost_host.kubework import KubeRunner
 from roost_host.models import (
     ActionRequest,
     HostCollection,
@@ -39,12 +40,15 @@ class HostContext:
     store: HostStore
     ops: HostOperations
     steps: StepRunner
+    kube: KubeRunner
 
     async def run(self, work: Any) -> Any:
-        """Run ``work(session)`` in one transaction, then wake the relay and the step runner."""
+        """Run ``work(session)`` in one transaction, then wake the relay, the step runner and
+        the Kubernetes runner (a lock requests a drain)."""
         result = await self.platform.db.in_transaction(work)
         self.platform.outbox.wake()
         self.steps.wake()
+        self.kube.wake()
         return result
 
 
@@ -108,7 +112,9 @@ async def show_host(c: Ctx, host_ref: str) -> HostView:
 async def act(c: Ctx, host_ref: str, body: ActionRequest, who: Admin) -> HostView:
     """Run ``lock``, ``force-lock``, ``unlock``, ``reboot``, ``reset``, ``power-on``,
     ``power-off`` or ``reinstall``. State changes happen at once; timed steps (the unlock's
-    in-test, a reboot, ...) finish in the background (watch ``task`` and the timeline).
+    in-test, a reboot, ...) finish in the background (watch ``task`` and the timeline), and so
+    does the Kubernetes drain after a lock (``kube`` shows it pending; its outcome goes to the
+    timeline; the host stays locked whatever it is).
     Refused in the wrong state with 409 naming ``action``, giving the reason and the state."""
     doc = await c.run(lambda s: c.ops.act(s, host_ref, body.action, body.reason, who.name))
     return HostView.of(doc)

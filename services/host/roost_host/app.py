@@ -9,6 +9,8 @@ from fastapi import FastAPI
 
 from roost_host import events
 from roost_host.api import HostContext, install_handlers, router
+from roost_host.kube import KubeDrainer
+from roost_host.kubework import KubeRunner
 from roost_host.operations import HostOperations
 from roost_host.settings import HostSettings
 from roost_host.steps import StepRunner
@@ -20,7 +22,10 @@ availability states, operator actions (lock, force-lock, unlock with in-test, re
 power-on, power-off, reinstall) with StarlingX's rules, and each host's timeline.
 
 Learns hosts from the config service's `config.host.added|updated|deleted` events; emits
-`host.state.changed` for every transition and raises/clears alarm 200.001 (host locked)."""
+`host.state.changed` for every transition and raises/clears alarm 200.001 (host locked).
+
+With a Kubernetes cluster configured (`ROOST_KUBE_*`), a lock drains the host's node in the
+background and a passed in-test uncordons it; outcomes go to the host's timeline."""
 
 
 def build_app(settings: HostSettings | None = None) -> FastAPI:
@@ -29,13 +34,31 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
         store = HostStore(platform.db)
-        ops = HostOperations(store, platform.outbox, settings)
-        steps = StepRunner(platform.db, store, ops, platform.outbox, settings.step_poll_s)
+        drainer = KubeDrainer.from_settings(settings)  # disabled without a configured cluster
+        ops = HostOperations(
+            store, platform.outbox, settings, drainer.node_for if drainer.enabled else None
+        )
+        kube = KubeRunner(
+            platform.db,
+            store,
+            ops,
+            drainer,
+            drain_timeout_s=settings.kube_drain_timeout_s,
+            grace_s=settings.kube_grace_s,
+            poll_s=settings.step_poll_s,
+        )
+        steps = StepRunner(
+            platform.db, store, ops, platform.outbox, settings.step_poll_s, on_done=kube.wake
+        )
         await steps.restart_interrupted()
-        app.state.host = HostContext(platform, store, ops, steps)
+        app.state.host = HostContext(platform, store, ops, steps, kube)
         platform.consume(events.QUEUE, events.BINDINGS, events.inventory_handler(ops))
         platform.spawn(steps.run(), "steps")
-        yield
+        platform.spawn(kube.run(), "kube")  # resumes drains/uncordons a restart interrupted
+        try:
+            yield
+        finally:
+            await drainer.aclose()
 
     app = create_app(
         settings,

@@ -54,6 +54,20 @@ class StateView(BaseModel):
     availability: Availability
 
 
+class KubeView(BaseModel):
+    """The last Kubernetes request for the host's node (absent without a cluster)."""
+
+    op: str = Field(description="drain (after a lock) or uncordon (after a passed in-test)")
+    node: str
+    status: str = Field(
+        description="pending, then the drainer's: drained, done, timed_out, unreachable, ..."
+    )
+    reason: str = Field("", description="The timeline's reason code once done, e.g. drain-done.")
+    message: str = ""
+    requested_at: datetime
+    finished_at: datetime | None = None
+
+
 class HostView(BaseModel):
     """A host as the host service sees it; never carries BMC credentials."""
 
@@ -69,6 +83,7 @@ class HostView(BaseModel):
     operational: Operational
     availability: Availability
     task: str = ""
+    kube: KubeView | None = None
     state_changed_at: datetime
     created_at: datetime
     updated_at: datetime
@@ -104,6 +119,7 @@ class TimelineEntry(BaseModel):
     task: str = ""
     cause: str
     reason: str
+    detail: str = Field("", description="More about it, e.g. what a drain evicted or left.")
     actor: str
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from roost_host import logic
+from roost_host.kube import DrainResult, NodeResult
 from roost_host.logic import HostFacts, Refused, State, Transition
 from roost_host.models import Action, Administrative
 from roost_host.settings import HostSettings
@@ -38,6 +40,31 @@ SOURCE = "roost/host"
 LOCKED_ALARM = "200.001"
 #: Identity fields copied from config's ``HostRecord`` (never a BMC password: it has none).
 IDENTITY = ("hostname", "personality", "mgmt_mac", "mgmt_ip", "bmc_type", "bmc_address")
+
+
+DRAIN = "drain"
+UNCORDON = "uncordon"
+KUBE_PENDING = "pending"
+
+
+def kube_reason(op: str, result: DrainResult | NodeResult) -> str:
+    """The timeline reason code of a drain's or uncordon's outcome, e.g. ``drain-done``,
+    ``drain-blocked`` (a PodDisruptionBudget kept a pod on the node until the deadline),
+    ``drain-timed-out``, ``drain-unreachable``, ``uncordon-done``."""
+    if isinstance(result, DrainResult) and result.status == "timed_out":
+        blocked = {str(p) for p in result.blocked_by_pdb}
+        if any(str(p) in blocked for p in result.left):
+            return f"{op}-blocked"
+    suffix = {
+        "done": "done",
+        "drained": "done",
+        "disabled": "disabled",
+        "not_found": "node-not-found",
+        "unreachable": "unreachable",
+        "timed_out": "timed-out",
+        "error": "failed",
+    }[result.status]
+    return f"{op}-{suffix}"
 
 
 class ActionRefused(Conflict):
@@ -77,10 +104,19 @@ def unlocked_clear(hostname: str, now: datetime) -> AlarmClear:
 class HostOperations:
     """The one place that changes hosts."""
 
-    def __init__(self, store: HostStore, outbox: Outbox, settings: HostSettings) -> None:
+    def __init__(
+        self,
+        store: HostStore,
+        outbox: Outbox,
+        settings: HostSettings,
+        kube_node: Callable[[str], str] | None = None,
+    ) -> None:
         self.store = store
         self.outbox = outbox
         self.settings = settings
+        #: The Kubernetes node of a hostname; None when no cluster is configured (then no
+        #: drain or uncordon is ever requested, and the timeline stays free of them).
+        self.kube_node = kube_node
 
     def step_duration(self, step: str) -> timedelta:
         seconds = self.settings.intest_s if step == "intest" else self.settings.step_s
@@ -141,10 +177,35 @@ class HostOperations:
                 items.append(unlocked_clear(hostname, now))
         await self._emit(session, items, entity(hostname) if hostname else doc["uuid"])
 
+    def _kube_request(self, doc: dict[str, Any], op: str, now: datetime) -> dict[str, Any]:
+        """``{"kube": ...}`` asking the Kubernetes runner to ``op`` (drain or uncordon) the
+        host's node after this transaction commits, or nothing without a cluster."""
+        if self.kube_node is None or not doc.get("hostname"):
+            return {}
+        return {
+            "kube": {
+                "id": str(uuid.uuid4()),
+                "op": op,
+                "node": self.kube_node(doc["hostname"]),
+                "status": KUBE_PENDING,
+                "reason": "",
+                "message": f"{op} requested",
+                "requested_at": now,
+                "finished_at": None,
+            }
+        }
+
     async def _apply(
-        self, session: Session, doc: dict[str, Any], t: Transition, actor: str
+        self,
+        session: Session,
+        doc: dict[str, Any],
+        t: Transition,
+        actor: str,
+        *,
+        kube_op: str | None = None,
     ) -> dict[str, Any]:
-        """Write a transition (state, task, pending step) and everything it causes."""
+        """Write a transition (state, task, pending step) and everything it causes;
+        ``kube_op`` also requests a drain or uncordon of the host's node."""
         now = utcnow()
         before = State.of(doc)
         pending = None
@@ -165,6 +226,7 @@ class HostOperations:
                 "pending": pending,
                 "state_changed_at": now,
                 "updated_at": now,
+                **(self._kube_request(doc, kube_op, now) if kube_op else {}),
             },
         )
         await self._record(session, updated, before, t, actor, now)
@@ -188,7 +250,10 @@ class HostOperations:
         except Refused as exc:
             raise ActionRefused(exc) from None
         log.info("host %s: %s by %s -> %s", facts.hostname, action.value, actor, t.to)
-        return await self._apply(session, doc, t, actor)
+        # A lock drains the node afterwards, in the background; the lock itself never waits
+        # for (or is undone by) the drain, as StarlingX locks whatever Kubernetes says.
+        kube_op = DRAIN if action in (Action.lock, Action.force_lock) else None
+        return await self._apply(session, doc, t, actor, kube_op=kube_op)
 
     # Timed steps ----------------------------------------------------------------------------
 
@@ -199,7 +264,10 @@ class HostOperations:
         if doc is None or pending.get("id") != step_id:
             return False  # locked meanwhile, deleted, or already done
         t = logic.complete_step(pending["step"], State.of(doc))
-        await self._apply(session, doc, t, "system")
+        # The node takes pods again once the host is enabled (the in-test passed), not when the
+        # unlock starts: a host that fails or is locked during its in-test stays cordoned.
+        kube_op = UNCORDON if pending["step"] == "intest" else None
+        await self._apply(session, doc, t, "system", kube_op=kube_op)
         return True
 
     async def restart_step(self, session: Session, host_uuid: str, step_id: str) -> None:
@@ -209,6 +277,53 @@ class HostOperations:
             return
         t = logic.restart_step(pending["step"], State.of(doc))
         await self._apply(session, doc, t, "system")
+
+    # Kubernetes ----------------------------------------------------------------------------
+
+    async def kube_done(
+        self, session: Session, host_uuid: str, request_id: str, result: DrainResult | NodeResult
+    ) -> bool:
+        """Record the outcome of the Kubernetes request ``request_id`` on the host and its
+        timeline (states unchanged; no ``host.state.changed``: nothing transitioned). False when
+        the request was superseded by a newer one or the host is gone."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        kube = (doc or {}).get("kube") or {}
+        if doc is None or kube.get("id") != request_id or kube.get("status") != KUBE_PENDING:
+            return False
+        now = utcnow()
+        reason = kube_reason(kube["op"], result)
+        await self.store.update(
+            session,
+            host_uuid,
+            {
+                "kube": {
+                    **kube,
+                    "status": result.status,
+                    "reason": reason,
+                    "message": result.message,
+                    "finished_at": now,
+                },
+                "updated_at": now,
+            },
+        )
+        state = State.of(doc)
+        await self.store.add_entry(
+            session,
+            {
+                "uuid": str(uuid.uuid4()),
+                "host_uuid": host_uuid,
+                "hostname": doc.get("hostname"),
+                "time": now,
+                "from": state.fields(),
+                "to": state.fields(),
+                "task": state.task,
+                "cause": f"kubernetes {kube['op']}",
+                "reason": reason,
+                "detail": result.message,
+                "actor": "system",
+            },
+        )
+        return True
 
     # Learning hosts from config -------------------------------------------------------------
 

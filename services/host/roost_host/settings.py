@@ -1,11 +1,17 @@
-"""Host service settings (``ROOST_*`` environment variables)."""
+"""Host service settings (``ROOST_*`` environment variables).
+
+The Kubernetes settings (``ROOST_KUBE_*``, see :class:`roost_host.kube.KubeSettings`) are
+inherited; with neither ``ROOST_KUBE_CONFIG`` nor ``ROOST_KUBE_API_URL`` set the service runs
+without a cluster and never cordons or drains.
+"""
 
 from pydantic import Field
 
+from roost_host.kube import KubeSettings
 from roost_shared.settings import RoostSettings
 
 
-class HostSettings(RoostSettings):
+class HostSettings(RoostSettings, KubeSettings):
     service: str = "host"
     port: int = 8103
     intest_s: float = Field(
@@ -23,4 +29,11 @@ class HostSettings(RoostSettings):
     )
     step_poll_s: float = Field(
         1.0, gt=0, description="Fallback period of the timed-step runner when nothing is due."
+    )
+    kube_drain_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Deadline of the Kubernetes drain after a lock; pods still on the node then "
+        "are reported on the timeline (the host stays locked).",
     )

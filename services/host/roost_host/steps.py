@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from roost_host.operations import HostOperations
@@ -27,9 +28,16 @@ log = logging.getLogger(__name__)
 
 class StepRunner:
     def __init__(
-        self, db: Database, store: HostStore, ops: HostOperations, outbox: Outbox, poll_s: float
+        self,
+        db: Database,
+        store: HostStore,
+        ops: HostOperations,
+        outbox: Outbox,
+        poll_s: float,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
+        self.on_done = on_done  # e.g. wake the Kubernetes runner: a passed in-test uncordons
         self.store = store
         self.ops = ops
         self.outbox = outbox
@@ -63,6 +71,8 @@ class StepRunner:
                 done += 1
         if done:
             self.outbox.wake()
+            if self.on_done is not None:
+                self.on_done()
         return done
 
     async def run(self) -> None:

@@ -3,7 +3,8 @@
 * ``hosts``: one per host config told us about, keyed by config's ``uuid``: identity (hostname,
   personality, management MAC/IP, BMC type and address — never a password), the three states,
   ``task``, and ``pending`` (the timed step under way: ``{"step", "due"}``) with ``version``
-  bumped by every write.
+  bumped by every write; ``kube``: the last Kubernetes request for its node (``{id, op, node,
+  status, reason, message, requested_at, finished_at}``, ``status`` ``pending`` until done).
 * ``timeline``: one entry per transition of a host (by ``host_uuid``, so renames keep it).
 * ``guards``: ``{"_id": "controllers"}`` is written by every transition of a controller, so two
   concurrent locks of the last two controllers conflict and one is retried (no write skew).
@@ -36,6 +37,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("mgmt_mac", ASCENDING)]),
         IndexModel([("personality", ASCENDING)]),
         IndexModel([("pending.due", ASCENDING)], sparse=True),
+        IndexModel([("kube.status", ASCENDING)], sparse=True),
         IndexModel([(f, ASCENDING) for f, _ in HOST_SORT]),
     ],
     TIMELINE: [
@@ -112,6 +114,10 @@ class HostStore:
 
     async def pending(self) -> list[dict[str, Any]]:
         return await self.hosts.find({"pending.due": {"$type": "date"}}).to_list()
+
+    async def kube_pending(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Hosts whose node has a drain or uncordon requested and not yet done."""
+        return await self.hosts.find({"kube.status": "pending"}).limit(limit).to_list()
 
     async def list_hosts(
         self, query: dict[str, Any], *, marker: str | None, limit: int
