@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from roost_shared.settings import RoostSettings
 from roost_sim.ports import SERVICE_PORTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,10 +17,16 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 ROOST_SERVICES = [n for n in COMPOSE["services"] if n in SERVICE_PORTS]
 
 
-def settings_class(name: str):
+def settings_class(name: str) -> type[RoostSettings]:
+    """The service's own settings class (the RoostSettings subclass its settings module defines)."""
     module = importlib.import_module(f"roost_{name}.settings")
     return next(
-        v for k, v in vars(module).items() if k.endswith("Settings") and k != "RoostSettings"
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and issubclass(v, RoostSettings)
+        and v is not RoostSettings
+        and v.__module__ == module.__name__
     )
 
 
