@@ -175,13 +175,6 @@ class ServiceClient:
             seen.add(marker)
 
 
-class FaultClient(ServiceClient):
-    """The fault service's client (what the alarm and event commands use)."""
-
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 15.0) -> None:
-        super().__init__(base_url, token, service="fault", timeout=timeout)
-
-
 def _next_marker(next_href: str | None, page: list[Any]) -> str | None:
     if not next_href:
         return None

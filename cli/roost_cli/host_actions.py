@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from roost_cli import render
-from roost_cli.client import ServiceClient, path_part
-from roost_cli.config import OutputFormat, Settings, page_size
+from roost_cli import context, render
+from roost_cli.client import path_part
+from roost_cli.config import page_size
 from roost_cli.errors import CliError, ExitCode
 
 #: The host API's ``limit`` maximum.
@@ -23,23 +23,6 @@ LIMIT_MAX = 1000
 
 HostId = Annotated[str, typer.Argument(metavar="ID", help="The host's uuid or hostname.")]
 Reason = Annotated[str, typer.Option("--reason", help="Why, recorded in the host's timeline.")]
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _client(ctx: typer.Context) -> ServiceClient:
-    s = _settings(ctx)
-    client = ServiceClient(s.host_service_url(), s.resolved_token(), service="host")
-    ctx.call_on_close(client.close)
-    return client
-
-
-def _json(ctx: typer.Context) -> bool:
-    return _settings(ctx).output is OutputFormat.json
 
 
 def _host_path(ref: str, suffix: str = "") -> str:
@@ -69,8 +52,8 @@ def show_state(host: dict[str, Any]) -> None:
 def _action(name: str, help_text: str) -> Callable[..., None]:
     def command(ctx: typer.Context, host_id: HostId, reason: Reason = "") -> None:
         body = {"action": name, "reason": reason}
-        host = _client(ctx).post(_host_path(host_id, "/actions"), body)
-        render.print_json(host) if _json(ctx) else show_state(host)
+        host = context.client(ctx, "host").post(_host_path(host_id, "/actions"), body)
+        render.print_json(host) if context.wants_json(ctx) else show_state(host)
 
     command.__doc__ = help_text
     command.__name__ = f"host_{name.replace('-', '_')}"
@@ -100,7 +83,7 @@ def host_timeline(
     ] = None,
 ) -> None:
     """Show a host's state transitions, oldest first: from, to, cause, reason, who."""
-    body = _client(ctx).collect(
+    body = context.client(ctx, "host").collect(
         _host_path(host_id, "/timeline"),
         "timeline",
         [],
@@ -108,7 +91,7 @@ def host_timeline(
         page_size=min(page_size(), LIMIT_MAX),
     )
     entries = body.get("timeline", [])
-    if _json(ctx):
+    if context.wants_json(ctx):
         render.print_json({"timeline": entries})
         return
 

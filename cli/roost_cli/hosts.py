@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-from roost_cli import render
+from roost_cli import context, render
 from roost_cli.client import ServiceClient, path_part
-from roost_cli.config import OutputFormat, Settings, page_size
+from roost_cli.config import page_size
 from roost_cli.errors import CliError, ExitCode
 
 #: The config API's ``limit`` maximum for ``GET /v1/hosts``.
@@ -53,23 +53,6 @@ class SystemMode(StrEnum):
 
 
 # Helpers ---------------------------------------------------------------------------------------
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _client(ctx: typer.Context) -> ServiceClient:
-    s = _settings(ctx)
-    client = ServiceClient(s.config_service_url(), s.resolved_token(), service="config")
-    ctx.call_on_close(client.close)
-    return client
-
-
-def _json(ctx: typer.Context) -> bool:
-    return _settings(ctx).output is OutputFormat.json
 
 
 def _host_path(client: ServiceClient, ref: str, suffix: str = "") -> str:
@@ -127,7 +110,7 @@ def _bmc_password(given: str | None, from_stdin: bool, *, env_allowed: bool) -> 
 
 
 def _show_host(ctx: typer.Context, host: dict[str, Any]) -> None:
-    render.print_json(host) if _json(ctx) else render.host(host)
+    render.print_json(host) if context.wants_json(ctx) else render.host(host)
 
 
 # Options ---------------------------------------------------------------------------------------
@@ -187,8 +170,10 @@ def host_list(
         params.append(("personality", personality.value))
     if install_state is not None:
         params.append(("install_state", install_state.value))
-    body = _client(ctx).collect("/v1/hosts", "hosts", params, limit=limit, page_size=_page_size())
-    if _json(ctx):
+    body = context.client(ctx, "config").collect(
+        "/v1/hosts", "hosts", params, limit=limit, page_size=_page_size()
+    )
+    if context.wants_json(ctx):
         render.print_json({"hosts": body.get("hosts", [])})
     else:
         render.hosts(body.get("hosts", []))
@@ -196,7 +181,7 @@ def host_list(
 
 def host_show(ctx: typer.Context, host_id: HostId) -> None:
     """Show one host (the BMC password is never shown, only whether one is set)."""
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     _show_host(ctx, client.get(_host_path(client, host_id)))
 
 
@@ -232,7 +217,7 @@ def host_add(
         "location": location,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
-    _show_host(ctx, _client(ctx).post("/v1/hosts", body))
+    _show_host(ctx, context.client(ctx, "config").post("/v1/hosts", body))
 
 
 def host_update(
@@ -274,15 +259,15 @@ def host_update(
     body = {k: v for k, v in fields.items() if v is not None}
     if not body:
         raise CliError("nothing to change; see 'roost host-update --help'", ExitCode.usage)
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     _show_host(ctx, client.patch(_host_path(client, host_id), body))
 
 
 def host_delete(ctx: typer.Context, host_id: HostId) -> None:
     """Delete a host, its inventory and its alarms."""
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     client.delete(_host_path(client, host_id))
-    if _json(ctx):
+    if context.wants_json(ctx):
         render.print_json({"deleted": host_id})
     else:
         render.message(f"Host {host_id} deleted.")
@@ -295,11 +280,11 @@ def host_label_assign(
 ) -> None:
     """Set labels on a host (others are kept; an existing key gets the new value)."""
     wanted = parse_labels(labels)
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     path = _host_path(client, host_id)
     current = client.get(path).get("labels") or {}
     host = client.request("PUT", f"{path}/labels", json={"labels": {**current, **wanted}})
-    render.print_json(host) if _json(ctx) else render.labels(host)
+    render.print_json(host) if context.wants_json(ctx) else render.labels(host)
 
 
 def host_label_remove(
@@ -308,7 +293,7 @@ def host_label_remove(
     keys: Annotated[list[str], typer.Argument(metavar="KEY...", help="Label keys to remove.")],
 ) -> None:
     """Remove labels from a host (nothing changes if any key is not set)."""
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     path = _host_path(client, host_id)
     current = client.get(path).get("labels") or {}
     missing = [k for k in keys if k not in current]
@@ -319,21 +304,21 @@ def host_label_remove(
         )
     kept = {k: v for k, v in current.items() if k not in keys}
     host = client.request("PUT", f"{path}/labels", json={"labels": kept})
-    render.print_json(host) if _json(ctx) else render.labels(host)
+    render.print_json(host) if context.wants_json(ctx) else render.labels(host)
 
 
 def host_inventory(ctx: typer.Context, host_id: HostId) -> None:
     """The hardware the host's agent reported: CPUs, memory, disks, ports, PCI devices."""
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     body = client.get(_host_path(client, host_id, "/inventory"))
-    render.print_json(body) if _json(ctx) else render.inventory(body)
+    render.print_json(body) if context.wants_json(ctx) else render.inventory(body)
 
 
 def host_config_show(ctx: typer.Context, host_id: HostId) -> None:
     """Desired against applied configuration: target, applied, status, lag, the document."""
-    client = _client(ctx)
+    client = context.client(ctx, "config")
     body = client.get(_host_path(client, host_id, "/config"))
-    render.print_json(body) if _json(ctx) else render.host_config(body)
+    render.print_json(body) if context.wants_json(ctx) else render.host_config(body)
 
 
 # System ----------------------------------------------------------------------------------------
@@ -341,8 +326,8 @@ def host_config_show(ctx: typer.Context, host_id: HostId) -> None:
 
 def system_show(ctx: typer.Context) -> None:
     """Show the system: name, mode, time zone, DNS and NTP servers."""
-    body = _client(ctx).get("/v1/system")
-    render.print_json(body) if _json(ctx) else render.system(body)
+    body = context.client(ctx, "config").get("/v1/system")
+    render.print_json(body) if context.wants_json(ctx) else render.system(body)
 
 
 def system_modify(
@@ -372,8 +357,8 @@ def system_modify(
     body = {k: v for k, v in fields.items() if v is not None}
     if not body:
         raise CliError("nothing to change; see 'roost system-modify --help'", ExitCode.usage)
-    system = _client(ctx).patch("/v1/system", body)
-    render.print_json(system) if _json(ctx) else render.system(system)
+    system = context.client(ctx, "config").patch("/v1/system", body)
+    render.print_json(system) if context.wants_json(ctx) else render.system(system)
 
 
 # Registration ----------------------------------------------------------------------------------

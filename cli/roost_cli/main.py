@@ -15,8 +15,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import host_actions, hosts, render, sim
-from roost_cli.client import FaultClient, path_part
+from roost_cli import context, host_actions, hosts, render, sim
+from roost_cli.client import path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
 
@@ -94,23 +94,6 @@ def _global(
 # Helpers ---------------------------------------------------------------------------------------
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _client(ctx: typer.Context) -> FaultClient:
-    s = _settings(ctx)
-    client = FaultClient(s.url(), s.resolved_token())
-    ctx.call_on_close(client.close)
-    return client
-
-
-def _json(ctx: typer.Context) -> bool:
-    return _settings(ctx).output is OutputFormat.json
-
-
 def parse_query(text: str | None) -> list[tuple[str, str]]:
     """``'field=value;field=value'`` as FM's ``q.field``/``q.op``/``q.value`` parameters."""
     params: list[tuple[str, str]] = []
@@ -167,8 +150,10 @@ def alarm_list(
     if severity is not None:
         params += [("q.field", "severity"), ("q.op", "eq"), ("q.value", severity.value)]
     params += [("expand", "true"), ("include_suppress", str(include_suppressed).lower())]
-    body = _client(ctx).collect("/v1/alarms", "alarms", params, limit=limit, page_size=page_size())
-    if _json(ctx):
+    body = context.client(ctx, "fault").collect(
+        "/v1/alarms", "alarms", params, limit=limit, page_size=page_size()
+    )
+    if context.wants_json(ctx):
         render.print_json(body)
     else:
         render.alarms(body.get("alarms", []), show_uuid=uuid)
@@ -179,8 +164,8 @@ def alarm_show(
     ctx: typer.Context, alarm_uuid: Annotated[str, typer.Argument(metavar="UUID")]
 ) -> None:
     """Show every field of one active alarm."""
-    body = _client(ctx).get(f"/v1/alarms/{path_part(alarm_uuid)}")
-    render.print_json(body) if _json(ctx) else render.details(body)
+    body = context.client(ctx, "fault").get(f"/v1/alarms/{path_part(alarm_uuid)}")
+    render.print_json(body) if context.wants_json(ctx) else render.details(body)
 
 
 @cli.command("alarm-delete")
@@ -188,8 +173,8 @@ def alarm_delete(
     ctx: typer.Context, alarm_uuid: Annotated[str, typer.Argument(metavar="UUID")]
 ) -> None:
     """Clear an active alarm by hand (the clear is logged and subscribers are told)."""
-    _client(ctx).delete(f"/v1/alarms/{path_part(alarm_uuid)}")
-    if _json(ctx):
+    context.client(ctx, "fault").delete(f"/v1/alarms/{path_part(alarm_uuid)}")
+    if context.wants_json(ctx):
         render.print_json({"deleted": alarm_uuid})
     else:
         render.message(f"Alarm {alarm_uuid} deleted.")
@@ -199,8 +184,8 @@ def alarm_delete(
 def alarm_summary(ctx: typer.Context, include_suppressed: IncludeSuppressed = False) -> None:
     """Count active alarms per severity; suppressed alarms are counted on their own row."""
     params = {"include_suppress": str(include_suppressed).lower()}
-    body = _client(ctx).get("/v1/alarms/summary", params)
-    if _json(ctx):
+    body = context.client(ctx, "fault").get("/v1/alarms/summary", params)
+    if context.wants_json(ctx):
         render.print_json(body)
     else:
         render.summary(body, included_suppressed=include_suppressed)
@@ -227,8 +212,8 @@ def alarm_raise(
         "proposed_repair_action": repair_action,
         "service_affecting": service_affecting,
     }
-    alarm = _client(ctx).post("/v1/alarms", body)
-    render.print_json(alarm) if _json(ctx) else render.details(alarm)
+    alarm = context.client(ctx, "fault").post("/v1/alarms", body)
+    render.print_json(alarm) if context.wants_json(ctx) else render.details(alarm)
 
 
 # Event log -------------------------------------------------------------------------------------
@@ -252,9 +237,9 @@ def event_list(
         ("alarms", str(alarms).lower()),
         ("logs", str(logs).lower()),
     ]
-    client = _client(ctx)
+    client = context.client(ctx, "fault")
     body = client.collect("/v1/event_log", "event_log", params, limit=limit, page_size=page_size())
-    if _json(ctx):
+    if context.wants_json(ctx):
         render.print_json(body)
     else:
         render.events(body.get("event_log", []), show_uuid=uuid)
@@ -265,8 +250,8 @@ def event_show(
     ctx: typer.Context, event_uuid: Annotated[str, typer.Argument(metavar="UUID")]
 ) -> None:
     """Show every field of one event log record."""
-    body = _client(ctx).get(f"/v1/event_log/{path_part(event_uuid)}")
-    render.print_json(body) if _json(ctx) else render.details(body)
+    body = context.client(ctx, "fault").get(f"/v1/event_log/{path_part(event_uuid)}")
+    render.print_json(body) if context.wants_json(ctx) else render.details(body)
 
 
 # Suppression -----------------------------------------------------------------------------------
@@ -281,7 +266,7 @@ def _set_suppression(ctx: typer.Context, alarm_ids: list[str], status: str) -> N
     wanted = split_ids(alarm_ids)
     if not wanted:
         raise CliError("give at least one --alarm-id", ExitCode.usage)
-    client = _client(ctx)
+    client = context.client(ctx, "fault")
     entries = {e["alarm_id"]: e for e in client.get("/v1/event_suppression")["event_suppression"]}
     unknown = [a for a in wanted if a not in entries]
     if unknown:
@@ -295,7 +280,7 @@ def _set_suppression(ctx: typer.Context, alarm_ids: list[str], status: str) -> N
         client.patch(f"/v1/event_suppression/{path_part(entries[a]['uuid'])}", patch)
         for a in wanted
     ]
-    if _json(ctx):
+    if context.wants_json(ctx):
         render.print_json({"event_suppression": changed})
     else:
         render.suppressions(changed, show_uuid=False)
@@ -325,8 +310,8 @@ def event_suppress_list(
     params: list[tuple[str, Any]] = []
     if not include_unsuppressed:
         params = [("q.field", "suppression_status"), ("q.op", "eq"), ("q.value", "suppressed")]
-    body = _client(ctx).get("/v1/event_suppression", params)
-    if _json(ctx):
+    body = context.client(ctx, "fault").get("/v1/event_suppression", params)
+    if context.wants_json(ctx):
         render.print_json(body)
     else:
         render.suppressions(body.get("event_suppression", []), show_uuid=uuid)
@@ -362,15 +347,15 @@ def subscription_add(
         "include_suppressed": include_suppressed,
         "description": description,
     }
-    sub = _client(ctx).post("/v1/subscriptions", body)
-    render.print_json(sub) if _json(ctx) else render.details(sub)
+    sub = context.client(ctx, "fault").post("/v1/subscriptions", body)
+    render.print_json(sub) if context.wants_json(ctx) else render.details(sub)
 
 
 @cli.command("subscription-list")
 def subscription_list(ctx: typer.Context) -> None:
     """List webhook subscriptions and how their deliveries are going."""
-    body = _client(ctx).get("/v1/subscriptions")
-    if _json(ctx):
+    body = context.client(ctx, "fault").get("/v1/subscriptions")
+    if context.wants_json(ctx):
         render.print_json(body)
     else:
         render.subscriptions(body.get("subscriptions", []))
@@ -381,8 +366,8 @@ def subscription_delete(
     ctx: typer.Context, sub_id: Annotated[str, typer.Argument(metavar="ID")]
 ) -> None:
     """Remove a webhook subscription (its undelivered notifications are dropped)."""
-    _client(ctx).delete(f"/v1/subscriptions/{path_part(sub_id)}")
-    if _json(ctx):
+    context.client(ctx, "fault").delete(f"/v1/subscriptions/{path_part(sub_id)}")
+    if context.wants_json(ctx):
         render.print_json({"deleted": sub_id})
     else:
         render.message(f"Subscription {sub_id} deleted.")

@@ -1,0 +1,34 @@
+"""What every command needs from typer's context: the global options, the output format and a
+client for the service it talks to (closed when the command ends)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import typer
+
+from roost_cli.client import ServiceClient
+from roost_cli.config import OutputFormat, Settings
+
+Service = Literal["fault", "config", "host"]
+
+
+def settings(ctx: typer.Context) -> Settings:
+    """The global options given before the command."""
+    found = ctx.find_root().obj
+    assert isinstance(found, Settings)
+    return found
+
+
+def wants_json(ctx: typer.Context) -> bool:
+    """``--format json``."""
+    return settings(ctx).output is OutputFormat.json
+
+
+def client(ctx: typer.Context, service: Service) -> ServiceClient:
+    """A client for ``service`` with the resolved URL and token."""
+    s = settings(ctx)
+    url = {"fault": s.url, "config": s.config_service_url, "host": s.host_service_url}[service]()
+    http = ServiceClient(url, s.resolved_token(), service=service)
+    ctx.call_on_close(http.close)
+    return http
