@@ -22,8 +22,22 @@ NO_SESSION = "Unable to establish IPMI v2 / RMCP+ session"
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[BmcFleet]:
-    with BmcFleet.create(4, udp_port_block(4), USER, PASSWORD) as f:
+    # Readiness first: once in a full-suite run the first fleet's BMCs never answered while a
+    # second fleet made in the same process did (cause not found; see the notes). A fleet that
+    # does not answer is replaced on a fresh port block rather than failing every test after.
+    for attempt in range(3):
+        f = BmcFleet.create(4, udp_port_block(4), USER, PASSWORD)
+        f.__enter__()
+        if all(ipmitool(p, "chassis", "power", "status").returncode == 0 for p in f.ports):
+            break
+        log.warning("simulated BMCs on %s did not answer (attempt %d); new ports", f.ports, attempt)
+        f.__exit__(None, None, None)
+    else:
+        pytest.fail("simulated BMCs never answered ipmitool on three port blocks")
+    try:
         yield f
+    finally:
+        f.__exit__(None, None, None)
 
 
 @pytest.fixture
