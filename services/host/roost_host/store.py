@@ -27,8 +27,9 @@ TIMELINE = "timeline"
 GUARDS = "guards"
 
 HOST_SORT: SortSpec = [("created_at", 1), ("uuid", 1)]
-#: Timeline order: oldest first, in the order the entries were written.
-TIMELINE_SORT: SortSpec = [("_id", 1)]
+#: Timeline order: oldest first. By time, then id: ObjectIds made by two processes (a service and
+#: its restarted successor) within the same second do not sort in the order they were made.
+TIMELINE_SORT: SortSpec = [("time", 1), ("_id", 1)]
 
 INDEXES: dict[str, list[IndexModel]] = {
     HOSTS: [
@@ -42,7 +43,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     TIMELINE: [
         IndexModel([("uuid", ASCENDING)], unique=True),
-        IndexModel([("host_uuid", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("host_uuid", ASCENDING), ("time", ASCENDING), ("_id", ASCENDING)]),
     ],
 }
 
