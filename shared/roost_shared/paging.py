@@ -6,7 +6,6 @@ sort strictly after it. Unlike skip/offset this stays correct while items are ad
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -51,15 +50,6 @@ async def page(
     return await collection.find(selector).sort(list(sort)).limit(limit).to_list()
 
 
-def is_uuid(ref: str) -> bool:
-    """Whether a path reference is a uuid (else a name, a MAC, ...)."""
-    try:
-        uuid.UUID(ref)
-    except ValueError:
-        return False
-    return True
-
-
 def next_link(request: Request, path: str, *, limit: int, marker: str, **defaults: Any) -> str:
     """StarlingX-style ``next`` href: ``<base>/v1/<path>?<params>&limit=N&marker=<uuid>``.
 
@@ -72,3 +62,15 @@ def next_link(request: Request, path: str, *, limit: int, marker: str, **default
     kept += [("limit", str(limit)), ("marker", marker)]
     base = str(request.base_url).rstrip("/")
     return f"{base}/v1/{path}?{urlencode(kept)}"
+
+
+def next_if_full(
+    request: Request, path: str, items: Sequence[Any], limit: int, **defaults: Any
+) -> str | None:
+    """The ``next`` href when the page is full (as StarlingX does), else None; the marker is the
+    last item's ``uuid`` (a mapping key or an attribute)."""
+    if not items or len(items) < limit:
+        return None
+    last = items[-1]
+    marker = last["uuid"] if isinstance(last, Mapping) else last.uuid
+    return next_link(request, path, limit=limit, marker=marker, **defaults)

@@ -35,7 +35,7 @@ from roost_config.store import ConfigStore
 from roost_shared.api import Platform
 from roost_shared.auth import Principal, require_admin, require_reader
 from roost_shared.catalog import Personality
-from roost_shared.paging import next_link
+from roost_shared.paging import next_if_full
 from roost_shared.problems import NotFound
 
 MAX_LIMIT = 1000
@@ -117,9 +117,7 @@ async def list_hosts(
         query["install_state"] = install_state.value
     docs = await c.store.list_hosts(query, marker=marker, limit=limit)
     views = [HostView.of(d) for d in docs]
-    nxt = None
-    if len(views) == limit:
-        nxt = next_link(request, "hosts", limit=limit, marker=views[-1].uuid)
+    nxt = next_if_full(request, "hosts", views, limit)
     return HostCollection(hosts=views, next=nxt)
 
 

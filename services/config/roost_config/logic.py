@@ -92,18 +92,9 @@ PARAM_KEY_RE = re.compile(r"^[a-z0-9_.-]{1,63}$")
 PARAM_VALUE_MAX = 1024
 PARAMS_MAX = 128
 SERVERS_MAX = 3  # StarlingX takes up to three DNS and three NTP servers
-_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
 _FQDN_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-
-
-def normalise_mac(value: str) -> str:
-    """``AA-BB-CC-DD-EE-FF``, ``aabb.ccdd.eeff`` or ``aabbccddeeff`` → ``aa:bb:cc:dd:ee:ff``."""
-    hex_only = re.sub(r"[:.\-]", "", value.strip().lower())
-    if not _MAC_HEX.match(hex_only) or len(value.strip()) not in (12, 14, 17):
-        raise ValueError("not a MAC address; expected six hex octets such as 52:54:00:12:34:56")
-    return ":".join(hex_only[i : i + 2] for i in range(0, 12, 2))
 
 
 def check_hostname(value: str) -> str:

@@ -20,9 +20,10 @@ from roost_shared.catalog import (
     Personality,
     PortInventory,
 )
+from roost_shared.refs import normalise_mac
 
 Hostname = Annotated[str, AfterValidator(logic.check_hostname)]
-Mac = Annotated[str, AfterValidator(logic.normalise_mac)]
+Mac = Annotated[str, AfterValidator(normalise_mac)]
 Labels = Annotated[dict[str, str], AfterValidator(logic.check_labels)]
 Parameters = Annotated[dict[str, Any], AfterValidator(logic.check_parameters)]
 Subfunction = Annotated[str, Field(pattern="^(" + "|".join(logic.SUBFUNCTIONS) + ")$")]

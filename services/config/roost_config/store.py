@@ -14,10 +14,10 @@ from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 
-from roost_config.logic import normalise_mac
 from roost_shared.db import Database, Session
-from roost_shared.paging import SortSpec, is_uuid, page
+from roost_shared.paging import SortSpec, page
 from roost_shared.problems import NotFound
+from roost_shared.refs import host_query
 
 SYSTEM = "system"
 HOSTS = "hosts"
@@ -80,18 +80,9 @@ class ConfigStore:
     # Hosts ----------------------------------------------------------------------------------
 
     async def host(self, ref: str, session: Session | None = None) -> dict[str, Any]:
-        """A host by uuid, management MAC (a discovered host has no name yet) or assigned
-        hostname (404 otherwise)."""
-        if is_uuid(ref):
-            query = {"uuid": ref}
-        elif ":" in ref:  # hostnames never hold a colon
-            try:
-                query = {"mgmt_mac": normalise_mac(ref)}
-            except ValueError:
-                raise NotFound(kind="Host", id=ref) from None
-        else:
-            query = {"hostname": ref}
-        doc = await self.hosts.find_one(query, session=session)
+        """A host by uuid, management MAC or assigned hostname (404 otherwise)."""
+        query = host_query(ref)
+        doc = await self.hosts.find_one(query, session=session) if query else None
         if doc is None:
             raise NotFound(kind="Host", id=ref)
         return doc

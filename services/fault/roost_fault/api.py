@@ -42,7 +42,7 @@ from roost_shared.api import Platform
 from roost_shared.auth import Principal, require_admin, require_reader
 from roost_shared.catalog import AlarmClear
 from roost_shared.events import utcnow
-from roost_shared.paging import next_link
+from roost_shared.paging import next_if_full
 from roost_shared.problems import Invalid, NotFound
 
 MAX_LIMIT = 2000
@@ -113,8 +113,9 @@ def _page(
 ) -> dict[str, Any]:
     """FM's collection body: ``{key: [...]}`` plus ``next`` when the page is full."""
     body: dict[str, Any] = {key: views}
-    if len(views) == limit:
-        body["next"] = next_link(request, key, limit=limit, marker=views[-1]["uuid"], **defaults)
+    nxt = next_if_full(request, key, views, limit, **defaults)
+    if nxt:
+        body["next"] = nxt
     return body
 
 

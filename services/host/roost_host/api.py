@@ -26,7 +26,7 @@ from roost_host.steps import StepRunner
 from roost_host.store import HostStore
 from roost_shared.api import Platform
 from roost_shared.auth import Principal, require_admin, require_reader
-from roost_shared.paging import next_link
+from roost_shared.paging import next_if_full
 from roost_shared.problems import PROBLEM_JSON, problem_response
 
 MAX_LIMIT = 1000
@@ -96,9 +96,7 @@ async def list_hosts(
             query[name] = value
     docs = await c.store.list_hosts(query, marker=marker, limit=limit)
     views = [HostView.of(d) for d in docs]
-    nxt = None
-    if len(views) == limit:
-        nxt = next_link(request, "hosts", limit=limit, marker=views[-1].uuid)
+    nxt = next_if_full(request, "hosts", views, limit)
     return HostCollection(hosts=views, next=nxt)
 
 
@@ -132,7 +130,5 @@ async def timeline(
     host = await c.store.host(host_ref)
     docs = await c.store.entries(host["uuid"], marker=marker, limit=limit)
     entries = [TimelineEntry.model_validate(d) for d in docs]
-    nxt = None
-    if len(entries) == limit:
-        nxt = next_link(request, f"hosts/{host_ref}/timeline", limit=limit, marker=entries[-1].uuid)
+    nxt = next_if_full(request, f"hosts/{host_ref}/timeline", entries, limit)
     return TimelineCollection(timeline=entries, next=nxt)

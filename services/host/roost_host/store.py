@@ -19,8 +19,9 @@ from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 
 from roost_shared.db import Database, Session
-from roost_shared.paging import SortSpec, is_uuid, page
+from roost_shared.paging import SortSpec, page
 from roost_shared.problems import NotFound
+from roost_shared.refs import host_query
 
 HOSTS = "hosts"
 TIMELINE = "timeline"
@@ -58,14 +59,9 @@ class HostStore:
         self.guards = db[GUARDS]
 
     async def host(self, ref: str, session: Session | None = None) -> dict[str, Any]:
-        """A host by uuid, hostname or (for a discovered host) management MAC; 404 otherwise."""
-        if is_uuid(ref):
-            query: dict[str, Any] = {"uuid": ref}
-        elif ":" in ref:
-            query = {"mgmt_mac": ref.lower()}
-        else:
-            query = {"hostname": ref}
-        doc = await self.hosts.find_one(query, session=session)
+        """A host by uuid, management MAC or assigned hostname (404 otherwise)."""
+        query = host_query(ref)
+        doc = await self.hosts.find_one(query, session=session) if query else None
         if doc is None:
             raise NotFound(kind="Host", id=ref)
         return doc
