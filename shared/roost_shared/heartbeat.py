@@ -24,7 +24,8 @@ Wire format (big-endian, 43 bytes, the same on both paths)::
     magic "RHB1" | kind u8 | mac 6 bytes | seq u32 | sent_ns u64 | boot 16 bytes | probe u32
     [ | HMAC-SHA256 over the above, first 16 bytes, when a heartbeat key is configured ]
 
-``kind`` is 0 for a periodic heartbeat, 1 for the answer to probe ``probe``. ``boot`` is the
+``kind`` is 0 for a periodic heartbeat, 1 for the answer to probe ``probe``, 2 for "I am
+stopping" (a clean shutdown or reboot). ``boot`` is the
 agent's boot id (a new one means the node restarted). ``sent_ns`` is the sender's wall clock,
 for latency figures only (clocks of different nodes are not trusted for decisions).
 """
@@ -53,6 +54,9 @@ MAC_SIZE = 16
 class Kind(IntEnum):
     periodic = 0
     probe_reply = 1
+    #: Sent (on both paths) by an agent stopping cleanly, e.g. for a reboot: the host service
+    #: then waits for it to come back before fencing it.
+    stopping = 2
 
 
 class BadHeartbeat(ValueError):
