@@ -16,9 +16,9 @@ from roost_config.logic import SystemMode
 from roost_config.operations import ConfigOperations
 from roost_config.settings import ConfigSettings
 from roost_config.store import INDEXES, ConfigStore
-from roost_config.vault import Vault
 from roost_shared.api import Platform, create_app, serve
 from roost_shared.events import utcnow
+from roost_shared.vault import Vault
 
 DESCRIPTION = """The system, its hosts, their hardware inventory and their configuration
 (StarlingX sysinv).

@@ -23,7 +23,6 @@ from roost_config.logic import BmcType, InstallState
 from roost_config.models import HostCreate, HostPatch, SystemPatch
 from roost_config.settings import ConfigSettings
 from roost_config.store import ConfigStore
-from roost_config.vault import Vault
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
 from roost_shared.catalog import (
     AlarmClear,
@@ -39,6 +38,7 @@ from roost_shared.events import Envelope, utcnow
 from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
 from roost_shared.problems import Conflict, Invalid
+from roost_shared.vault import Vault
 
 log = logging.getLogger(__name__)
 
