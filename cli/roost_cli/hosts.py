@@ -126,6 +126,10 @@ BmcTypeOpt = Annotated[
 BmcAddress = Annotated[
     str | None, typer.Option("--bmc-address", help="BMC IP address or host name.")
 ]
+BmcPort = Annotated[
+    int | None,
+    typer.Option("--bmc-port", min=1, max=65535, help="BMC port (default: 623 for IPMI)."),
+]
 BmcUsername = Annotated[str | None, typer.Option("--bmc-username", help="BMC user name.")]
 BmcPassword = Annotated[
     str | None,
@@ -194,6 +198,7 @@ def host_add(
     subfunctions: Subfunctions = None,
     bmc_type: BmcTypeOpt = None,
     bmc_address: BmcAddress = None,
+    bmc_port: BmcPort = None,
     bmc_username: BmcUsername = None,
     bmc_password: BmcPassword = None,
     bmc_password_stdin: BmcPasswordStdin = False,
@@ -212,6 +217,7 @@ def host_add(
         "subfunctions": split_list(subfunctions) if subfunctions is not None else None,
         "bmc_type": bmc_type.value if bmc_type is not None else None,
         "bmc_address": bmc_address,
+        "bmc_port": bmc_port,
         "bmc_username": bmc_username,
         "bmc_password": password,
         "location": location,
@@ -233,6 +239,7 @@ def host_update(
     subfunctions: Subfunctions = None,
     bmc_type: BmcTypeOpt = None,
     bmc_address: BmcAddress = None,
+    bmc_port: BmcPort = None,
     bmc_username: BmcUsername = None,
     bmc_password: BmcPassword = None,
     bmc_password_stdin: BmcPasswordStdin = False,
@@ -241,7 +248,7 @@ def host_update(
     """Change a host (only the options given). Giving a discovered host --hostname and
     --personality provisions it."""
     changes_bmc = bmc_type is not BmcType.none and any(
-        v is not None for v in (bmc_type, bmc_address, bmc_username)
+        v is not None for v in (bmc_type, bmc_address, bmc_port, bmc_username)
     )
     password = _bmc_password(bmc_password, bmc_password_stdin, env_allowed=changes_bmc)
     fields = {
@@ -252,6 +259,7 @@ def host_update(
         "subfunctions": split_list(subfunctions) if subfunctions is not None else None,
         "bmc_type": bmc_type.value if bmc_type is not None else None,
         "bmc_address": bmc_address,
+        "bmc_port": bmc_port,
         "bmc_username": bmc_username,
         "bmc_password": password,
         "location": location,

@@ -205,7 +205,9 @@ class ConfigApply(_Strict):
 class HostRecord(BaseModel):
     """``config.host.added|updated|deleted``: a host as other services need to know it.
 
-    Never carries BMC credentials (the password stays in the config service).
+    The BMC password travels only as ``bmc_password_enc``, the config service's Fernet
+    ciphertext: the record carries only ciphertext; only holders of the site key (config, host)
+    can read it. ``bmc_port`` unset means IPMI's 623.
     """
 
     uuid: str
@@ -217,6 +219,9 @@ class HostRecord(BaseModel):
     mgmt_ip: str | None = None
     bmc_type: str | None = None
     bmc_address: str | None = None
+    bmc_port: int | None = Field(None, ge=1, le=65535)
+    bmc_username: str | None = None
+    bmc_password_enc: str | None = Field(None, repr=False)
     labels: dict[str, str] = Field(default_factory=dict)
     install_state: str
     config_target: int = 0

@@ -187,12 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def register_hosts(fleet: Fleet, hosts: list[SimHost], admin_token: str) -> None:
-    """Add the seed hosts, with their BMCs, to the inventory, so a first ``make run`` shows a
-    configured site; hosts added later (``roost sim add-host``) arrive unknown and show up as
-    discovered.
-
-    The config API takes a BMC address without a port (an IP address or a host name), so the
-    inventory says 127.0.0.1 and the port (``16230 + index``) is known only to the fleet.
+    """Add the seed hosts, with their BMCs (127.0.0.1, port ``16230 + index``, the fleet's
+    user and password), to the inventory, so a first ``make run`` shows a configured site whose
+    BMCs the host service can reach; hosts added later (``roost sim add-host``) arrive unknown
+    and show up as discovered.
     """
     url = f"http://127.0.0.1:{SERVICE_PORTS['config']}/v1/hosts"
     headers = {"Authorization": f"Bearer {admin_token}"}
@@ -205,6 +203,7 @@ def register_hosts(fleet: Fleet, hosts: list[SimHost], admin_token: str) -> None
             "mgmt_ip": host.ip,
             "bmc_type": "ipmi",
             "bmc_address": "127.0.0.1",
+            "bmc_port": fleet.bmc_port(host),
             "bmc_username": bmc_user,
             "bmc_password": bmc_password,
         }

@@ -84,6 +84,24 @@ async def test_bad_input_names_the_field_and_stores_nothing(stack, start_config)
             422,
             "body.bmc_address",
         )
+        # The BMC port: 1..65535, and only with a BMC.
+        full_bmc = {
+            "bmc_type": "ipmi",
+            "bmc_address": "10.0.0.9",
+            "bmc_username": "root",
+            "bmc_password": "x",
+        }
+        for port in (0, 65536, -1, "six-two-three"):
+            body = {**other, **full_bmc, "bmc_port": port}
+            _problem(await http.post("/v1/hosts", json=body), 422, "body.bmc_port")
+            _problem(
+                await http.patch("/v1/hosts/worker-1", json={"bmc_port": port}),
+                422,
+                "body.bmc_port",
+            )
+        _problem(
+            await http.post("/v1/hosts", json={**other, "bmc_port": 16230}), 422, "body.bmc_type"
+        )
 
         # Oversized or malformed labels: 422 naming labels.
         for labels in (

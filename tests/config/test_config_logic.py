@@ -124,6 +124,12 @@ def test_bmc_fields_come_all_together_or_not_at_all(kind, address, user, passwor
         assert field in problem[1]
 
 
+def test_a_bmc_port_needs_a_bmc():
+    assert logic.bmc_problem("ipmi", "127.0.0.1", "admin", True, port=16230) is None
+    problem = logic.bmc_problem("none", None, None, False, port=16230)
+    assert problem is not None and problem[0] == "bmc_type" and "bmc_port" in problem[1]
+
+
 # Desired configuration and versions ------------------------------------------------------------
 
 
@@ -237,7 +243,12 @@ def test_announcements():
     assert logic.classify_announcement(owner, "worker-1", owner).kind == "known"
 
 
-def test_host_record_never_carries_credentials():
-    record = logic.host_record(host(bmc_password_enc="gAAAA...", bmc_username="root"))
+def test_host_record_carries_the_bmc_password_only_as_ciphertext():
+    record = logic.host_record(
+        host(bmc_password_enc="gAAAA...", bmc_username="root", bmc_port=16231)
+    )
     dumped = record.model_dump()
-    assert "bmc_password_enc" not in dumped and "bmc_username" not in dumped
+    assert dumped["bmc_password_enc"] == "gAAAA..." and dumped["bmc_username"] == "root"
+    assert dumped["bmc_port"] == 16231
+    assert not any("password" in k and k != "bmc_password_enc" for k in dumped)
+    assert "gAAAA" not in repr(record)  # not even the ciphertext in reprs and logs

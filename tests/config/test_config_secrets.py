@@ -37,6 +37,7 @@ async def test_bmc_password_never_leaks_and_is_encrypted_at_rest(stack, start_co
                 "mgmt_mac": mac,
                 "bmc_type": "ipmi",
                 "bmc_address": "10.10.10.3",
+                "bmc_port": 16230,
                 "bmc_username": "root",
                 "bmc_password": first,
             },
@@ -44,6 +45,7 @@ async def test_bmc_password_never_leaks_and_is_encrypted_at_rest(stack, start_co
         assert r.status_code == 201, r.text
         host = r.json()
         assert host["bmc_password_set"] is True and host["bmc_username"] == "root"
+        assert host["bmc_port"] == 16230
         assert "bmc_password" not in host
         # Change it, also through a refused request that carries a password.
         r = await call("PATCH", "/v1/hosts/controller-0", json={"bmc_password": second})
@@ -111,5 +113,10 @@ async def test_bmc_password_never_leaks_and_is_encrypted_at_rest(stack, start_co
         assert Fernet(key_file.read_bytes()).decrypt(doc["bmc_password_enc"].encode()) == (
             second.encode()
         )
+        # Events carry the BMC's port, user and ciphertext (for the host service, which holds
+        # the same key), never the password itself.
+        latest = events.of_type("config.host.updated")[-1]["data"]
+        assert latest["bmc_port"] == 16230 and latest["bmc_username"] == "root"
+        assert latest["bmc_password_enc"] == doc["bmc_password_enc"]
     finally:
         await client.close()

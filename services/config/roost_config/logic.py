@@ -154,7 +154,12 @@ def check_servers(servers: list[str], *, names_allowed: bool) -> list[str]:
 
 
 def bmc_problem(
-    bmc_type: str | None, address: str | None, username: str | None, has_password: bool
+    bmc_type: str | None,
+    address: str | None,
+    username: str | None,
+    has_password: bool,
+    *,
+    port: int | None = None,
 ) -> tuple[str, str] | None:
     """``(field, reason)`` when the BMC fields are half-given, else None.
 
@@ -165,6 +170,7 @@ def bmc_problem(
     if kind == BmcType.none:
         for name, given in (
             ("bmc_address", address),
+            ("bmc_port", port),
             ("bmc_username", username),
             ("bmc_password", has_password),
         ):
@@ -469,7 +475,8 @@ def out_of_date_alarm(host: Mapping[str, Any], since: datetime) -> AlarmSet:
 
 
 def host_record(host: Mapping[str, Any]) -> HostRecord:
-    """What other services hear about a host (never BMC credentials)."""
+    """What other services hear about a host: the BMC password only as the ciphertext stored
+    (the host service holds the site key and decrypts it when it calls the BMC)."""
     return HostRecord(
         uuid=host["uuid"],
         hostname=host.get("hostname"),
@@ -478,6 +485,9 @@ def host_record(host: Mapping[str, Any]) -> HostRecord:
         mgmt_ip=host.get("mgmt_ip"),
         bmc_type=host.get("bmc_type"),
         bmc_address=host.get("bmc_address"),
+        bmc_port=host.get("bmc_port"),
+        bmc_username=host.get("bmc_username"),
+        bmc_password_enc=host.get("bmc_password_enc"),
         labels=host.get("labels") or {},
         install_state=host["install_state"],
         config_target=int(host.get("config_target") or 0),

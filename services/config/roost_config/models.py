@@ -50,6 +50,8 @@ def _bmc_address(value: str | None) -> str | None:
 
 IpAddress = Annotated[str, AfterValidator(_ip)]
 BmcAddress = Annotated[str, AfterValidator(_bmc_address)]
+#: The BMC's UDP (IPMI) or TCP (Redfish) port when it is not the protocol's default (IPMI: 623).
+BmcPort = Annotated[int, Field(ge=1, le=65535, description="BMC port; unset: 623 for IPMI.")]
 
 
 class _Input(BaseModel):
@@ -116,6 +118,7 @@ class HostCreate(_Input):
     subfunctions: list[Subfunction] | None = Field(None, max_length=4)
     bmc_type: BmcType = BmcType.none
     bmc_address: BmcAddress | None = None
+    bmc_port: BmcPort | None = None
     bmc_username: str | None = Field(None, min_length=1, max_length=64)
     bmc_password: SecretStr | None = Field(None, min_length=1, max_length=256)
     location: str = Field("", max_length=255)
@@ -133,6 +136,7 @@ class HostPatch(_Input):
     subfunctions: list[Subfunction] | None = Field(None, max_length=4)
     bmc_type: BmcType | None = None
     bmc_address: BmcAddress | None = None
+    bmc_port: BmcPort | None = None
     bmc_username: str | None = Field(None, min_length=1, max_length=64)
     bmc_password: SecretStr | None = Field(None, min_length=1, max_length=256)
     location: str | None = Field(None, max_length=255)
@@ -152,6 +156,7 @@ class HostView(BaseModel):
     mgmt_ip: str | None
     bmc_type: BmcType
     bmc_address: str | None
+    bmc_port: int | None = None
     bmc_username: str | None
     bmc_password_set: bool
     location: str
@@ -176,6 +181,7 @@ class HostView(BaseModel):
             mgmt_ip=doc.get("mgmt_ip"),
             bmc_type=doc.get("bmc_type") or BmcType.none,
             bmc_address=doc.get("bmc_address"),
+            bmc_port=doc.get("bmc_port"),
             bmc_username=doc.get("bmc_username"),
             bmc_password_set=bool(doc.get("bmc_password_enc")),
             location=doc.get("location") or "",

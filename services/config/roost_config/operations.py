@@ -163,7 +163,11 @@ class ConfigOperations:
     async def add_host(self, session: Session, body: HostCreate) -> dict[str, Any]:
         """``POST /v1/hosts``: a host with hostname and personality is configured at once."""
         problem = logic.bmc_problem(
-            body.bmc_type, body.bmc_address, body.bmc_username, body.bmc_password is not None
+            body.bmc_type,
+            body.bmc_address,
+            body.bmc_username,
+            body.bmc_password is not None,
+            port=body.bmc_port,
         )
         if problem:
             raise Invalid(problem[1], field=f"body.{problem[0]}")
@@ -179,6 +183,7 @@ class ConfigOperations:
             "mgmt_ip": body.mgmt_ip,
             "bmc_type": body.bmc_type.value,
             "bmc_address": body.bmc_address,
+            "bmc_port": body.bmc_port,
             "bmc_username": body.bmc_username,
             "bmc_password_enc": (
                 self.vault.encrypt(body.bmc_password.get_secret_value())
@@ -251,7 +256,7 @@ class ConfigOperations:
     def _bmc_changes(
         self, host: dict[str, Any], patch: HostPatch, given: set[str]
     ) -> dict[str, Any]:
-        bmc_fields = {"bmc_type", "bmc_address", "bmc_username", "bmc_password"}
+        bmc_fields = {"bmc_type", "bmc_address", "bmc_port", "bmc_username", "bmc_password"}
         if not given & bmc_fields:
             return {}
         removing = "bmc_type" in given and patch.bmc_type == BmcType.none
@@ -262,17 +267,18 @@ class ConfigOperations:
             return None if removing else host.get(name)
 
         kind = patch.bmc_type if "bmc_type" in given else host.get("bmc_type")
-        address, username = pick("bmc_address"), pick("bmc_username")
+        address, username, port = pick("bmc_address"), pick("bmc_username"), pick("bmc_port")
         password = patch.bmc_password if "bmc_password" in given else None
         has_password = password is not None or (
             not removing and "bmc_password" not in given and bool(host.get("bmc_password_enc"))
         )
-        problem = logic.bmc_problem(kind, address, username, has_password)
+        problem = logic.bmc_problem(kind, address, username, has_password, port=port)
         if problem:
             raise Invalid(problem[1], field=f"body.{problem[0]}")
         changes: dict[str, Any] = {
             "bmc_type": BmcType(kind or BmcType.none).value,
             "bmc_address": address,
+            "bmc_port": port,
             "bmc_username": username,
         }
         if password is not None:
@@ -471,6 +477,7 @@ class ConfigOperations:
             "mgmt_ip": msg.mgmt_ip,
             "bmc_type": BmcType.none.value,
             "bmc_address": None,
+            "bmc_port": None,
             "bmc_username": None,
             "bmc_password_enc": None,
             "location": "",
