@@ -19,9 +19,12 @@ KNOWN_ALARMS: dict[str, str] = {
     "200.005": "Host management network heartbeat lost",
     "200.006": "Host process monitor failure",
     "200.007": "Host sensor alarm",
-    "200.009": "Host cluster-host network heartbeat lost",
+    # StarlingX's second heartbeat network is cluster-host; Roost's second path is the bus.
+    "200.009": "Host bus (second path) heartbeat lost",
     "200.010": "Host BMC access failure",
     "200.011": "Host configuration failure",
+    # Not in StarlingX (its mtce only logs MNFA): Roost raises one alarm for the whole group.
+    "200.030": "Multi-node failure avoidance: many hosts lost heartbeat together",
     "250.001": "Host configuration is out-of-date",
     "250.003": "Kubernetes certificate rotation failed",
     "250.004": "IPsec certificate renewal failed",

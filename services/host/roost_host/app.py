@@ -7,11 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from roost_host import events
+from roost_host import bmcapi, events
 from roost_host.api import HostContext, install_handlers, router
+from roost_host.bmc import BmcAccess
+from roost_host.heartbeat import HeartbeatLink
 from roost_host.kube import KubeDrainer
 from roost_host.kubework import KubeRunner
+from roost_host.monitor import HeartbeatMonitor
 from roost_host.operations import HostOperations
+from roost_host.sensors import INDEXES as SENSOR_INDEXES
+from roost_host.sensors import SensorMonitor
+from roost_host.recovery import RecoveryRunner
 from roost_host.settings import HostSettings
 from roost_host.steps import StepRunner
 from roost_host.store import INDEXES, HostStore
@@ -52,24 +58,66 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
         )
         await steps.restart_interrupted()
         app.state.host = HostContext(platform, store, ops, steps, kube)
+        # IPMI to the BMCs (app.state.bmc: pool + vault) and the sensor/BMC-status poller.
+        bmc = BmcAccess.from_settings(settings, platform.metrics)
+        sensors = SensorMonitor(platform.db, platform.outbox, bmc, settings.sensor_poll_s)
+        app.state.bmc, app.state.sensors = bmc, sensors
+        platform.spawn(sensors.run(), "sensors")
         platform.consume(events.QUEUE, events.BINDINGS, events.inventory_handler(ops))
         platform.spawn(steps.run(), "steps")
         platform.spawn(kube.run(), "kube")  # resumes drains/uncordons a restart interrupted
+        # Heartbeats, failure detection and auto-recovery.
+        power = None
+        monitor = HeartbeatMonitor(
+            settings,
+            platform.db,
+            store,
+            ops,
+            platform.outbox,
+            platform.metrics,
+            power_state=power.confirm if power is not None else None,
+        )
+        recovery = RecoveryRunner(
+            settings, platform.db, ops, monitor, power, on_intest=steps.wake, on_change=kube.wake
+        )
+        monitor.on_failed = lambda: (recovery.wake(), kube.wake())
+        link = HeartbeatLink(
+            bind_host=settings.bind_host,
+            port=settings.heartbeat_port,
+            key=_key(settings),
+            bus=platform.bus,
+            metrics=platform.metrics,
+            on_heartbeat=monitor.heard,
+        )
+        monitor.probe = link.probe
+        await monitor.refresh()
+        await link.start()
+        app.state.heartbeats = link
+        platform.spawn(monitor.run(), "heartbeat-monitor")
+        platform.spawn(recovery.run(), "recovery")
         try:
             yield
         finally:
+            await link.stop()
+            await recovery.aclose()
+            await monitor.aclose()
             await drainer.aclose()
+            await bmc.aclose()
 
     app = create_app(
         settings,
         title="Roost host",
         description=DESCRIPTION,
-        routers=[router],
-        indexes=INDEXES,
+        routers=[router, bmcapi.router],
+        indexes={**INDEXES, **SENSOR_INDEXES},
         start=start,
     )
     install_handlers(app)
     return app
+
+
+def _key(settings: HostSettings) -> bytes | None:
+    return settings.heartbeat_key.get_secret_value().encode() if settings.heartbeat_key else None
 
 
 def main() -> None:

@@ -226,3 +226,102 @@ def provisioned(s: State) -> Transition | None:
                 PROVISIONED,
             )
     return None
+
+
+# Heartbeats, failures and recovery ------------------------------------------------------------
+
+HEARTBEAT_LOST = "heartbeat-lost"
+HEARTBEAT_LOST_POWER_OFF = "heartbeat-lost-power-off"
+HEARTBEAT_LOST_UNCONFIRMED = "heartbeat-lost-bmc-unconfirmed"
+HEARTBEAT_RESTORED = "heartbeat-restored"
+PATH_LOST = "heartbeat-path-lost"
+PATH_RESTORED = "heartbeat-path-restored"
+MNFA_HOLD = "mnfa-hold"
+INTEST_FAILED = "intest-failed"
+RECOVERY_FENCE = "recovery-fence"
+RECOVERY_FENCED = "recovery-fenced"
+RECOVERY_POWER_ON = "recovery-power-on"
+RECOVERY_RETURNED = "recovery-host-returned"
+RECOVERY_RETRY = "recovery-retry"
+RECOVERY_GAVE_UP = "recovery-gave-up"
+RECOVERY_WAITING = "recovery-waiting"
+
+#: Tasks shown while auto-recovery works on a failed host.
+RECOVERY_TASKS = {
+    "fence": "Recovering: fencing",
+    "power-on": "Recovering: powering on",
+    "boot": "Recovering: waiting for host",
+    "wait": "Recovering: waiting for host",
+    "backoff": "Recovering: retry pending",
+}
+
+
+def monitored(s: State) -> bool:
+    """Unlocked-enabled hosts are failed on heartbeat loss; others are not (locked hosts just go
+    offline, hosts in a timed step or in recovery are the step's business)."""
+    return unlocked_enabled(s) and not s.task
+
+
+def degraded(s: State, causes: list[str]) -> Transition | None:
+    """An enabled host with at least one degrade cause is ``degraded``, without any ``available``
+    (``causes`` are words like "management network (UDP) heartbeat lost")."""
+    if not monitored(s):
+        return None
+    if causes and s.availability is Availability.available:
+        to = State(s.administrative, s.operational, Availability.degraded)
+        return Transition(to, "degraded: " + "; ".join(causes), PATH_LOST)
+    if not causes and s.availability is Availability.degraded:
+        to = State(s.administrative, s.operational, Availability.available)
+        return Transition(to, "every heartbeat path is healthy again", PATH_RESTORED)
+    return None
+
+
+def failed(s: State, reason: str, cause: str) -> Transition | None:
+    """Heartbeat lost on every path: an unlocked host fails (unlocked-disabled-failed); a locked
+    online host just goes offline (nothing runs on it; nothing to recover)."""
+    if s.administrative is Administrative.locked:
+        if s.availability is Availability.online and not s.task:
+            to = State(s.administrative, s.operational, Availability.offline)
+            return Transition(to, cause, reason)
+        return None
+    if not monitored(s):
+        return None
+    to = State(Administrative.unlocked, Operational.disabled, Availability.failed)
+    return Transition(to, cause, reason)
+
+
+def back_online(s: State) -> Transition | None:
+    """A locked host that went offline on heartbeat loss is heard again."""
+    if (
+        s.administrative is Administrative.locked
+        and s.availability is Availability.offline
+        and not s.task
+    ):
+        to = State(s.administrative, s.operational, Availability.online)
+        return Transition(to, "heartbeats heard again", HEARTBEAT_RESTORED)
+    return None
+
+
+def intest_failed(s: State, why: str) -> Transition:
+    to = State(Administrative.unlocked, Operational.disabled, Availability.failed)
+    return Transition(to, f"in-test failed: {why}", INTEST_FAILED)
+
+
+def recovery_task(s: State, phase: str, cause: str, reason: str) -> Transition:
+    """A failed host's recovery moves on (the states stay; the task tells the phase)."""
+    return Transition(
+        State(s.administrative, s.operational, s.availability, RECOVERY_TASKS.get(phase, "")),
+        cause,
+        reason,
+    )
+
+
+def recovered_to_intest(cause: str, reason: str) -> Transition:
+    """The failed host heartbeats again: run the in-test before enabling it."""
+    to = State(Administrative.unlocked, Operational.disabled, Availability.intest, TASKS["intest"])
+    return Transition(to, cause, reason, step="intest")
+
+
+def gave_up(s: State, why: str) -> Transition:
+    to = State(s.administrative, Operational.disabled, Availability.failed)
+    return Transition(to, f"auto-recovery gave up: {why}", RECOVERY_GAVE_UP)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from roost_host import logic
+from roost_host import alarms, logic
 from roost_host.kube import DrainResult, NodeResult
 from roost_host.logic import HostFacts, Refused, State, Transition
 from roost_host.models import Action, Administrative
@@ -117,6 +117,12 @@ class HostOperations:
         #: The Kubernetes node of a hostname; None when no cluster is configured (then no
         #: drain or uncordon is ever requested, and the timeline stays free of them).
         self.kube_node = kube_node
+        #: Told of every host written by a transition (the heartbeat monitor keeps its view of
+        #: states current with it; a rolled-back write is corrected by its periodic refresh).
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        #: Whether a host is heard on some heartbeat path: True, False (silent on every path)
+        #: or None (never heard: a host without an agent). Set by the heartbeat monitor.
+        self.liveness: Callable[[dict[str, Any]], bool | None] = lambda _doc: None
 
     def step_duration(self, step: str) -> timedelta:
         seconds = self.settings.intest_s if step == "intest" else self.settings.step_s
@@ -203,9 +209,11 @@ class HostOperations:
         actor: str,
         *,
         kube_op: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write a transition (state, task, pending step) and everything it causes;
-        ``kube_op`` also requests a drain or uncordon of the host's node."""
+        ``kube_op`` also requests a drain or uncordon of the host's node; ``extra`` are more
+        fields of the host written in the same update."""
         now = utcnow()
         before = State.of(doc)
         pending = None
@@ -227,9 +235,12 @@ class HostOperations:
                 "state_changed_at": now,
                 "updated_at": now,
                 **(self._kube_request(doc, kube_op, now) if kube_op else {}),
+                **(extra or {}),
             },
         )
         await self._record(session, updated, before, t, actor, now)
+        for observe in self.observers:
+            observe(updated)
         return updated
 
     # Operator actions -----------------------------------------------------------------------
@@ -252,8 +263,16 @@ class HostOperations:
         log.info("host %s: %s by %s -> %s", facts.hostname, action.value, actor, t.to)
         # A lock drains the node afterwards, in the background; the lock itself never waits
         # for (or is undone by) the drain, as StarlingX locks whatever Kubernetes says.
-        kube_op = DRAIN if action in (Action.lock, Action.force_lock) else None
-        return await self._apply(session, doc, t, actor, kube_op=kube_op)
+        locking = action in (Action.lock, Action.force_lock)
+        kube_op = DRAIN if locking else None
+        extra: dict[str, Any] = {}
+        if locking:
+            # A lock takes the host out of service: auto-recovery stops, and the failure and
+            # heartbeat-path alarms give way to 200.001 (StarlingX clears them on lock too).
+            extra = {"recovery": None, "degrade": [], "hb_paths": [], "mnfa": False}
+            await self._clear_heartbeat_alarms(session, doc)
+            extra["hb_alarms"] = []
+        return await self._apply(session, doc, t, actor, kube_op=kube_op, extra=extra)
 
     # Timed steps ----------------------------------------------------------------------------
 
@@ -263,11 +282,26 @@ class HostOperations:
         pending = (doc or {}).get("pending") or {}
         if doc is None or pending.get("id") != step_id:
             return False  # locked meanwhile, deleted, or already done
+        if pending["step"] == "intest" and self.liveness(doc) is False:
+            # A host whose agent has heartbeated before but is silent now fails its in-test.
+            await self.fail(
+                session,
+                doc,
+                logic.intest_failed(State.of(doc), "the host is silent on every heartbeat path"),
+            )
+            return True
         t = logic.complete_step(pending["step"], State.of(doc))
         # The node takes pods again once the host is enabled (the in-test passed), not when the
         # unlock starts: a host that fails or is locked during its in-test stays cordoned.
         kube_op = UNCORDON if pending["step"] == "intest" else None
-        await self._apply(session, doc, t, "system", kube_op=kube_op)
+        extra: dict[str, Any] = {}
+        if pending["step"] == "intest" and doc.get("recovery"):
+            extra["recovery"] = None  # recovered: the failure is over
+            if doc.get("hostname"):
+                await self._emit_alarms(
+                    session, doc, [alarms.clear_host(alarms.FAILED, doc["hostname"], utcnow())]
+                )
+        await self._apply(session, doc, t, "system", kube_op=kube_op, extra=extra)
         return True
 
     async def restart_step(self, session: Session, host_uuid: str, step_id: str) -> None:
@@ -346,6 +380,10 @@ class HostOperations:
             "mgmt_ip": record.mgmt_ip,
             "bmc_type": record.bmc_type,
             "bmc_address": record.bmc_address,
+            # BMC access for bmc.py: the password stays ciphertext here (never shown by the API).
+            "bmc_port": record.bmc_port,
+            "bmc_username": record.bmc_username,
+            "bmc_password_enc": record.bmc_password_enc,
             "install_state": record.install_state,
         }
         if doc is None:
@@ -380,3 +418,204 @@ class HostOperations:
             t = logic.provisioned(state)
             if t is not None:
                 await self._apply(session, updated, t, "config")
+
+    # Heartbeats, failures and auto-recovery (the monitor and the recovery runner) ------------
+
+    async def _emit_alarms(self, session: Session, doc: dict[str, Any], items: list) -> None:
+        if items:
+            subject = entity(doc["hostname"]) if doc.get("hostname") else doc["uuid"]
+            await self._emit(session, items, subject)
+
+    async def _clear_heartbeat_alarms(self, session: Session, doc: dict[str, Any]) -> None:
+        """Clear the failure and path alarms the host has raised (kept in ``hb_alarms``)."""
+        if doc.get("hostname"):
+            now = utcnow()
+            items = [alarms.clear_host(a, doc["hostname"], now) for a in doc.get("hb_alarms", [])]
+            if doc.get("recovery"):
+                items.append(alarms.clear_host(alarms.FAILED, doc["hostname"], now))
+            await self._emit_alarms(session, doc, items)
+
+    async def mark_heard(self, session: Session, host_uuid: str) -> None:
+        """The host's agent heartbeats: from now on its silence means something (a host never
+        heard, e.g. one without an agent, is not failed for being silent)."""
+        await self.hosts_update_plain(session, host_uuid, {"heartbeat_seen": True})
+
+    async def hosts_update_plain(
+        self, session: Session, host_uuid: str, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        updated = await self.store.update(session, host_uuid, changes)
+        for observe in self.observers:
+            observe(updated)
+        return updated
+
+    async def set_degrade(
+        self, session: Session, host_uuid: str, lost_paths: list[str], held: bool
+    ) -> None:
+        """Bring the host's path alarms (200.005/200.009) and ``degraded`` in line with the
+        heartbeat paths lost and whether multi-node failure avoidance holds it."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        if doc is None:
+            return
+        state = State.of(doc)
+        now = utcnow()
+        hostname = doc.get("hostname")
+        raised = set(doc.get("hb_alarms", []))
+        wanted = (
+            {alarms.PATH_ALARMS[p] for p in lost_paths}
+            if hostname and logic.monitored(state)
+            else set()
+        )
+        items: list[BaseModel] = []
+        for path in lost_paths:
+            if alarms.PATH_ALARMS[path] in wanted - raised:
+                items.append(alarms.path_lost(hostname or "", path, now))
+        items += [alarms.clear_host(a, hostname, now) for a in raised - wanted if hostname]
+        await self._emit_alarms(session, doc, items)
+        causes = [alarms.PATH_WORDS[p] for p in lost_paths]
+        if held:
+            causes.append("held by multi-node failure avoidance (silent on every path)")
+        extra = {
+            "hb_alarms": sorted(wanted),
+            "hb_paths": lost_paths,
+            "degrade": causes,
+            "mnfa": held,
+        }
+        t = logic.degraded(state, causes)
+        if t is None:
+            await self.hosts_update_plain(session, host_uuid, extra)
+        else:
+            if held and t.reason == logic.PATH_LOST:
+                t = Transition(t.to, t.cause, logic.MNFA_HOLD)
+            await self._apply(session, doc, t, "system", extra=extra)
+
+    def _recovery(self, attempt: int, phase: str, due: datetime, why: str) -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "attempt": attempt, "phase": phase, "due": due, "why": why}
+
+    async def fail(
+        self,
+        session: Session,
+        doc: dict[str, Any],
+        t: Transition,
+        *,
+        phase: str = "fence",
+        delay_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """Fail an unlocked host: unlocked-disabled-failed, 200.004, its node drained, and
+        auto-recovery scheduled at ``phase`` (``fence``; ``power-on`` when it is already off;
+        ``wait`` for its return without touching its power)."""
+        now = utcnow()
+        prior = doc.get("recovery") or {}
+        attempt = int(prior.get("attempt", 0)) + 1 if prior else 1
+        await self._clear_heartbeat_alarms(session, {**doc, "recovery": None})
+        if doc.get("hostname"):
+            await self._emit_alarms(
+                session, doc, [alarms.host_failed(doc["hostname"], now, t.cause)]
+            )
+        return await self._apply(
+            session,
+            doc,
+            t,
+            "system",
+            kube_op=DRAIN,
+            extra={
+                "recovery": self._recovery(
+                    attempt, phase, now + timedelta(seconds=delay_s), t.cause
+                ),
+                "hb_alarms": [],
+                "hb_paths": [],
+                "degrade": [],
+                "mnfa": False,
+            },
+        )
+
+    async def heartbeat_lost(
+        self,
+        session: Session,
+        host_uuid: str,
+        *,
+        reason: str,
+        cause: str,
+        phase: str,
+        delay_s: float = 0.0,
+    ) -> dict[str, Any] | None:
+        """Every path is silent: fail the host (or take a locked one offline). None when the
+        host's state no longer allows it (locked, in a step, already failed)."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        if doc is None:
+            return None
+        t = logic.failed(State.of(doc), reason, cause)
+        if t is None:
+            return None
+        if t.to.administrative is Administrative.locked:
+            return await self._apply(session, doc, t, "system")
+        return await self.fail(session, doc, t, phase=phase, delay_s=delay_s)
+
+    async def heard_again(self, session: Session, host_uuid: str) -> None:
+        """A locked host that went offline on heartbeat loss heartbeats again."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        if doc is None or doc.get("install_state") not in (None, "provisioned"):
+            return
+        t = logic.back_online(State.of(doc))
+        if t is not None:
+            await self._apply(session, doc, t, "system")
+
+    async def recovery_move(
+        self,
+        session: Session,
+        host_uuid: str,
+        recovery_id: str,
+        *,
+        phase: str,
+        due: datetime | None,
+        cause: str,
+        reason: str,
+        attempt: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Move the host's recovery ``recovery_id`` to ``phase`` (a timeline entry with the task
+        naming it); None if that recovery is no longer current (locked, recovered, restarted)."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        rec = (doc or {}).get("recovery") or {}
+        if doc is None or rec.get("id") != recovery_id:
+            return None
+        t = logic.recovery_task(State.of(doc), phase, cause, reason)
+        rec = {**rec, "phase": phase, "due": due}
+        if attempt is not None:
+            rec["attempt"] = attempt
+        return await self._apply(session, doc, t, "system", extra={"recovery": rec})
+
+    async def recovery_returned(
+        self, session: Session, host_uuid: str, recovery_id: str, cause: str, reason: str
+    ) -> bool:
+        """The failed host heartbeats again: start its in-test (the recovery ends when it
+        passes; a failed in-test fails the host again with the next attempt)."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        rec = (doc or {}).get("recovery") or {}
+        if doc is None or rec.get("id") != recovery_id:
+            return False
+        t = logic.recovered_to_intest(cause, reason)
+        await self._apply(
+            session, doc, t, "system", extra={"recovery": {**rec, "phase": "intest", "due": None}}
+        )
+        return True
+
+    async def recovery_gave_up(
+        self, session: Session, host_uuid: str, recovery_id: str, why: str
+    ) -> bool:
+        doc = await self.store.by_uuid(host_uuid, session)
+        rec = (doc or {}).get("recovery") or {}
+        if doc is None or rec.get("id") != recovery_id:
+            return False
+        now = utcnow()
+        if doc.get("hostname"):
+            await self._emit_alarms(
+                session, doc, [alarms.host_failed(doc["hostname"], now, why, gave_up=True)]
+            )
+        t = logic.gave_up(State.of(doc), why)
+        await self._apply(
+            session,
+            doc,
+            t,
+            "system",
+            extra={"recovery": {**rec, "phase": "gave-up", "due": None, "why": why}},
+        )
+        return True
