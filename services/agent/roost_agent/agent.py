@@ -4,6 +4,8 @@
   boot id and the persisted applied configuration version) and ``agent.inventory.reported``;
   the config service answers an announce by re-sending what the host has not applied.
 * Every ``inventory_poll_s`` it re-reads its inventory and publishes it again if it changed.
+* It heartbeats (:mod:`roost_agent.heartbeat`): UDP from construction on (before the broker is
+  reachable, and while it is away), the bus path once connected.
 * It consumes ``agent.<mac hex>`` (classic durable queue on ``roost.commands``) and handles
   ``config.apply``: expired commands are rejected (logged, counted, nothing published), versions
   at or below the applied one are re-acknowledged without being re-applied, newer ones are
@@ -24,6 +26,7 @@ from urllib.parse import urlparse
 
 from roost_agent import __version__
 from roost_agent.apply import Applier
+from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender, default_bind_ip
 from roost_agent.inventory import digest, read_inventory
 from roost_agent.settings import AgentSettings
 from roost_agent.state import AgentState, write_atomic
@@ -81,6 +84,16 @@ class Agent:
             exchange=COMMANDS_EXCHANGE,
             queue_type="classic",
         )
+        key = settings.heartbeat_key
+        self.heartbeats = HeartbeatSender(
+            settings.mgmt_mac,
+            self.boot_id,
+            addr=settings.heartbeat_addr,
+            period_ms=settings.heartbeat_period_ms,
+            bus_period_ms=settings.bus_heartbeat_period_ms,
+            bind_ip=default_bind_ip(settings.heartbeat_bind_ip, settings.mgmt_ip),
+            key=key.get_secret_value().encode() if key is not None else None,
+        )
         self._inventory_digest: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands = tally.counter(
@@ -93,12 +106,19 @@ class Agent:
 
     # Lifecycle -------------------------------------------------------------------------------
 
+    def start_heartbeats(self) -> None:
+        """Start UDP heartbeats; needs no broker, so the app calls it before connecting (a node
+        that boots before the broker is still seen alive). Idempotent."""
+        self.heartbeats.start()
+
     async def start(self) -> None:
-        """Consume commands first (so nothing sent in reply to the announce is lost), then
-        announce and start watching the inventory."""
+        """Heartbeat, consume commands first (so nothing sent in reply to the announce is lost),
+        then announce and start watching the inventory."""
         assert self.bus.connection is not None
+        self.start_heartbeats()
         if self.mgmt_ip is None:
             self.mgmt_ip = await asyncio.to_thread(source_address, self.settings.amqp_url)
+        await self.heartbeats.attach(await HeartbeatBus.shared(self.bus.connection))
         await self.consumer.start()
         self.bus.connection.reconnect_callbacks.add(self._on_reconnect)
         await self.announce()
@@ -117,6 +137,7 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.heartbeats.stop()
         await self.consumer.stop()
         self._write_metrics()
 
@@ -233,5 +254,13 @@ class Agent:
         await self.bus.publish(envelopes, retry_for_s=self.settings.publish_retry_s)
 
     def _write_metrics(self) -> None:
+        hb = self.heartbeats
+        for name, doc, value in (
+            ("agent_heartbeats_sent", "UDP heartbeat datagrams sent.", hb.sent),
+            ("agent_heartbeat_send_errors", "UDP sends failed.", hb.udp_errors.count),
+            ("agent_heartbeat_slots_skipped", "UDP slots skipped (the loop was late).", hb.skipped),
+            ("agent_probes_answered", "Bus probes answered.", hb.probes),
+        ):
+            self.tally.gauge(name, doc).labels().set(value)
         with contextlib.suppress(OSError):
             write_atomic(self.settings.state_dir / "metrics.prom", self.tally.exposition())

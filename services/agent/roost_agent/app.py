@@ -33,14 +33,16 @@ async def run(settings: AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     tally = Tally(settings.service)
     bus = Bus(settings, tally)  # type: ignore[arg-type]  # Tally is the light Metrics
+    agent = Agent(settings, bus, tally)
+    agent.start_heartbeats()  # UDP needs no broker: the host is seen alive while we connect
     connecting = asyncio.create_task(connect(bus, stop))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not connecting.done():
         connecting.cancel()
+        await agent.heartbeats.stop()
         await bus.close()
         return
-    agent = Agent(settings, bus, tally)
     try:
         await agent.start()
         await stopping

@@ -6,7 +6,7 @@ import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from roost_shared.catalog import HOSTNAME_PATTERN, MAC_PATTERN
 from roost_shared.settings import RoostSettings
@@ -83,6 +83,25 @@ class AgentSettings(RoostSettings):
     # a queue per back-off step per agent adds up across a fleet, and the config service re-sends
     # whatever a host has not applied when it announces itself.
     retry_delays_ms: list[int] = Field(default_factory=list)
+
+    # Heartbeats (roost_agent.heartbeat; the format and why two paths: roost_shared.heartbeat).
+    heartbeat_addr: str = Field(
+        "127.0.0.1:8199", description="host:port of the host service's UDP heartbeat receiver."
+    )
+    heartbeat_period_ms: int = Field(
+        100, ge=20, le=10_000, description="One UDP heartbeat datagram every this many ms."
+    )
+    bus_heartbeat_period_ms: int = Field(
+        1000, ge=100, le=60_000, description="One passive heartbeat on the bus every this many ms."
+    )
+    heartbeat_bind_ip: str | None = Field(
+        None,
+        description="Source address of UDP heartbeats; default: mgmt_ip when it is an address "
+        "of this machine (simulated hosts' 127.1.x.y), else the kernel's choice.",
+    )
+    heartbeat_key: SecretStr | None = Field(
+        None, description="Sign heartbeats (HMAC-SHA256) with the bytes of this value."
+    )
 
     @field_validator("mgmt_mac")
     @classmethod
