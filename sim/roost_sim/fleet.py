@@ -258,11 +258,18 @@ class FleetSupervisor:
     starts added hosts, and follows the BMCs' power: a host that is off has no agent."""
 
     def __init__(
-        self, fleet: Fleet, amqp_url: str, logs: Path, bmc_control_port: int = BMC_CONTROL_PORT
+        self,
+        fleet: Fleet,
+        amqp_url: str,
+        logs: Path,
+        bmc_control_port: int = BMC_CONTROL_PORT,
+        agent_env: Mapping[str, str] | None = None,
     ) -> None:
         self.fleet = fleet
         self.amqp_url = amqp_url
         self.logs = logs
+        #: More environment for every agent (e.g. ``ROOST_HEARTBEAT_ADDR`` of a test's service).
+        self.agent_env = dict(agent_env or {})
         self.procs: dict[str, ManagedProcess] = {}
         self.given_up: set[str] = set()
         self.powered_off: set[str] = set()
@@ -285,7 +292,7 @@ class FleetSupervisor:
                     if host.hostname not in self.procs:
                         self.bmcs.add(host)
                         self._hosts[host.hostname] = host
-                        proc = self.fleet.process(host, self.amqp_url, self.logs)
+                        proc = self.fleet.process(host, self.amqp_url, self.logs, self.agent_env)
                         self.procs[host.hostname] = proc.start()
                         started.append(proc.name)
         started += self._apply_power()

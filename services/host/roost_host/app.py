@@ -15,9 +15,10 @@ from roost_host.kube import KubeDrainer
 from roost_host.kubework import KubeRunner
 from roost_host.monitor import HeartbeatMonitor
 from roost_host.operations import HostOperations
+from roost_host.power import BmcPower
+from roost_host.recovery import RecoveryRunner
 from roost_host.sensors import INDEXES as SENSOR_INDEXES
 from roost_host.sensors import SensorMonitor
-from roost_host.recovery import RecoveryRunner
 from roost_host.settings import HostSettings
 from roost_host.steps import StepRunner
 from roost_host.store import INDEXES, HostStore
@@ -67,7 +68,7 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
         platform.spawn(steps.run(), "steps")
         platform.spawn(kube.run(), "kube")  # resumes drains/uncordons a restart interrupted
         # Heartbeats, failure detection and auto-recovery.
-        power = None
+        power = BmcPower(bmc, store, confirm_timeout_s=settings.bmc_confirm_timeout_s)
         monitor = HeartbeatMonitor(
             settings,
             platform.db,
@@ -75,7 +76,7 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             ops,
             platform.outbox,
             platform.metrics,
-            power_state=power.confirm if power is not None else None,
+            power_state=power.confirm,
         )
         recovery = RecoveryRunner(
             settings, platform.db, ops, monitor, power, on_intest=steps.wake, on_change=kube.wake

@@ -64,6 +64,8 @@ FIELDS = (
     "mnfa",
     "recovery",
     "install_state",
+    "bmc_type",  # whether it can be fenced; never the credentials
+    "bmc_address",
 )
 
 #: Asks the BMC of a host document for its power state: "on", "off", or raises (unreachable,

@@ -86,6 +86,13 @@ class HostSettings(RoostSettings, KubeSettings):
     recovery_fence_s: float = Field(
         20.0, gt=0, description="How long the BMC may take to report power off after off."
     )
+    bmc_confirm_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="How long a failure decision waits for the BMC's power state (one try); "
+        "a BMC that cannot say in time does not stop the failure, it is recorded as unconfirmed.",
+    )
     graceful_wait_s: float = Field(
         60.0,
         ge=0,

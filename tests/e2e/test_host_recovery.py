@@ -1,0 +1,207 @@
+"""End to end with the simulated fleet: real agents (processes), real BMCs over IPMI, the real
+config, host and fault services. A frozen host is detected, fenced and powered on through its
+BMC, and comes back available; a host that restarts by itself is taken back without any power
+action; the alarms are raised and cleared in the fault service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from roost_sim.fleet import Fleet, FleetSupervisor
+from roost_sim.ports import free_port
+from tests.sim.conftest import udp_port_block
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+HOST_FAST = {
+    "ROOST_INTEST_S": "0.5",
+    "ROOST_RECOVERY_BACKOFF_S": "1",
+    "ROOST_RECOVERY_BOOT_S": "30",
+    "ROOST_SENSOR_POLL_S": "1",
+}
+
+
+@dataclass
+class Site:
+    config: Any
+    host: Any
+    fault: Any
+    fleet: Fleet
+    supervisor: FleetSupervisor
+    token: str
+
+    def client(self, svc: Any) -> httpx.AsyncClient:
+        return svc.client(self.token)
+
+    def agent_pid(self, hostname: str) -> int:
+        proc = self.supervisor.procs[hostname]
+        assert proc.running and proc.proc is not None
+        return proc.proc.pid
+
+
+async def _poll(supervisor: FleetSupervisor) -> None:
+    """What ``make run`` does: follow BMC power, restart exited agents."""
+    while True:
+        await asyncio.to_thread(supervisor.poll)
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def site(stack, tmp_path: Path) -> AsyncIterator[Site]:
+    key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
+    fault = stack.start("fault")
+    common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
+    host = stack.start("host", **common, **HOST_FAST)
+    config = stack.start(
+        "config", **common, ROOST_HOST_SERVICE_URL=host.url, ROOST_CONFIG_GRACE_S="1"
+    )
+    fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(2))
+    hosts = fleet.seed(2)  # controller-0, worker-0
+    supervisor = FleetSupervisor(
+        fleet,
+        stack.amqp_url,
+        tmp_path / "logs",
+        bmc_control_port=free_port(),
+        agent_env={"ROOST_HEARTBEAT_ADDR": f"127.0.0.1:{host.env['ROOST_HEARTBEAT_PORT']}"},
+    )
+    user, password = fleet.bmc_credentials()
+    async with config.client(stack.tokens.admin) as http:
+        for h in hosts:
+            body = {
+                "hostname": h.hostname,
+                "personality": h.profile,
+                "mgmt_mac": h.mac,
+                "mgmt_ip": h.ip,
+                "bmc_type": "ipmi",
+                "bmc_address": "127.0.0.1",
+                "bmc_port": fleet.bmc_port(h),
+                "bmc_username": user,
+                "bmc_password": password,
+            }
+            r = await http.post("/v1/hosts", json=body)
+            assert r.status_code == 201, r.text
+    task = asyncio.create_task(_poll(supervisor))
+    s = Site(config, host, fault, fleet, supervisor, stack.tokens.admin)
+    try:
+        async with s.client(host) as http:
+            for h in hosts:
+                await _where(http, h.hostname, lambda d: d["availability"] == "online", "online")
+            for h in hosts:
+                r = await http.post(f"/v1/hosts/{h.hostname}/actions", json={"action": "unlock"})
+                assert r.status_code == 200, r.text
+            for h in hosts:
+                await _where(
+                    http, h.hostname, lambda d: d["availability"] == "available", "available"
+                )
+        yield s
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # Thaw anything a failed test left frozen, so it can be stopped.
+        for proc in supervisor.procs.values():
+            if proc.running and proc.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.proc.pid, signal.SIGCONT)
+        await asyncio.to_thread(supervisor.stop)
+
+
+async def _where(http: httpx.AsyncClient, ref: str, check, what: str, within: float = 30):
+    async def probe():
+        r = await http.get(f"/v1/hosts/{ref}")
+        return r.json() if r.status_code == 200 and check(r.json()) else None
+
+    return await eventually(probe, timeout=within, what=f"{ref} {what}")
+
+
+async def _timeline(http: httpx.AsyncClient, ref: str) -> list[dict[str, Any]]:
+    return (await http.get(f"/v1/hosts/{ref}/timeline", params={"limit": 1000})).json()["timeline"]
+
+
+async def _alarm(fault_http: httpx.AsyncClient, alarm_id: str, entity: str) -> dict | None:
+    alarms = (await fault_http.get("/v1/alarms", params={"expand": "True"})).json()["alarms"]
+    found = [a for a in alarms if a["alarm_id"] == alarm_id and a["entity_instance_id"] == entity]
+    return found[0] if found else None
+
+
+def _power_events(site: Site, hostname: str) -> list[str]:
+    """Every power change the simulated BMCs made to ``hostname`` (a read-only look: ``after=0``
+    does not move the supervisor's cursor)."""
+    events = site.supervisor.bmcs.client.get("/events", params={"after": 0}).json()["events"]
+    return [e["state"] for e in events if e["name"] == hostname]
+
+
+async def test_a_frozen_host_is_fenced_power_cycled_and_back_available(site: Site):
+    async with site.client(site.host) as http, site.client(site.fault) as fault:
+        frozen_at = time.monotonic()
+        os.kill(site.agent_pid("worker-0"), signal.SIGSTOP)  # hung: heartbeats stop, BMC fine
+        await _where(http, "worker-0", lambda d: d["availability"] == "failed", "failed", 5)
+        detected = time.monotonic() - frozen_at
+        assert detected < 1.5, f"failed only after {detected:.2f}s"
+        alarm = await eventually(
+            lambda: _alarm(fault, "200.004", "host=worker-0"), what="200.004 in the fault service"
+        )
+        assert alarm["severity"] == "critical"
+
+        await _where(http, "worker-0", lambda d: d["availability"] == "available", "recovered", 60)
+        reasons = [e["reason"] for e in await _timeline(http, "worker-0")]
+        story = reasons[reasons.index("heartbeat-lost") :]
+        assert story == [
+            "heartbeat-lost",
+            "recovery-fenced",
+            "recovery-power-on",
+            "recovery-host-returned",
+            "intest-passed",
+        ], reasons
+        lost = [e for e in await _timeline(http, "worker-0") if e["reason"] == "heartbeat-lost"]
+        assert "BMC answers and reports power on" in lost[0]["cause"]
+        await eventually(lambda: _cleared(fault), what="200.004 cleared")
+        assert _power_events(site, "worker-0")[-2:] == ["off", "on"]
+        # The controller was never touched.
+        c0 = (await http.get("/v1/hosts/controller-0")).json()
+        assert c0["availability"] == "available"
+        assert not [e for e in await _timeline(http, "controller-0") if "recovery" in e["reason"]]
+
+
+async def _cleared(fault: httpx.AsyncClient) -> bool:
+    return await _alarm(fault, "200.004", "host=worker-0") is None
+
+
+async def test_a_host_that_reboots_cleanly_is_taken_back_without_power_action(site: Site):
+    async with site.client(site.host) as http:
+        before = _power_events(site, "worker-0")
+        # A clean stop (a reboot): the agent says so; the fleet starts it again at once.
+        os.kill(site.agent_pid("worker-0"), signal.SIGTERM)
+
+        async def came_back():
+            entries = await _timeline(http, "worker-0")
+            reasons = [e["reason"] for e in entries]
+            if "heartbeat-lost" in reasons and reasons[-1] == "intest-passed":
+                return entries
+            return None
+
+        entries = await eventually(came_back, timeout=30, what="worker-0 failed and back")
+        story = [e["reason"] for e in entries]
+        story = story[story.index("heartbeat-lost") :]
+        assert story == [
+            "heartbeat-lost",
+            "recovery-host-returned",
+            "intest-passed",
+        ], story
+        assert "announced a clean stop" in entries[-3]["cause"]
+        h = (await http.get("/v1/hosts/worker-0")).json()
+        assert h["availability"] == "available"
+        assert _power_events(site, "worker-0") == before
