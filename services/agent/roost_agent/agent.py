@@ -137,7 +137,8 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.heartbeats.stop()
+        # A clean stop (SIGTERM: a shutdown or reboot) is announced; a crash or power cut is not.
+        await self.heartbeats.stop(announce=True)
         await self.consumer.stop()
         self._write_metrics()
 

@@ -304,6 +304,16 @@ class HeartbeatSender:
             due = self._start + self._slot * self.period
         self._udp_timer = self._loop.call_at(due, self._beat)
 
+    def _announce_stop(self) -> None:
+        body = self._encode(Kind.stopping, 0)
+        if self._sock is not None:
+            try:
+                self._sock.sendto(body, self.addr)
+            except OSError as exc:
+                self.udp_errors.failed(exc)
+        if self._bus is not None:
+            self._bus.publish(body)
+
     def _encode(self, kind: Kind, probe: int) -> bytes:
         return encode(
             Heartbeat(
@@ -349,8 +359,11 @@ class HeartbeatSender:
             await self._bus.unsubscribe(self._queue)
         self._bus = self._queue = None
 
-    async def stop(self) -> None:
-        """Stop both paths."""
+    async def stop(self, *, announce: bool = False) -> None:
+        """Stop both paths. ``announce``: first say "stopping" on both (a clean shutdown or
+        reboot), so the host service waits for the node instead of fencing it at once."""
+        if announce:
+            self._announce_stop()
         if self._udp_timer is not None:
             self._udp_timer.cancel()
             self._udp_timer = None
