@@ -52,6 +52,7 @@ format: install
 
 bench-deps:
 	@command -v prometheus-alertmanager >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; }
+	@command -v ipmipower >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq freeipmi-tools >/dev/null; }
 
 bench: install broker bench-deps
 	@$(PY) bench/run.py $(BENCH)

@@ -177,10 +177,30 @@ def host_list(
     body = context.client(ctx, "config").collect(
         "/v1/hosts", "hosts", params, limit=limit, page_size=_page_size()
     )
+    items = body.get("hosts", [])
+    states = _with_states(ctx, items)
     if context.wants_json(ctx):
-        render.print_json({"hosts": body.get("hosts", [])})
+        render.print_json({"hosts": items})
     else:
-        render.hosts(body.get("hosts", []))
+        render.hosts(items, states=states)
+
+
+def _with_states(ctx: typer.Context, items: list[dict[str, Any]]) -> bool:
+    """Add the host service's administrative/operational/availability to config's hosts (by
+    uuid). Without the host service, say so in one line on stderr and show config's columns."""
+    try:
+        known = context.client(ctx, "host").collect(
+            "/v1/hosts", "hosts", [], limit=None, page_size=_page_size()
+        )
+    except CliError as exc:
+        print(f"roost: note: no host states ({exc.message})", file=sys.stderr)
+        return False
+    by_uuid = {h.get("uuid"): h for h in known.get("hosts", [])}
+    for item in items:
+        found = by_uuid.get(item.get("uuid")) or {}
+        for key in render.STATE_COLUMNS:
+            item[key] = found.get(key)
+    return True
 
 
 def host_show(ctx: typer.Context, host_id: HostId) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import context, host_actions, hosts, render, sim
+from roost_cli import context, host_actions, host_bmc, hosts, render, sim
 from roost_cli.client import path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
@@ -375,6 +375,7 @@ def subscription_delete(
 
 hosts.register(cli)
 host_actions.register(cli)
+host_bmc.register(cli)
 sim.register(cli)
 
 

@@ -207,22 +207,22 @@ def labels_text(labels: Mapping[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
 
 
-def hosts(items: Sequence[Mapping[str, Any]]) -> None:
-    """``system host-list``: one row per host; discovered hosts show their reported name."""
-    columns = [
-        "UUID",
-        "Hostname",
-        "Personality",
-        "Install State",
-        "Config (target/applied)",
-        "Mgmt MAC",
-        "Mgmt IP",
-    ]
+STATE_COLUMNS = ("administrative", "operational", "availability")
+
+
+def hosts(items: Sequence[Mapping[str, Any]], *, states: bool = False) -> None:
+    """``system host-list``: one row per host; discovered hosts show their reported name.
+    With ``states``, the host service's administrative/operational/availability columns too."""
+    columns = ["UUID", "Hostname", "Personality"]
+    if states:
+        columns += [c.capitalize() for c in STATE_COLUMNS]
+    columns += ["Install State", "Config (target/applied)", "Mgmt MAC", "Mgmt IP"]
     rows = [
         [
             h.get("uuid"),
             _hostname(h),
             h.get("personality") or "-",
+            *([h.get(c) or "-" for c in STATE_COLUMNS] if states else []),
             h.get("install_state"),
             config_cell(h),
             h.get("mgmt_mac"),
