@@ -96,7 +96,7 @@ class RateLimitedLog:
         self._unlogged += 1
         now = time.monotonic()
         if now - self._logged_at >= self.every_s:
-            log.warning("%s failing (%d since last said): %s", self.what, self._unlogged, exc)
+            log.warning("%s failing (%d since last said): %r", self.what, self._unlogged, exc)
             self._logged_at = now
             self._unlogged = 0
 
@@ -117,6 +117,7 @@ class HeartbeatBus:
         self._pump: asyncio.Task[None] | None = None
         self._opening: asyncio.Lock = asyncio.Lock()
         self.senders = 0
+        self._tags: dict[str, str] = {}
         self.published = 0
         self.dropped = 0
         self.errors = RateLimitedLog("bus heartbeats")
@@ -190,7 +191,7 @@ class HeartbeatBus:
 
         queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(HEARTBEAT_EXCHANGE, routing_key=probe_key(mac))
-        await queue.consume(deliver, no_ack=True)
+        self._tags[queue.name] = await queue.consume(deliver, no_ack=True)
         self.senders += 1
         return queue
 
@@ -200,6 +201,10 @@ class HeartbeatBus:
         if self.channel is None:
             return
         self.senders -= 1
+        with contextlib.suppress(Exception):
+            # Cancel first: deleting a queue under its consumer makes the broker cancel it,
+            # which aio-pika logs as a warning. Deleting a missing queue is not an error.
+            await asyncio.wait_for(queue.cancel(self._tags.pop(queue.name, "")), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.channel.queue_delete(queue.name), 5)
         if self.senders <= 0:
