@@ -205,3 +205,52 @@ async def test_a_host_that_reboots_cleanly_is_taken_back_without_power_action(si
         h = (await http.get("/v1/hosts/worker-0")).json()
         assert h["availability"] == "available"
         assert _power_events(site, "worker-0") == before
+
+
+async def test_operator_power_actions_go_through_the_bmc_and_wrong_credentials_are_refused(
+    site: Site,
+):
+    async with site.client(site.host) as http, site.client(site.config) as config:
+        r = await http.post("/v1/hosts/worker-0/actions", json={"action": "lock"})
+        assert r.status_code == 200, r.text
+        r = await http.post("/v1/hosts/worker-0/actions", json={"action": "power-off"})
+        assert r.status_code == 200, r.text
+        assert r.json()["task"] == "Powering-off"
+        await _where(http, "worker-0", lambda d: d["availability"] == "power-off", "off", 20)
+        assert _power_events(site, "worker-0")[-1] == "off"
+        await eventually(
+            lambda: asyncio.sleep(0, "worker-0" in site.supervisor.powered_off),
+            what="the fleet cut worker-0's power",
+        )
+        r = await http.post("/v1/hosts/worker-0/actions", json={"action": "power-on"})
+        assert r.status_code == 200, r.text
+        # Powered on: offline until its agent heartbeats, then online.
+        await _where(http, "worker-0", lambda d: d["availability"] == "online", "online", 30)
+        assert _power_events(site, "worker-0")[-1] == "on"
+
+        # Wrong BMC credentials: the power-off is refused by the BMC, the host is unchanged
+        # and the timeline says why.
+        r = await config.patch("/v1/hosts/worker-0", json={"bmc_password": "not-the-password"})
+        assert r.status_code == 200, r.text
+
+        async def bmc_refuses():
+            r = await http.post("/v1/hosts/worker-0/actions", json={"action": "power-off"})
+            assert r.status_code in (200, 409), r.text
+            if r.status_code == 409:  # the previous attempt is still running
+                return None
+            entry = await eventually(
+                lambda: _last_entry(http, "worker-0", "bmc-failed"), what="power-off fails"
+            )
+            return entry
+
+        entry = await eventually(bmc_refuses, timeout=30, what="power-off refused by the BMC")
+        assert "power-off failed" in entry["cause"]
+        assert "auth" in entry["cause"].lower() or "password" in entry["cause"].lower()
+        h = (await http.get("/v1/hosts/worker-0")).json()
+        assert h["availability"] == "online" and h["task"] == ""
+        assert _power_events(site, "worker-0")[-1] == "on"
+
+
+async def _last_entry(http: httpx.AsyncClient, ref: str, reason: str) -> dict | None:
+    entries = await _timeline(http, ref)
+    return entries[-1] if entries and entries[-1]["reason"] == reason else None

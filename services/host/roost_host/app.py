@@ -54,13 +54,20 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             grace_s=settings.kube_grace_s,
             poll_s=settings.step_poll_s,
         )
+        bmc = BmcAccess.from_settings(settings, platform.metrics)
+        power = BmcPower(bmc, store, confirm_timeout_s=settings.bmc_confirm_timeout_s)
         steps = StepRunner(
-            platform.db, store, ops, platform.outbox, settings.step_poll_s, on_done=kube.wake
+            platform.db,
+            store,
+            ops,
+            platform.outbox,
+            settings.step_poll_s,
+            on_done=kube.wake,
+            power=power,
         )
         await steps.restart_interrupted()
         app.state.host = HostContext(platform, store, ops, steps, kube)
         # IPMI to the BMCs (app.state.bmc: pool + vault) and the sensor/BMC-status poller.
-        bmc = BmcAccess.from_settings(settings, platform.metrics)
         sensors = SensorMonitor(platform.db, platform.outbox, bmc, settings.sensor_poll_s)
         app.state.bmc, app.state.sensors = bmc, sensors
         platform.spawn(sensors.run(), "sensors")
@@ -68,7 +75,6 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
         platform.spawn(steps.run(), "steps")
         platform.spawn(kube.run(), "kube")  # resumes drains/uncordons a restart interrupted
         # Heartbeats, failure detection and auto-recovery.
-        power = BmcPower(bmc, store, confirm_timeout_s=settings.bmc_confirm_timeout_s)
         monitor = HeartbeatMonitor(
             settings,
             platform.db,

@@ -22,7 +22,13 @@ TASKS = {
     "reset": "Resetting",
     "reinstall": "Reinstalling",
     "power-on": "Powering-on",
+    "power-off": "Powering-off",
 }
+
+#: Steps that go through the host's BMC when it has one (``reboot`` asks the host itself).
+BMC_STEPS = {"power-on": "on", "power-off": "off", "reset": "reset", "reinstall": "cycle"}
+BMC_DONE = "bmc-done"
+BMC_FAILED = "bmc-failed"
 
 #: Reason codes written to the timeline and ``host.state.changed``.
 OPERATOR = "operator-request"
@@ -100,6 +106,9 @@ class HostFacts:
     hostname: str | None
     personality: str | None
     state: State
+    #: Whether an IPMI BMC is configured: power actions then go through it (a timed step that
+    #: calls the BMC) instead of being simulated.
+    bmc: bool = False
 
 
 def unlocked_enabled(state: State) -> bool:
@@ -187,6 +196,9 @@ def decide(
         raise refuse("it is powered off; power it on first")
 
     if action is Action.power_off:
+        if host.bmc:
+            to = State(s.administrative, s.operational, s.availability, TASKS["power-off"])
+            return Transition(to, f"power-off requested{note}", OPERATOR, step="power-off")
         to = State(s.administrative, s.operational, Availability.power_off)
         return Transition(to, f"power-off requested{note}", OPERATOR)
 
@@ -325,3 +337,22 @@ def recovered_to_intest(cause: str, reason: str) -> Transition:
 def gave_up(s: State, why: str) -> Transition:
     to = State(s.administrative, Operational.disabled, Availability.failed)
     return Transition(to, f"auto-recovery gave up: {why}", RECOVERY_GAVE_UP)
+
+
+def power_step_done(step: str, s: State, *, waits_for_agent: bool) -> Transition:
+    """A power step the BMC carried out: off → ``power-off``; on, reset, reinstall → the host
+    boots: ``offline`` until its agent is heard (the monitor brings it online), or ``online``
+    at once for a host whose agent was never heard (nothing to wait for)."""
+    if step == "power-off":
+        to = State(s.administrative, s.operational, Availability.power_off)
+        return Transition(to, "BMC reports power off", BMC_DONE)
+    availability = Availability.offline if waits_for_agent else Availability.online
+    to = State(s.administrative, s.operational, availability)
+    tail = "; waiting for its agent" if waits_for_agent else ""
+    return Transition(to, f"{step} done through the BMC{tail}", BMC_DONE)
+
+
+def power_step_failed(step: str, s: State, previous: Availability, why: str) -> Transition:
+    """The BMC could not do it: back to where the host was, task cleared, the reason kept."""
+    to = State(s.administrative, s.operational, previous)
+    return Transition(to, f"{step} failed: {why}", BMC_FAILED)

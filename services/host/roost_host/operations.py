@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from roost_host import alarms, logic
 from roost_host.kube import DrainResult, NodeResult
 from roost_host.logic import HostFacts, Refused, State, Transition
-from roost_host.models import Action, Administrative
+from roost_host.models import Action, Administrative, Availability
 from roost_host.settings import HostSettings
 from roost_host.store import HostStore
 from roost_shared.catalog import (
@@ -65,6 +65,15 @@ def kube_reason(op: str, result: DrainResult | NodeResult) -> str:
         "error": "failed",
     }[result.status]
     return f"{op}-{suffix}"
+
+
+def has_bmc(doc: dict[str, Any]) -> bool:
+    """An IPMI BMC with credentials is configured (whether it answers is another matter)."""
+    return (
+        doc.get("bmc_type") == "ipmi"
+        and bool(doc.get("bmc_address"))
+        and bool(doc.get("bmc_password_enc"))
+    )
 
 
 class ActionRefused(Conflict):
@@ -124,7 +133,9 @@ class HostOperations:
         #: or None (never heard: a host without an agent). Set by the heartbeat monitor.
         self.liveness: Callable[[dict[str, Any]], bool | None] = lambda _doc: None
 
-    def step_duration(self, step: str) -> timedelta:
+    def step_duration(self, step: str, bmc: bool = False) -> timedelta:
+        if bmc:
+            return timedelta(0)  # the step runner calls the BMC at once
         seconds = self.settings.intest_s if step == "intest" else self.settings.step_s
         return timedelta(seconds=seconds)
 
@@ -218,10 +229,19 @@ class HostOperations:
         before = State.of(doc)
         pending = None
         if t.step is not None:
+            bmc = t.step in logic.BMC_STEPS and has_bmc(doc)
             pending = {
                 "id": str(uuid.uuid4()),
                 "step": t.step,
-                "due": now + self.step_duration(t.step),
+                "due": now + self.step_duration(t.step, bmc),
+                "bmc": bmc,
+                # Where a failed power step returns the host (kept when a restart re-runs it).
+                "previous": (
+                    (doc.get("pending") or {}).get("previous")
+                    if (doc.get("pending") or {}).get("step") == t.step
+                    else None
+                )
+                or before.availability.value,
             }
         if doc.get("personality") == "controller":
             await self.store.touch_controller_guard(session)
@@ -255,7 +275,9 @@ class HostOperations:
             # conflicts with this transaction instead of both passing the last-controller rule.
             await self.store.touch_controller_guard(session)
             others = [State.of(o) for o in await self.store.other_controllers(session, doc["uuid"])]
-        facts = HostFacts(doc.get("hostname"), doc.get("personality"), State.of(doc))
+        facts = HostFacts(
+            doc.get("hostname"), doc.get("personality"), State.of(doc), bmc=has_bmc(doc)
+        )
         try:
             t = logic.decide(action, facts, other_controllers=others, reason=reason)
         except Refused as exc:
@@ -302,6 +324,26 @@ class HostOperations:
                     session, doc, [alarms.clear_host(alarms.FAILED, doc["hostname"], utcnow())]
                 )
         await self._apply(session, doc, t, "system", kube_op=kube_op, extra=extra)
+        return True
+
+    async def finish_power_step(
+        self, session: Session, host_uuid: str, step_id: str, error: str | None
+    ) -> bool:
+        """Record what the BMC did for the host's power step ``step_id`` (``error``: why it
+        could not); False if the step is no longer the one pending."""
+        doc = await self.store.by_uuid(host_uuid, session)
+        pending = (doc or {}).get("pending") or {}
+        if doc is None or pending.get("id") != step_id:
+            return False
+        state = State.of(doc)
+        if error is None:
+            t = logic.power_step_done(
+                pending["step"], state, waits_for_agent=bool(doc.get("heartbeat_seen"))
+            )
+        else:
+            previous = Availability(pending.get("previous") or state.availability.value)
+            t = logic.power_step_failed(pending["step"], state, previous, error)
+        await self._apply(session, doc, t, "system")
         return True
 
     async def restart_step(self, session: Session, host_uuid: str, step_id: str) -> None:

@@ -51,3 +51,6 @@ class BmcPower:
 
     async def set_power(self, doc: dict[str, Any], state: str) -> str:
         return await self.bmc.pool.set_power(await self._target(doc), state)
+
+    async def set_boot_device(self, doc: dict[str, Any], device: str) -> None:
+        await self.bmc.pool.set_boot_device(await self._target(doc), device)

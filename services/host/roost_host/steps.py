@@ -15,8 +15,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
+from roost_host.logic import BMC_STEPS
 from roost_host.operations import HostOperations
+from roost_host.power import BmcPower
 from roost_host.store import HostStore
 from roost_shared.db import Database
 from roost_shared.events import utcnow
@@ -35,8 +38,10 @@ class StepRunner:
         outbox: Outbox,
         poll_s: float,
         on_done: Callable[[], None] | None = None,
+        power: BmcPower | None = None,
     ) -> None:
         self.db = db
+        self.power = power  # power steps of hosts with a BMC go through it
         self.on_done = on_done  # e.g. wake the Kubernetes runner: a passed in-test uncordons
         self.store = store
         self.ops = ops
@@ -65,15 +70,36 @@ class StepRunner:
         done = 0
         for doc in await self.store.due(now or utcnow()):
             step_id = doc["pending"]["id"]
-            if await self.db.in_transaction(
-                lambda s, u=doc["uuid"], i=step_id: self.ops.finish_step(s, u, i)
-            ):
+            if doc["pending"].get("bmc"):
+                # The BMC call happens outside any transaction (it may take seconds); its
+                # outcome is written checked against the step id, so a lock meanwhile wins.
+                error = await self._power(doc)
+                finish = lambda s, u=doc["uuid"], i=step_id, e=error: (  # noqa: E731
+                    self.ops.finish_power_step(s, u, i, e)
+                )
+            else:
+                finish = lambda s, u=doc["uuid"], i=step_id: self.ops.finish_step(s, u, i)  # noqa: E731
+            if await self.db.in_transaction(finish):
                 done += 1
         if done:
             self.outbox.wake()
             if self.on_done is not None:
                 self.on_done()
         return done
+
+    async def _power(self, doc: dict[str, Any]) -> str | None:
+        """Carry out a power step through the host's BMC; None, or why it failed."""
+        step = doc["pending"]["step"]
+        if self.power is None:
+            return "no BMC access in this service"
+        try:
+            if step == "reinstall":
+                await self.power.set_boot_device(doc, "network")
+            await self.power.set_power(doc, BMC_STEPS[step])
+        except Exception as exc:
+            log.warning("%s of %s through its BMC failed: %s", step, doc.get("hostname"), exc)
+            return str(exc) or type(exc).__name__
+        return None
 
     async def run(self) -> None:
         delays = backoff(initial=0.2, cap=10.0)
