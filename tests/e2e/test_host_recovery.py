@@ -60,7 +60,10 @@ async def _poll(supervisor: FleetSupervisor) -> None:
 
 
 @pytest.fixture
-async def site(stack, tmp_path: Path) -> AsyncIterator[Site]:
+async def site(stack, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Site]:
+    """Config, host and fault services and a simulated fleet (2 hosts, or the test's
+    ``@pytest.mark.parametrize("site", [n], indirect=True)``), every host unlocked-available."""
+    count = getattr(request, "param", 2)
     key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
     fault = stack.start("fault")
     common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
@@ -68,8 +71,8 @@ async def site(stack, tmp_path: Path) -> AsyncIterator[Site]:
     config = stack.start(
         "config", **common, ROOST_HOST_SERVICE_URL=host.url, ROOST_CONFIG_GRACE_S="1"
     )
-    fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(2))
-    hosts = fleet.seed(2)  # controller-0, worker-0
+    fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(count))
+    hosts = fleet.seed(count)  # controller-0, worker-0, worker-1, ...
     supervisor = FleetSupervisor(
         fleet,
         stack.amqp_url,
@@ -254,3 +257,55 @@ async def test_operator_power_actions_go_through_the_bmc_and_wrong_credentials_a
 async def _last_entry(http: httpx.AsyncClient, ref: str, reason: str) -> dict | None:
     entries = await _timeline(http, ref)
     return entries[-1] if entries and entries[-1]["reason"] == reason else None
+
+
+@pytest.mark.parametrize("site", [5], indirect=True)
+async def test_three_of_five_hosts_silent_together_are_held_without_power_cycles(site: Site):
+    frozen = ["worker-0", "worker-1", "worker-2"]
+    before = {h: _power_events(site, h) for h in frozen}
+    async with site.client(site.host) as http, site.client(site.fault) as fault:
+        for name in frozen:
+            os.kill(site.agent_pid(name), signal.SIGSTOP)
+        mnfa = await eventually(
+            lambda: _alarm(fault, "200.030", "system=roost"), what="one MNFA alarm"
+        )
+        assert all(name in mnfa["reason_text"] for name in frozen), mnfa["reason_text"]
+        for name in frozen:
+            await _where(http, name, lambda d: d["availability"] == "degraded", "held", 10)
+        # Held well past every failure threshold: nothing failed, nothing power-cycled.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            hosts = (await http.get("/v1/hosts")).json()["hosts"]
+            assert not [h for h in hosts if h["availability"] == "failed"], hosts
+            await asyncio.sleep(0.2)  # between two looks at an invariant, not a wait
+        for name in frozen:
+            os.kill(site.agent_pid(name), signal.SIGCONT)
+        for name in frozen:
+            await _where(http, name, lambda d: d["availability"] == "available", "back", 10)
+        await eventually(lambda: _gone(fault, "200.030", "system=roost"), what="MNFA alarm cleared")
+        assert {h: _power_events(site, h) for h in frozen} == before
+        assert await _alarm(fault, "200.004", "host=worker-0") is None
+
+
+async def _gone(fault: httpx.AsyncClient, alarm_id: str, entity: str) -> bool:
+    return await _alarm(fault, alarm_id, entity) is None
+
+
+async def test_an_unreachable_bmc_raises_its_alarm_and_the_host_stays_available(site: Site):
+    port = site.fleet.bmc_port(next(h for h in site.fleet.hosts() if h.hostname == "worker-0"))
+    bmcs = site.supervisor.bmcs.client
+    async with site.client(site.host) as http, site.client(site.fault) as fault:
+        assert bmcs.post(f"/bmcs/{port}/faults", json={"unreachable": True}).status_code == 200
+        alarm = await eventually(
+            lambda: _alarm(fault, "200.010", "host=worker-0"), timeout=30, what="200.010"
+        )
+        assert "worker-0" in alarm["reason_text"]
+        h = (await http.get("/v1/hosts/worker-0")).json()
+        assert h["availability"] == "available"
+        assert bmcs.post(f"/bmcs/{port}/faults", json={"unreachable": False}).status_code == 200
+        await eventually(
+            lambda: _gone(fault, "200.010", "host=worker-0"), timeout=60, what="cleared"
+        )
+        h = (await http.get("/v1/hosts/worker-0")).json()
+        assert h["availability"] == "available"
+        assert not [e for e in await _timeline(http, "worker-0") if "recovery" in e["reason"]]
