@@ -102,6 +102,30 @@ def encode(hb: Heartbeat, key: bytes | None = None) -> bytes:
     return body
 
 
+def unpack(data: bytes, key: bytes | None = None) -> tuple[int, bytes, int, bytes, int]:
+    """The raw fields ``(kind, mac 6 bytes, seq, boot 16 bytes, probe)`` of a heartbeat, checked
+    (size, magic, kind, and the signature with ``key``) but not turned into strings: the host
+    service's receive path runs 10,000 times a second and only compares bytes."""
+    if key:
+        if len(data) != SIZE + MAC_SIZE:
+            raise BadHeartbeat(f"expected {SIZE + MAC_SIZE} bytes (signed), got {len(data)}")
+        if not hmac.compare_digest(hmac.digest(key, data[:SIZE], "sha256")[:MAC_SIZE], data[SIZE:]):
+            raise BadHeartbeat("bad signature")
+    elif len(data) != SIZE and len(data) != SIZE + MAC_SIZE:
+        raise BadHeartbeat(f"expected {SIZE} bytes, got {len(data)}")
+    magic, kind, mac, seq, _sent_ns, boot, probe = _FORMAT.unpack_from(data)
+    if magic != MAGIC:
+        raise BadHeartbeat("not a Roost heartbeat")
+    if kind > Kind.stopping:
+        raise BadHeartbeat(f"unknown heartbeat kind {kind}")
+    return kind, mac, seq, boot, probe
+
+
+def mac_bytes(mac: str) -> bytes:
+    """``"02:00:00:00:00:01"`` → the 6 bytes a heartbeat carries."""
+    return bytes.fromhex(mac.replace(":", ""))
+
+
 def decode(data: bytes, key: bytes | None = None) -> Heartbeat:
     """Parse (and, with ``key``, authenticate) one heartbeat; :class:`BadHeartbeat` otherwise."""
     if key:

@@ -67,7 +67,7 @@ class Liveness:
     mac: str
     last_udp: float
     last_bus: float
-    boot_id: str | None = None
+    boot_id: bytes | str | None = None  # compared only: the raw 16 bytes on the hot path
     probe_id: int = 0
     probe_sent: float | None = None
     #: When the host was first heard (UDP or bus) after having been silent on every path.
@@ -83,7 +83,7 @@ class Liveness:
         (a service that just started has heard nobody yet)."""
         return cls(mac, last_udp=now, last_bus=now)
 
-    def heard(self, now: float, path: Path, boot_id: str, seq: int = 0) -> bool:
+    def heard(self, now: float, path: Path, boot_id: bytes | str, seq: int = 0) -> bool:
         """Record a heartbeat; True when the host's boot id changed (it restarted)."""
         if self.silent_since is not None:
             self.returned_at = now

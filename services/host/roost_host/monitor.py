@@ -42,7 +42,7 @@ from roost_host.settings import HostSettings
 from roost_host.store import HostStore
 from roost_shared.db import Database
 from roost_shared.events import Envelope, utcnow
-from roost_shared.heartbeat import Heartbeat, Kind
+from roost_shared.heartbeat import Kind, mac_bytes
 from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
 
@@ -123,6 +123,7 @@ class HeartbeatMonitor:
         self.on_failed = on_failed
         self.probe: Callable[[str, int], Awaitable[None]] | None = None
         self.hosts: dict[str, Tracked] = {}  # by management MAC
+        self.by_raw: dict[bytes, Tracked] = {}  # the same, by the MAC's 6 bytes (receive path)
         self._busy: set[str] = set()  # host uuids with a write in flight
         self._tasks: set[asyncio.Task[Any]] = set()
         self._mnfa_raised = False
@@ -154,7 +155,8 @@ class HeartbeatMonitor:
         lite = {k: doc.get(k) for k in FIELDS}
         tracked = self.hosts.get(mac)
         if tracked is None:
-            self.hosts[mac] = Tracked(lite, Liveness.new(mac, time.monotonic()))
+            self.hosts[mac] = tracked = Tracked(lite, Liveness.new(mac, time.monotonic()))
+            self.by_raw[mac_bytes(mac)] = tracked
         else:
             tracked.doc = lite
             tracked.flags = (tuple(_paths_of(lite)), bool(lite.get("mnfa")))
@@ -170,6 +172,7 @@ class HeartbeatMonitor:
                 self.observe(doc)
         for mac in set(self.hosts) - seen:
             del self.hosts[mac]
+            self.by_raw.pop(mac_bytes(mac), None)
         self._mnfa_raised = self._mnfa_raised or any(t.doc.get("mnfa") for t in self.hosts.values())
 
     def alive(self, doc: dict[str, Any]) -> bool | None:
@@ -190,14 +193,14 @@ class HeartbeatMonitor:
 
     # Heartbeats --------------------------------------------------------------------------------
 
-    def heard(self, hb: Heartbeat, path: Path, now: float) -> None:
-        """One heartbeat (called by the link for every datagram and bus message)."""
-        tracked = self.hosts.get(hb.mac)
+    def heard(self, kind: int, mac: bytes, seq: int, boot: bytes, path: Path, now: float) -> None:
+        """One heartbeat's raw fields (called by the link for every datagram and bus message)."""
+        tracked = self.by_raw.get(mac)
         if tracked is None:
             self._unknown.inc()
             return
-        tracked.live.heard(now, path, hb.boot_id, hb.seq)
-        if hb.kind is Kind.stopping:
+        tracked.live.heard(now, path, boot, seq)
+        if kind == Kind.stopping:
             tracked.stopping_at = now
         elif tracked.stopping_at is not None and now - tracked.stopping_at > self.t.fail_after:
             tracked.stopping_at = None  # it came back
