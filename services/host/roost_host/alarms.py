@@ -1,5 +1,7 @@
 """The alarms heartbeat loss, failures and multi-node failure avoidance raise (fm-doc numbering).
 
+* **200.001** warning, ``host=<name>``: the host is administratively locked (as fm-doc
+  events.yaml: out-of-service, service-affecting, not suppressible, management-affecting).
 * **200.004** critical, ``host=<name>``: the host failed (every heartbeat path silent, or its
   in-test failed); auto-recovery is in progress, or gave up (the reason text says which).
 * **200.005** major, ``host=<name>``: the management network (UDP) heartbeat path is lost while
@@ -18,6 +20,7 @@ from datetime import datetime
 
 from roost_shared.catalog import AlarmClear, AlarmSet, AlarmType, Severity
 
+LOCKED = "200.001"
 FAILED = "200.004"
 UDP_PATH = "200.005"
 BUS_PATH = "200.009"
@@ -31,8 +34,29 @@ PATH_WORDS = {
 }
 
 
-def _entity(hostname: str) -> str:
+def host_entity(hostname: str) -> str:
     return f"host={hostname}"
+
+
+def locked(hostname: str, now: datetime) -> AlarmSet:
+    return AlarmSet(
+        alarm_id=LOCKED,
+        entity_instance_id=host_entity(hostname),
+        entity_type_id="host",
+        severity=Severity.warning,
+        reason_text=f"{hostname} was administratively locked to take it out-of-service.",
+        alarm_type=AlarmType.operational,
+        probable_cause="out-of-service",
+        proposed_repair_action="Administratively unlock Host to bring it back in-service.",
+        service_affecting=True,
+        suppression=False,
+        mgmt_affecting=True,
+        timestamp=now,
+    )
+
+
+def unlocked(hostname: str, now: datetime) -> AlarmClear:
+    return clear_host(LOCKED, hostname, now)
 
 
 def host_failed(hostname: str, now: datetime, why: str, *, gave_up: bool = False) -> AlarmSet:
@@ -48,7 +72,7 @@ def host_failed(hostname: str, now: datetime, why: str, *, gave_up: bool = False
         )
     return AlarmSet(
         alarm_id=FAILED,
-        entity_instance_id=_entity(hostname),
+        entity_instance_id=host_entity(hostname),
         entity_type_id="host",
         severity=Severity.critical,
         reason_text=text,
@@ -81,7 +105,7 @@ def path_lost(hostname: str, path: str, now: datetime) -> AlarmSet:
         repair = "Check the host's connection to the message broker (RabbitMQ) and its agent."
     return AlarmSet(
         alarm_id=PATH_ALARMS[path],
-        entity_instance_id=_entity(hostname),
+        entity_instance_id=host_entity(hostname),
         entity_type_id="host",
         severity=Severity.major,
         reason_text=text,
@@ -122,4 +146,4 @@ def clear(alarm_id: str, entity_instance_id: str, now: datetime) -> AlarmClear:
 
 
 def clear_host(alarm_id: str, hostname: str, now: datetime) -> AlarmClear:
-    return clear(alarm_id, _entity(hostname), now)
+    return clear(alarm_id, host_entity(hostname), now)

@@ -22,12 +22,8 @@ from roost_host.models import Action, Administrative, Availability
 from roost_host.settings import HostSettings
 from roost_host.store import HostStore
 from roost_shared.catalog import (
-    AlarmClear,
-    AlarmSet,
-    AlarmType,
     HostRecord,
     HostStateChanged,
-    Severity,
 )
 from roost_shared.db import Session
 from roost_shared.events import Envelope, utcnow
@@ -37,7 +33,6 @@ from roost_shared.problems import Conflict
 log = logging.getLogger(__name__)
 
 SOURCE = "roost/host"
-LOCKED_ALARM = "200.001"
 #: Identity fields copied from config's ``HostRecord`` (never a BMC password: it has none).
 IDENTITY = ("hostname", "personality", "mgmt_mac", "mgmt_ip", "bmc_type", "bmc_address")
 
@@ -85,29 +80,7 @@ class ActionRefused(Conflict):
 
 
 def entity(hostname: str) -> str:
-    return f"host={hostname}"
-
-
-def locked_alarm(hostname: str, now: datetime) -> AlarmSet:
-    """200.001 as fm-doc events.yaml describes it (warning, out-of-service, mgmt-affecting)."""
-    return AlarmSet(
-        alarm_id=LOCKED_ALARM,
-        entity_instance_id=entity(hostname),
-        entity_type_id="host",
-        severity=Severity.warning,
-        reason_text=f"{hostname} was administratively locked to take it out-of-service.",
-        alarm_type=AlarmType.operational,
-        probable_cause="out-of-service",
-        proposed_repair_action="Administratively unlock Host to bring it back in-service.",
-        service_affecting=True,
-        suppression=False,
-        mgmt_affecting=True,
-        timestamp=now,
-    )
-
-
-def unlocked_clear(hostname: str, now: datetime) -> AlarmClear:
-    return AlarmClear(alarm_id=LOCKED_ALARM, entity_instance_id=entity(hostname), timestamp=now)
+    return alarms.host_entity(hostname)
 
 
 class HostOperations:
@@ -189,9 +162,9 @@ class HostOperations:
         ]
         if hostname and (learned or before.administrative is not t.to.administrative):
             if t.to.administrative is Administrative.locked:
-                items.append(locked_alarm(hostname, now))
+                items.append(alarms.locked(hostname, now))
             else:
-                items.append(unlocked_clear(hostname, now))
+                items.append(alarms.unlocked(hostname, now))
         await self._emit(session, items, entity(hostname) if hostname else doc["uuid"])
 
     def _kube_request(self, doc: dict[str, Any], op: str, now: datetime) -> dict[str, Any]:
@@ -310,6 +283,7 @@ class HostOperations:
                 session,
                 doc,
                 logic.intest_failed(State.of(doc), "the host is silent on every heartbeat path"),
+                phase="fence" if has_bmc(doc) else "wait",
             )
             return True
         t = logic.complete_step(pending["step"], State.of(doc))
@@ -412,7 +386,7 @@ class HostOperations:
                 await self.store.delete(session, record.uuid)
                 if doc.get("hostname"):
                     await self._emit(
-                        session, [unlocked_clear(doc["hostname"], now)], entity(doc["hostname"])
+                        session, [alarms.unlocked(doc["hostname"], now)], entity(doc["hostname"])
                     )
             return
         identity = {
@@ -452,9 +426,9 @@ class HostOperations:
             # The lock alarm follows the host to its new name (config clears the old entity's).
             items: list[BaseModel] = []
             if old_name:
-                items.append(unlocked_clear(old_name, now))
+                items.append(alarms.unlocked(old_name, now))
             if record.hostname:
-                items.append(locked_alarm(record.hostname, now))
+                items.append(alarms.locked(record.hostname, now))
             await self._emit(session, items, entity(record.hostname or record.uuid))
         if record.install_state == "provisioned":
             t = logic.provisioned(state)

@@ -147,7 +147,7 @@ class RecoveryRunner:
     async def _due(self, doc: dict[str, Any], rec: dict[str, Any]) -> None:
         phase = rec["phase"]
         if phase in ("fence", "wait", "backoff"):
-            if phase != "fence" and not self._can_fence(doc):
+            if not self._can_fence(doc):
                 await self._move(doc, rec, "wait", None, "no BMC: waiting for the host to return")
             elif rec.get("attempt", 1) > self.settings.recovery_attempts:
                 await self._give_up(doc, rec, "no attempts left")
