@@ -1,9 +1,10 @@
 """Heartbeat failure detection: how fast the host service fails a dead host, whether a lossy
 path ever fails a live one, and what 1,000 hosts at 10 Hz cost it — against StarlingX's figures.
 
-For N = 10, 100, 1,000: a fresh host service (its own database) and N senders in THIS process
-(the agent's own ``HeartbeatSender``, sharing one ``HeartbeatBus``; each UDP socket bound to its
-host's 127.1.x.y). Hosts are announced with ``config.host.added`` on the bus and unlocked
+For N = 10, 100, 1,000: a fresh host service (its own database) and N senders in a process of
+their own (heartbeat_fleet.py: the agent's own ``HeartbeatSender``, sharing one
+``HeartbeatBus``; each UDP socket bound to its host's 127.1.x.y), so the benchmark's own work
+never delays them. Hosts are announced with ``config.host.added`` on the bus and unlocked
 through the API. Then (a) K hosts are killed one at a time (both paths stop), the time to their
 ``host.state.changed`` → failed is measured, and each comes back; (b) nftables drops 2 % then
 10 % of UDP heartbeats on the input hook for a window and failures are counted (0 expected),
@@ -18,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ import httpx
 from common import Result, percentile, report, result
 from fault_throughput import cpu_s, prom_value, rabbitmqctl, rss_mb
 
-from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender
 from roost_shared.auth import Role, new_token, write_tokens_file
 from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.catalog import HostRecord, Personality
@@ -109,7 +109,6 @@ def sim_ip(i: int) -> str:
 class SimHost:
     index: int
     rec: HostRecord
-    sender: HeartbeatSender | None = None
 
 
 @dataclass
@@ -164,6 +163,7 @@ class Site:
         self.bus = bus
         self.hb_port = free_port()
         self.port = free_port()
+        self.fleet: asyncio.subprocess.Process | None = None
         db = f"roost_host_bench_{n}_{uuid.uuid4().hex[:6]}"
         self.proc = ManagedProcess(
             f"host-{n}",
@@ -199,21 +199,46 @@ class Site:
         assert self.proc.proc is not None
         return self.proc.proc.pid
 
-    async def start_sender(self, h: SimHost) -> None:
-        assert self.bus.connection is not None
-        h.sender = HeartbeatSender(
-            h.rec.mgmt_mac,
-            str(uuid.uuid4()),
-            addr=f"127.0.0.1:{self.hb_port}",
-            period_ms=PERIOD_MS,
-            bind_ip=sim_ip(h.index),
-            phase=random.random(),  # spread over the period, as independent hosts are
+    async def start_fleet(self) -> None:
+        """The senders' own process (heartbeat_fleet.py): nothing this process does (HTTP,
+        parsing events) can delay a heartbeat."""
+        self.fleet = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("heartbeat_fleet.py")),
+            self.bus.settings.amqp_url,
+            str(self.hb_port),
+            str(FIRST_INDEX),
+            str(self.n),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
-        h.sender.start()
-        await h.sender.attach(await HeartbeatBus.shared(self.bus.connection))
+        await self._command("startall")
+
+    async def _command(self, line: str) -> list[str]:
+        assert self.fleet is not None and self.fleet.stdin and self.fleet.stdout
+        self.fleet.stdin.write(f"{line}\n".encode())
+        await self.fleet.stdin.drain()
+        answer = await asyncio.wait_for(self.fleet.stdout.readline(), 120)
+        words = answer.decode().split()
+        if not words or words[0] != "ok":
+            raise RuntimeError(f"sender fleet: {line!r} answered {answer!r}")
+        return words
+
+    async def start_sender(self, h: SimHost) -> None:
+        await self._command(f"start {h.index}")
+
+    async def stop_sender(self, h: SimHost) -> float:
+        """Cut both paths of host ``h``; the wall time it happened (the fleet's clock)."""
+        return float((await self._command(f"stop {h.index}"))[2])
 
     async def stop_senders(self) -> None:
-        await asyncio.gather(*(h.sender.stop() for h in self.hosts if h.sender))
+        if self.fleet is not None and self.fleet.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._command("quit")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.fleet.wait(), 10)
+            if self.fleet.returncode is None:
+                self.fleet.kill()
 
     async def metric(self, http: httpx.AsyncClient, name: str, **labels: str) -> float:
         return prom_value((await http.get("/metrics")).text, name, **labels)
@@ -237,9 +262,8 @@ async def bring_up(site: Site, http: httpx.AsyncClient) -> None:
         await site.bus.publish(envelopes[i : i + 500])
     await wait_until(lambda: _is(site.count(http), site.n), "hosts learned", 120)
     log(f"  {site.n} hosts learned")
-    for i in range(0, site.n, 50):  # declares in flight together, not one round trip each
-        await asyncio.gather(*(site.start_sender(h) for h in site.hosts[i : i + 50]))
-    log(f"  {site.n} senders heartbeating")
+    await site.start_fleet()
+    log(f"  {site.n} senders heartbeating (their own process)")
     sem = asyncio.Semaphore(16)
 
     async def unlock(h: SimHost) -> None:
@@ -279,9 +303,7 @@ async def detection(site: Site, http: httpx.AsyncClient, events: Events, k: int)
     latencies: list[float] = []
     victims = random.Random(site.n).sample(site.hosts, min(k, site.n))
     for h in victims:
-        assert h.sender is not None
-        stopped_wall = time.time()
-        await h.sender.stop()
+        stopped_wall = await site.stop_sender(h)
         found: dict[str, Any] = {}
 
         async def failed(
@@ -325,7 +347,8 @@ async def lossy(
 
 
 async def footprint(site: Site, seconds: float) -> dict[str, float]:
-    me = os.getpid()
+    assert site.fleet is not None
+    me = site.fleet.pid  # the senders' process
     c0, b0, t0 = cpu_s(site.pid), cpu_s(me), time.monotonic()
     rss = []
     while time.monotonic() - t0 < seconds:
@@ -358,7 +381,7 @@ async def one_size(
             fp = await footprint(site, CPU_WINDOW_S)
             log(
                 f"  idle with heartbeats: host service {fp['cpu']:.1f} % CPU, "
-                f"{fp['rss']:.0f} MB; senders (this process) {fp['senders_cpu']:.1f} % CPU"
+                f"{fp['rss']:.0f} MB; senders' process {fp['senders_cpu']:.1f} % CPU"
             )
             out += [
                 result(f"host_cpu_pct_{n}", fp["cpu"], "%", higher_is_better=False),
@@ -408,10 +431,6 @@ async def one_size(
 
 
 async def measure(env: dict[str, str]) -> list[Result]:
-    with contextlib.suppress(ImportError):
-        import uvloop  # the senders' 10,000 timer callbacks a second want the faster loop
-
-        uvloop.install()
     bus = Bus(RoostSettings(service="bench", amqp_url=env["ROOST_AMQP_URL"]), Metrics("bench"))
     await bus.connect(deadline_s=30)
     events = await listen(bus)
@@ -426,6 +445,7 @@ async def measure(env: dict[str, str]) -> list[Result]:
                 await one_size(n, Path(env["_TMP"]), env, bus, events)
             except (OutOfTime, httpx.HTTPError, RuntimeError) as exc:
                 log(f"  N = {n} stopped: {exc!r}")
+                traceback.print_exc()
                 break
     finally:
         await bus.close()

@@ -8,10 +8,10 @@ independent paths, and the host service declares a host failed only when every p
   for 1,000 hosts at 10 Hz (~5 % of a core to receive with uvloop).
 * **The bus**: RabbitMQ cannot carry 10 Hz from every host within the budget measured here
   (~2,000 small messages/s end to end), so the bus path is a slow passive heartbeat (every
-  ``bus_heartbeat_period_ms``, 1 s) plus an **on-demand probe**: when a host's UDP heartbeats
+  ``bus_heartbeat_period_ms``, 5 s) plus an **on-demand probe**: when a host's UDP heartbeats
   stop, the host service publishes ``probe.<mac hex>`` and the agent answers at once on the
-  bus. That gives a fast answer on the second path exactly when it is needed, at ~1 message/s
-  per host otherwise (ARCHITECTURE: "the bus path runs slower or aggregated").
+  bus. That gives a fast answer on the second path exactly when it is needed, at one message per
+  5 s per host otherwise (ARCHITECTURE: "the bus path runs slower or aggregated").
 
 Heartbeats are not events: they are published without confirms, transient, with a 1 s TTL, to
 their own exchange ``roost.heartbeat``, and consumed without acks. A heartbeat that cannot be

@@ -458,8 +458,20 @@ class SimBmc(pyghmi_bmc.Bmc):
                 raise ValueError("slow_ms must be >= 0")
             self.faults.slow_ms = int(slow_ms)
         if wrong_password is not None:
+            if wrong_password and not self.faults.wrong_password:
+                self._end_sessions()
             self.faults.wrong_password = bool(wrong_password)
         return self.faults
+
+    def _end_sessions(self) -> None:
+        """What a BMC whose password changed does to sessions opened with the old one: ends
+        them, so a client that kept a session learns of the new password at its next login
+        (otherwise "wrong password" would only ever show to new clients)."""
+        for handlers in list(ipmisession.Session.bmc_handlers.values()):
+            if isinstance(handlers, dict):
+                for session in list(handlers.values()):
+                    if getattr(session, "bmc", None) is self:
+                        forget_session(session)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -236,6 +236,13 @@ async def test_operator_power_actions_go_through_the_bmc_and_wrong_credentials_a
         r = await config.patch("/v1/hosts/worker-0", json={"bmc_password": "not-the-password"})
         assert r.status_code == 200, r.text
 
+        async def refused_by_the_bmc():
+            bmc = (await http.get("/v1/hosts/worker-0/bmc")).json()
+            return (bmc.get("last_error") or {}).get("kind") == "auth"
+
+        # The host service has the new (wrong) password once its poll is refused with it.
+        await eventually(refused_by_the_bmc, timeout=20, what="the BMC refuses the password")
+
         async def bmc_refuses():
             r = await http.post("/v1/hosts/worker-0/actions", json={"action": "power-off"})
             assert r.status_code in (200, 409), r.text

@@ -53,6 +53,7 @@ class Host:
             str(uuid.uuid4()),  # a new boot
             addr=f"127.0.0.1:{self.port}",
             bind_ip=self.ip,
+            bus_period_ms=500,  # the service's bus-loss threshold here is 1.5 s
         )
         self.sender.start()
         await self.attach()

@@ -245,7 +245,7 @@ class HeartbeatSender:
         *,
         addr: str = "127.0.0.1:8199",
         period_ms: int = 100,
-        bus_period_ms: int = 1000,
+        bus_period_ms: int = 5000,
         bind_ip: str | None = None,
         key: bytes | None = None,
         phase: float = 0.0,

@@ -40,7 +40,7 @@ class Thresholds:
     probe_timeout: float = 0.15
     probe_interval: float = 0.15
     udp_loss: float = 1.0
-    bus_loss: float = 3.0
+    bus_loss: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,9 @@ class Assessment:
     silent: bool = False
     udp_lost: bool = False
     bus_lost: bool = False
+    #: UDP just became silent past ``fail_after``: what a one-path detector would fail (counted
+    #: once per silence, for comparison).
+    udp_suspected: bool = False
 
     @property
     def alive(self) -> bool:
@@ -76,6 +79,7 @@ class Liveness:
     udp_count: int = 0
     bus_count: int = 0
     silent_since: float | None = field(default=None)
+    udp_suspect: bool = False
 
     @classmethod
     def new(cls, mac: str, now: float) -> Liveness:
@@ -90,6 +94,7 @@ class Liveness:
             self.silent_since = None
         if path is Path.udp:
             self.last_udp = now
+            self.udp_suspect = False
             self.seq = seq
             self.udp_count += 1
         else:
@@ -114,7 +119,11 @@ class Liveness:
         silent = udp_silence >= t.fail_after and outstanding and probe_age >= t.probe_timeout
         if silent and self.silent_since is None:
             self.silent_since = now
+        suspected = udp_silence >= t.fail_after and not self.udp_suspect
+        if suspected:
+            self.udp_suspect = True
         return Assessment(
+            udp_suspected=suspected,
             probe_due=probe_due,
             pending=outstanding and probe_age < t.probe_timeout,
             silent=silent,

@@ -68,6 +68,9 @@ FIELDS = (
     "bmc_address",
 )
 
+#: Availabilities of a host that is not running: a heartbeat from before it went so is stale.
+DOWN = ("offline", "power-off", "failed")
+
 #: Asks the BMC of a host document for its power state: "on", "off", or raises (unreachable,
 #: wrong credentials, no BMC: returns None).
 PowerProbe = Callable[[dict[str, Any]], Awaitable[str | None]]
@@ -97,6 +100,9 @@ class Tracked:
     #: Not to be failed before this (monotonic): a host released from an MNFA hold gets a
     #: fresh window, so hosts coming back a few milliseconds apart are not fenced.
     grace_until: float = 0.0
+    #: When the host was last seen to go down (offline, power-off, failed), monotonic: only a
+    #: heartbeat after it says the host is back (one from just before a power-off does not).
+    down_at: float = 0.0
 
 
 class HeartbeatMonitor:
@@ -124,6 +130,7 @@ class HeartbeatMonitor:
         self.probe: Callable[[str, int], Awaitable[None]] | None = None
         self.hosts: dict[str, Tracked] = {}  # by management MAC
         self.by_raw: dict[bytes, Tracked] = {}  # the same, by the MAC's 6 bytes (receive path)
+        self.recovering: dict[str, Tracked] = {}  # hosts with a recovery record, by MAC
         self._busy: set[str] = set()  # host uuids with a write in flight
         self._tasks: set[asyncio.Task[Any]] = set()
         self._mnfa_raised = False
@@ -158,8 +165,14 @@ class HeartbeatMonitor:
             self.hosts[mac] = tracked = Tracked(lite, Liveness.new(mac, time.monotonic()))
             self.by_raw[mac_bytes(mac)] = tracked
         else:
+            if lite.get("availability") in DOWN and tracked.doc.get("availability") not in DOWN:
+                tracked.down_at = time.monotonic()
             tracked.doc = lite
             tracked.flags = (tuple(_paths_of(lite)), bool(lite.get("mnfa")))
+        if lite.get("recovery"):
+            self.recovering[mac] = tracked
+        else:
+            self.recovering.pop(mac, None)
 
     async def refresh(self) -> None:
         """Load every host (at start and then every few seconds: renames, deletions, and writes
@@ -172,6 +185,7 @@ class HeartbeatMonitor:
                 self.observe(doc)
         for mac in set(self.hosts) - seen:
             del self.hosts[mac]
+            self.recovering.pop(mac, None)
             self.by_raw.pop(mac_bytes(mac), None)
         self._mnfa_raised = self._mnfa_raised or any(t.doc.get("mnfa") for t in self.hosts.values())
 
@@ -181,7 +195,10 @@ class HeartbeatMonitor:
         tracked = self.hosts.get(doc.get("mgmt_mac") or "")
         if tracked is None or not (doc.get("heartbeat_seen") or tracked.doc.get("heartbeat_seen")):
             return None
-        return tracked.live.alive_now(time.monotonic(), self.t)
+        live = tracked.live
+        if max(live.last_udp, live.last_bus) <= tracked.down_at:
+            return False  # nothing heard since it went down
+        return live.alive_now(time.monotonic(), self.t)
 
     def returned_since(self, doc: dict[str, Any], since: float) -> bool:
         tracked = self.hosts.get(doc.get("mgmt_mac") or "")
@@ -249,6 +266,8 @@ class HeartbeatMonitor:
             ):
                 continue
             a = live.assess(now, t)
+            if a.udp_suspected:
+                self._udp_suspicions.inc()
             state = State.of(doc)
             watched = logic.monitored(state)
             if a.probe_due and self.probe is not None:
@@ -272,6 +291,7 @@ class HeartbeatMonitor:
                     and not state.task
                     and doc.get("install_state") in (None, "provisioned")
                     and now - live.last_udp < t.fail_after
+                    and live.last_udp > tracked.down_at
                 ):
                     self._write(tracked, "online", lambda s, u: self.ops.heard_again(s, u))
                 continue
@@ -338,7 +358,6 @@ class HeartbeatMonitor:
     def _fail(self, tracked: Tracked, now: float) -> None:
         uuid = tracked.doc["uuid"]
         self._busy.add(uuid)
-        self._udp_suspicions.inc()
         self._spawn(self._confirm_and_fail(tracked, now), f"fail {uuid}")
 
     async def _confirm_and_fail(self, tracked: Tracked, decided: float) -> None:

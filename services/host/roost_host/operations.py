@@ -416,11 +416,13 @@ class HostOperations:
                 "state_changed_at": now,
             }
             await self.store.insert(session, doc)
+            self._observed(doc)
             t = Transition(state, f"{verb} by config", logic.LEARNED)
             await self._record(session, doc, state, t, "config", now, learned=True)
             return
         old_name = doc.get("hostname")
         updated = await self.store.update(session, record.uuid, {**identity, "updated_at": now})
+        self._observed(updated)
         state = State.of(updated)
         if old_name != record.hostname and state.administrative is Administrative.locked:
             # The lock alarm follows the host to its new name (config clears the old entity's).
@@ -460,9 +462,14 @@ class HostOperations:
         self, session: Session, host_uuid: str, changes: dict[str, Any]
     ) -> dict[str, Any]:
         updated = await self.store.update(session, host_uuid, changes)
-        for observe in self.observers:
-            observe(updated)
+        self._observed(updated)
         return updated
+
+    def _observed(self, doc: dict[str, Any]) -> None:
+        """Tell the observers (the heartbeat monitor) about a host written outside ``_apply``:
+        a host config just told us about is heard from its first heartbeat on."""
+        for observe in self.observers:
+            observe(doc)
 
     async def set_degrade(
         self, session: Session, host_uuid: str, lost_paths: list[str], held: bool

@@ -97,7 +97,7 @@ class RecoveryRunner:
                 log.exception("recovery runner: continuing")
 
     def run_once(self, now: datetime) -> None:
-        for tracked in list(self.monitor.hosts.values()):
+        for tracked in list(self.monitor.recovering.values()):
             doc = tracked.doc
             rec = doc.get("recovery") or {}
             if rec.get("phase") not in ACTIVE or doc["uuid"] in self._busy:

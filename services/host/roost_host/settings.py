@@ -61,7 +61,10 @@ class HostSettings(RoostSettings, KubeSettings):
         1000, gt=0, description="UDP silence (bus still answering) that raises 200.005."
     )
     heartbeat_bus_loss_ms: int = Field(
-        3000, gt=0, description="Bus silence (UDP still arriving) that raises 200.009."
+        15_000,
+        gt=0,
+        description="Bus silence (UDP still arriving) that raises 200.009: three of the agents' "
+        "5 s bus heartbeats.",
     )
     heartbeat_key: SecretStr | None = Field(
         None, description="HMAC key the agents sign heartbeats with; unsigned ones are refused."
