@@ -2,7 +2,7 @@
 path ever fails a live one, and what 1,000 hosts at 10 Hz cost it — against StarlingX's figures.
 
 For N = 10, 100, 1,000: a fresh host service (its own database) and N senders in a process of
-their own (heartbeat_fleet.py: the agent's own ``HeartbeatSender``, sharing one
+their own (_heartbeat_fleet.py: the agent's own ``HeartbeatSender``, sharing one
 ``HeartbeatBus``; each UDP socket bound to its host's 127.1.x.y), so the benchmark's own work
 never delays them. Hosts are announced with ``config.host.added`` on the bus and unlocked
 through the API. Then (a) K hosts are killed one at a time (both paths stop), the time to their
@@ -200,11 +200,11 @@ class Site:
         return self.proc.proc.pid
 
     async def start_fleet(self) -> None:
-        """The senders' own process (heartbeat_fleet.py): nothing this process does (HTTP,
+        """The senders' own process (_heartbeat_fleet.py): nothing this process does (HTTP,
         parsing events) can delay a heartbeat."""
         self.fleet = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(Path(__file__).with_name("heartbeat_fleet.py")),
+            str(Path(__file__).with_name("_heartbeat_fleet.py")),
             self.bus.settings.amqp_url,
             str(self.hb_port),
             str(FIRST_INDEX),

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"run", "common"}
+SKIP = {"run", "common"}  # and every name starting with "_" (helpers the benchmarks run)
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(p.stem for p in HERE.glob("*.py") if p.stem not in SKIP)
+    names = argv or sorted(
+        p.stem for p in HERE.glob("*.py") if p.stem not in SKIP and not p.stem.startswith("_")
+    )
     failed = []
     for name in names:
         script = HERE / f"{name}.py"

@@ -4,7 +4,7 @@ The senders run apart from the benchmark's own process so that its HTTP calls an
 parsing never delay a heartbeat (a stalled sender process looks exactly like a site-wide
 fault). Each host has the agent's own ``HeartbeatSender``; all share one ``HeartbeatBus``.
 
-    python bench/heartbeat_fleet.py AMQP_URL PORT FIRST_INDEX COUNT
+    python bench/_heartbeat_fleet.py AMQP_URL PORT FIRST_INDEX COUNT
 
 Commands on stdin, one per line, each answered with one line on stdout:
 ``start I`` / ``stop I`` (host I's both paths, like power on/cut; answers ``ok I <wall time>``),
