@@ -185,7 +185,14 @@ def fleet_process(tmp: Path, n: int, amqp_url: str) -> ManagedProcess:
         python_module(
             "roost_sim.fleet", "--state-dir", str(tmp / f"fleet-{n}"), "in-process", str(n)
         ),
-        env={"ROOST_AMQP_URL": amqp_url, **bytecode_env(tmp)},
+        env={
+            "ROOST_AMQP_URL": amqp_url,
+            # No host service listens here: the agents' 10 Hz heartbeats (5,000 datagrams/s at
+            # 500 agents) would only load this process. heartbeat_detection measures them.
+            "ROOST_HEARTBEAT_PERIOD_MS": "10000",
+            "ROOST_BUS_HEARTBEAT_PERIOD_MS": "60000",
+            **bytecode_env(tmp),
+        },
         log_path=log_path,
         ready=ready,
     )
