@@ -42,6 +42,8 @@ class Site:
     fleet: Fleet
     supervisor: FleetSupervisor
     token: str
+    #: While set, the fleet does not restart exited agents (a host that takes a while to boot).
+    paused: bool = False
 
     def client(self, svc: Any) -> httpx.AsyncClient:
         return svc.client(self.token)
@@ -52,10 +54,11 @@ class Site:
         return proc.proc.pid
 
 
-async def _poll(supervisor: FleetSupervisor) -> None:
+async def _poll(site: Site) -> None:
     """What ``make run`` does: follow BMC power, restart exited agents."""
     while True:
-        await asyncio.to_thread(supervisor.poll)
+        if not site.paused:
+            await asyncio.to_thread(site.supervisor.poll)
         await asyncio.sleep(0.1)
 
 
@@ -96,8 +99,8 @@ async def site(stack, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
             }
             r = await http.post("/v1/hosts", json=body)
             assert r.status_code == 201, r.text
-    task = asyncio.create_task(_poll(supervisor))
     s = Site(config, host, fault, fleet, supervisor, stack.tokens.admin)
+    task = asyncio.create_task(_poll(s))
     try:
         async with s.client(host) as http:
             for h in hosts:
@@ -186,8 +189,11 @@ async def _cleared(fault: httpx.AsyncClient) -> bool:
 async def test_a_host_that_reboots_cleanly_is_taken_back_without_power_action(site: Site):
     async with site.client(site.host) as http:
         before = _power_events(site, "worker-0")
-        # A clean stop (a reboot): the agent says so; the fleet starts it again at once.
+        # A clean stop (a reboot): the agent says so, and comes back a few seconds later.
+        site.paused = True
         os.kill(site.agent_pid("worker-0"), signal.SIGTERM)
+        await _where(http, "worker-0", lambda d: d["availability"] == "failed", "down", 10)
+        site.paused = False  # it boots
 
         async def came_back():
             entries = await _timeline(http, "worker-0")

@@ -8,6 +8,7 @@ reaches it over real HTTP. Every wait has a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender
 from roost_shared.bus import Bus
 from roost_shared.catalog import HostRecord, Personality
 from roost_shared.events import Envelope
@@ -203,3 +205,43 @@ async def test_without_a_cluster_locks_work_and_no_drain_is_attempted(stack, fak
         assert reasons == ["learned", "operator-request", "intest-passed", "operator-request"]
         assert (await http.get("/v1/hosts/worker-0")).json()["kube"] is None
     assert fake.requests == []
+
+
+async def test_a_failed_host_is_drained_and_uncordoned_once_it_recovered(stack, fake: FakeKube):
+    host = stack.start("host", **kube_env(fake))
+    bus = await stack.bus()
+    assert bus.connection is not None
+    rec = record("worker-0", "worker").model_copy(update={"bmc_type": None, "bmc_address": None})
+    port = f"127.0.0.1:{host.env['ROOST_HEARTBEAT_PORT']}"
+
+    async def heartbeating() -> HeartbeatSender:
+        sender = HeartbeatSender(rec.mgmt_mac, str(uuid.uuid4()), addr=port)
+        sender.start()
+        await sender.attach(await HeartbeatBus.shared(bus.connection))  # type: ignore[arg-type]
+        return sender
+
+    sender = await heartbeating()
+    try:
+        async with host.client(stack.tokens.admin) as http:
+            await publish(bus, "added", rec)
+            await host_where(http, "worker-0", lambda h: True, "learned")
+            assert (await act(http, "worker-0", "unlock")).status_code == 200
+            await host_where(http, "worker-0", lambda h: h["availability"] == "available", "up")
+            fake.add_pod("web-1", "worker-0")
+
+            await sender.stop()  # the host dies: failed, and its pods are moved away
+            await host_where(http, "worker-0", lambda h: h["availability"] == "failed", "failed")
+            drained = await entry(http, "worker-0", "kubernetes drain")
+            assert drained["reason"] == "drain-done", drained
+            assert fake.unschedulable("worker-0") and fake.pod_names("worker-0") == set()
+
+            sender = await heartbeating()  # back: in-test, enabled, uncordoned
+            await host_where(
+                http, "worker-0", lambda h: h["availability"] == "available", "recovered"
+            )
+            await eventually(
+                lambda: asyncio.sleep(0, not fake.unschedulable("worker-0")),
+                what="worker-0 uncordoned",
+            )
+    finally:
+        await sender.stop()

@@ -162,8 +162,13 @@ class HeartbeatMonitor:
         lite = {k: doc.get(k) for k in FIELDS}
         tracked = self.hosts.get(mac)
         if tracked is None:
-            self.hosts[mac] = tracked = Tracked(lite, Liveness.new(mac, time.monotonic()))
+            now = time.monotonic()
+            self.hosts[mac] = tracked = Tracked(lite, Liveness.new(mac, now))
             self.by_raw[mac_bytes(mac)] = tracked
+            if lite.get("availability") in DOWN:
+                # Known down (e.g. failed before this service restarted): the start-up grace
+                # must not pass for a heartbeat, or recovery would think it came back.
+                tracked.down_at = now
         else:
             if lite.get("availability") in DOWN and tracked.doc.get("availability") not in DOWN:
                 tracked.down_at = time.monotonic()
