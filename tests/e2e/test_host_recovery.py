@@ -22,6 +22,7 @@ from cryptography.fernet import Fernet
 from roost_sim.fleet import Fleet, FleetSupervisor
 from roost_sim.ports import free_port
 from tests.sim.conftest import udp_port_block
+from tests.support.nft import nft_table
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -322,3 +323,25 @@ async def test_an_unreachable_bmc_raises_its_alarm_and_the_host_stays_available(
         h = (await http.get("/v1/hosts/worker-0")).json()
         assert h["availability"] == "available"
         assert not [e for e in await _timeline(http, "worker-0") if "recovery" in e["reason"]]
+
+
+async def test_a_lost_management_path_degrades_without_any_power_action(site: Site):
+    worker = next(h for h in site.fleet.hosts() if h.hostname == "worker-0")
+    before = _power_events(site, "worker-0")
+    port = int(site.host.env["ROOST_HEARTBEAT_PORT"])
+    async with site.client(site.host) as http, site.client(site.fault) as fault:
+        with nft_table() as table:
+            table.drop_udp(port, saddr=worker.ip)  # worker-0's UDP heartbeats, nothing else
+            await _where(http, "worker-0", lambda d: d["availability"] == "degraded", "degraded")
+            alarm = await eventually(
+                lambda: _alarm(fault, "200.005", "host=worker-0"), what="200.005 raised"
+            )
+            assert alarm["severity"] == "major"
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # well past every failure threshold
+                d = (await http.get("/v1/hosts/worker-0")).json()
+                assert d["availability"] == "degraded", d
+                await asyncio.sleep(0.2)  # between two looks at an invariant, not a wait
+        await _where(http, "worker-0", lambda d: d["availability"] == "available", "restored")
+        await eventually(lambda: _gone(fault, "200.005", "host=worker-0"), what="cleared")
+    assert _power_events(site, "worker-0") == before
