@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 
 from roost_agent.agent import Agent
@@ -56,7 +58,17 @@ def main() -> None:
     """Run the agent with settings from ``ROOST_*`` environment variables."""
     settings = AgentSettings()
     configure_logging(f"agent/{settings.hostname}", settings.log_level, settings.log_json)
-    asyncio.run(run(settings))
+    # ``agent.pid`` in the state directory: which process is this node's agent (operators and
+    # the simulated fleet's users freeze or kill it by it). Removed at a clean exit only.
+    pid_file = settings.state_dir / "agent.pid"
+    with contextlib.suppress(OSError):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        asyncio.run(run(settings))
+    finally:
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
 
 
 if __name__ == "__main__":
