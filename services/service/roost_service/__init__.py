@@ -1,0 +1,1 @@
+"""Roost service service: HA service groups and their activity leases (StarlingX sm)."""
