@@ -254,6 +254,26 @@ class HostStateChanged(BaseModel):
     time: datetime
 
 
+# Service management -------------------------------------------------------------------------
+
+
+class ServiceGroupRecord(BaseModel):
+    """``service.group.created|updated|deleted``: a service group as others need to know it
+    (service service). The full declaration is at ``GET /v1/service-groups/{name}``."""
+
+    uuid: str
+    name: str
+    redundancy: str = Field(description="active-standby, n-plus-m or n")
+    active: int | None = Field(None, description="Active instances; None for n (every member).")
+    standby: int = 0
+    member_hosts: list[str] = Field(default_factory=list)
+    member_selector: dict[str, str] = Field(default_factory=dict)
+    services: list[str] = Field(default_factory=list, description="In start order.")
+    state: str
+    version: int
+    time: datetime
+
+
 CATALOG: dict[str, type[BaseModel]] = {
     # Commands-as-events that any producer publishes; the fault service consumes them.
     "fault.alarm.set": AlarmSet,
@@ -273,6 +293,10 @@ CATALOG: dict[str, type[BaseModel]] = {
     "config.host.deleted": HostRecord,
     # The host service tells everyone about host state transitions.
     "host.state.changed": HostStateChanged,
+    # The service service tells everyone about service groups.
+    "service.group.created": ServiceGroupRecord,
+    "service.group.updated": ServiceGroupRecord,
+    "service.group.deleted": ServiceGroupRecord,
     # Commands (exchange roost.commands, routing key agent.<mac hex>).
     "config.apply": ConfigApply,
 }

@@ -71,11 +71,17 @@ def installed_services() -> list[str]:
 
 def service_env(name: str, installed: list[str], reader_token: str) -> dict[str, str]:
     """What one service needs to know about the others: config asks the host service whether
-    a host is unlocked before deleting it (a reader token suffices)."""
+    a host is unlocked before deleting it; the service service asks config whether a group's
+    member hosts exist (a reader token suffices for both)."""
     if name == "config" and "host" in installed:
         return {
             "ROOST_HOST_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['host']}",
             "ROOST_HOST_SERVICE_TOKEN": reader_token,
+        }
+    if name == "service" and "config" in installed:
+        return {
+            "ROOST_CONFIG_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['config']}",
+            "ROOST_CONFIG_SERVICE_TOKEN": reader_token,
         }
     return {}
 

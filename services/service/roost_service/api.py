@@ -1,0 +1,175 @@
+"""The service service's HTTP API: service groups (JSON or YAML) and their leases (read-only).
+
+Routers stay thin: parse the body, let pydantic and ``logic`` judge it, run ``GroupOperations``
+and shape the answer. Every refusal is a 422 problem whose ``errors`` name each bad field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from roost_service.lease import LeaseStore
+from roost_service.models import (
+    NAME_PATTERN,
+    LeaseCollection,
+    LeaseView,
+    ServiceGroupCollection,
+    ServiceGroupSpec,
+    ServiceGroupView,
+)
+from roost_service.operations import GroupOperations, GroupRefused
+from roost_service.store import GroupStore
+from roost_shared.auth import Principal, require_admin, require_reader
+from roost_shared.paging import next_if_full
+from roost_shared.problems import problem_response
+
+MAX_LIMIT = 1000
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+@dataclass
+class ServiceContext:
+    """What the routes need, built by the app's lifespan."""
+
+    store: GroupStore
+    ops: GroupOperations
+    leases: LeaseStore
+    max_body_bytes: int
+
+
+def ctx(request: Request) -> ServiceContext:
+    return request.app.state.service
+
+
+Ctx = Annotated[ServiceContext, Depends(ctx)]
+Admin = Annotated[Principal, Depends(require_admin)]
+GroupName = Annotated[str, Path(pattern=NAME_PATTERN, description="The group's name.")]
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_reader)], tags=["service groups"])
+
+
+def install_handlers(app: FastAPI) -> None:
+    """A refused group is one 422 problem listing every problem with its field."""
+
+    @app.exception_handler(GroupRefused)
+    async def _refused(request: Request, exc: GroupRefused) -> JSONResponse:
+        errors = [{"field": p.field, "message": p.message} for p in exc.problems]
+        return problem_response(422, str(exc), request=request, errors=errors)
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": tuple(field.split(".")), "msg": message}])
+
+
+async def parse_spec(request: Request, max_bytes: int) -> ServiceGroupSpec:
+    """The body as a group spec, from JSON or (``Content-Type: application/yaml``) YAML."""
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        raise _invalid("body", f"larger than {max_bytes} bytes")
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    try:
+        if content_type in YAML_TYPES:
+            # safe_load: plain data only, never Python objects from tags.
+            data: Any = yaml.safe_load(raw)
+        elif content_type == "application/json" or content_type.endswith("+json"):
+            data = json.loads(raw)
+        else:
+            raise _invalid("body", f"unsupported content type {content_type!r}: JSON or YAML")
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _invalid("body", f"not valid {content_type}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise _invalid("body", "a service group must be a mapping (object)")
+    try:
+        return ServiceGroupSpec.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+@router.get("/service-groups", response_model=ServiceGroupCollection)
+async def list_groups(
+    request: Request,
+    c: Ctx,
+    marker: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
+) -> ServiceGroupCollection:
+    """Service groups by name, ``limit`` + ``marker`` (a group's uuid) paging."""
+    docs = await c.store.list(marker=marker, limit=limit)
+    views = [ServiceGroupView.of(d) for d in docs]
+    return ServiceGroupCollection(
+        service_groups=views, next=next_if_full(request, "service-groups", views, limit)
+    )
+
+
+@router.get("/service-groups/{name}", response_model=ServiceGroupView)
+async def show_group(c: Ctx, name: GroupName) -> ServiceGroupView:
+    """A service group as declared, with its state, slots and start order."""
+    return ServiceGroupView.of(await c.store.get(name))
+
+
+@router.put(
+    "/service-groups/{name}",
+    response_model=ServiceGroupView,
+    responses={201: {"description": "Created"}, 200: {"description": "Replaced or unchanged"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A ServiceGroupSpec as JSON, or as YAML with "
+            "Content-Type: application/yaml.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def put_group(
+    request: Request, response: Response, c: Ctx, name: GroupName, who: Admin
+) -> ServiceGroupView:
+    """Declare (201) or replace (200) a service group. Refused with 422 naming each bad field:
+    dependency cycles (with the cycle), unknown or duplicate services, impossible redundancy
+    for the listed members, bad commands, unknown probe types, unknown hosts (when the config
+    service is configured). New groups are ``unplaced``: placement comes in a later version."""
+    spec = await parse_spec(request, c.max_body_bytes)
+    doc, created = await c.ops.put(name, spec)
+    response.status_code = 201 if created else 200
+    return ServiceGroupView.of(doc)
+
+
+@router.delete("/service-groups/{name}", status_code=204)
+async def delete_group(c: Ctx, name: GroupName, who: Admin) -> Response:
+    """Remove a service group (``service.group.deleted``)."""
+    await c.ops.delete(name)
+    return Response(status_code=204)
+
+
+@router.get("/service-groups/{name}/leases", response_model=LeaseCollection)
+async def group_leases(c: Ctx, name: GroupName) -> LeaseCollection:
+    """Each activity slot of the group with its lease: holder, fencing token, expiry. Slots
+    never granted show token 0 and no holder. Read-only."""
+    group = await c.store.get(name)
+    now = c.leases.clock()
+    by_slot = {lease.slot: lease for lease in await c.leases.of_group(name)}
+    views = []
+    for slot in group["slots"]:
+        lease = by_slot.get(slot)
+        views.append(
+            LeaseView(
+                group=name,
+                slot=slot,
+                holder=lease.holder if lease else None,
+                token=lease.token if lease else 0,
+                expires_at=lease.expires_at if lease else None,
+                held=lease.held_at(now) if lease else False,
+            )
+        )
+    return LeaseCollection(leases=views)

@@ -1,0 +1,21 @@
+"""Service service settings (``ROOST_*`` environment variables)."""
+
+from pydantic import Field, SecretStr
+
+from roost_shared.settings import RoostSettings
+
+
+class ServiceSettings(RoostSettings):
+    service: str = "service"
+    port: int = 8104
+    config_service_url: str | None = Field(
+        None,
+        description="Config service base URL; when set, a group's member hosts must exist there "
+        "(unset: they are checked when the group is placed).",
+    )
+    config_service_token: SecretStr | None = Field(
+        None, description="Token sent to the config service (a reader token suffices)."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest service group document accepted (JSON or YAML)."
+    )
