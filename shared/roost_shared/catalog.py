@@ -274,6 +274,52 @@ class ServiceGroupRecord(BaseModel):
     time: datetime
 
 
+class InstanceAssign(_Strict):
+    """Command ``service.instance.assign`` (to ``roost.commands``, key ``agent.<mac hex>``): run
+    (or keep running, with a new role or token) one instance of a service on this host.
+
+    ``spec`` is the agent's process spec (``roost_agent.pmon.ProcessSpec`` as JSON; the agent
+    validates it and reports ``failed`` with the reason if it cannot run it). The process gets
+    ``ROOST_ROLE`` and ``ROOST_FENCING_TOKEN`` in its environment; an assign whose
+    ``fencing_token`` is lower than the one the agent already runs the instance with is stale
+    and is refused (reported, not run)."""
+
+    group: str
+    service: str
+    instance_id: str = Field(description="Stable per (group, service, host).")
+    role: str = Field(description="active or standby")
+    fencing_token: int | None = None
+    spec: dict[str, Any]
+
+
+class InstanceRemove(_Strict):
+    """Command ``service.instance.remove``: stop and forget one instance on this host."""
+
+    group: str
+    service: str
+    instance_id: str
+
+
+class InstanceChanged(_Strict):
+    """``agent.instance.changed``: a health transition of an instance's process on a host
+    (states of ``roost_agent.pmon``: starting, running, healthy, unhealthy, exited, restarting,
+    failed, stopped), sent within ~100 ms of it."""
+
+    mgmt_mac: str
+    hostname: str | None = None
+    group: str
+    service: str
+    instance_id: str
+    role: str | None = None
+    fencing_token: int | None = None
+    state: str
+    reason: str = ""
+    pid: int | None = None
+    code: int | None = None
+    signal: int | None = None
+    time: datetime
+
+
 CATALOG: dict[str, type[BaseModel]] = {
     # Commands-as-events that any producer publishes; the fault service consumes them.
     "fault.alarm.set": AlarmSet,
@@ -297,8 +343,12 @@ CATALOG: dict[str, type[BaseModel]] = {
     "service.group.created": ServiceGroupRecord,
     "service.group.updated": ServiceGroupRecord,
     "service.group.deleted": ServiceGroupRecord,
+    # Agents report their service instances; the service service consumes.
+    "agent.instance.changed": InstanceChanged,
     # Commands (exchange roost.commands, routing key agent.<mac hex>).
     "config.apply": ConfigApply,
+    "service.instance.assign": InstanceAssign,
+    "service.instance.remove": InstanceRemove,
 }
 
 _TYPE_BY_MODEL: dict[type[BaseModel], str] = {
