@@ -10,6 +10,10 @@
   ``config.apply``: expired commands are rejected (logged, counted, nothing published), versions
   at or below the applied one are re-acknowledged without being re-applied, newer ones are
   written, hooked and acknowledged with ``agent.config.applied``.
+* It runs the service instances the service service assigns to it
+  (``service.instance.assign`` / ``service.instance.remove``, :mod:`roost_agent.instances`) and
+  publishes every process transition as ``agent.instance.changed`` through a small queue
+  (:mod:`roost_agent.reports`) that keeps them while the broker is away.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,12 +31,22 @@ from urllib.parse import urlparse
 from roost_agent import __version__
 from roost_agent.apply import Applier
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender, default_bind_ip
+from roost_agent.instances import Instances
 from roost_agent.inventory import digest, read_inventory
+from roost_agent.reports import Reporter
 from roost_agent.settings import AgentSettings
 from roost_agent.state import AgentState, write_atomic
 from roost_agent.tally import Tally
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus, Consumer, Delivery
-from roost_shared.catalog import ConfigApplied, ConfigApply, HostAnnounced, InventoryReported
+from roost_shared.catalog import (
+    ConfigApplied,
+    ConfigApply,
+    HostAnnounced,
+    InstanceAssign,
+    InstanceChanged,
+    InstanceRemove,
+    InventoryReported,
+)
 from roost_shared.commands import agent_key, expired
 from roost_shared.events import Envelope
 
@@ -94,6 +108,15 @@ class Agent:
             bind_ip=default_bind_ip(settings.heartbeat_bind_ip, settings.mgmt_ip),
             key=key.get_secret_value().encode() if key is not None else None,
         )
+        # Instance reports go through their own queue: published without blocking the process
+        # monitor, kept while the broker is away.
+        self.reports = Reporter(self._publish_once)
+        self.instances = Instances(
+            mgmt_mac=settings.mgmt_mac,
+            hostname=settings.hostname,
+            state_dir=settings.state_dir,
+            report=self._report_instance,
+        )
         self._inventory_digest: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands = tally.counter(
@@ -111,17 +134,26 @@ class Agent:
         that boots before the broker is still seen alive). Idempotent."""
         self.heartbeats.start()
 
+    def start_instances(self) -> None:
+        """Start the assigned service instances persisted by a previous run (after reaping what
+        it left); needs no broker, so the app calls it before connecting: services come back
+        with the host, not with the bus. Idempotent."""
+        self.reports.start()
+        self.instances.start()
+
     async def start(self) -> None:
         """Heartbeat, consume commands first (so nothing sent in reply to the announce is lost),
         then announce and start watching the inventory."""
         assert self.bus.connection is not None
         self.start_heartbeats()
+        self.start_instances()
         if self.mgmt_ip is None:
             self.mgmt_ip = await asyncio.to_thread(source_address, self.settings.amqp_url)
         await self.heartbeats.attach(await HeartbeatBus.shared(self.bus.connection))
         await self.consumer.start()
         self.bus.connection.reconnect_callbacks.add(self._on_reconnect)
         await self.announce()
+        self.reports.kick()  # what was queued before the broker answered
         self._spawn(self._watch_inventory(), "inventory")
         log.info(
             "agent %s (%s) ready: queue %s, applied version %d",
@@ -140,6 +172,10 @@ class Agent:
         # A clean stop (SIGTERM: a shutdown or reboot) is announced; a crash or power cut is not.
         await self.heartbeats.stop(announce=True)
         await self.consumer.stop()
+        # A clean stop ends the services too (SIGTERM, then SIGKILL): they would die with the
+        # agent anyway (PR_SET_PDEATHSIG). Their assignments stay on disk for the next start.
+        await self.instances.stop()
+        await self.reports.close(flush_s=1.0)
         self._write_metrics()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -151,6 +187,7 @@ class Agent:
         # Called by aio-pika once channels, queues and consumers are restored; publish from a
         # task of our own rather than inside the connection's recovery.
         log.warning("reconnected to the broker; announcing again")
+        self.reports.kick()
         self._spawn(self._announce_logged(), "re-announce")
 
     async def _announce_logged(self) -> None:
@@ -216,6 +253,8 @@ class Agent:
                 self._commands.labels(envelope.type, "expired").inc()
             elif isinstance(delivery.payload, ConfigApply):
                 await self._config_apply(envelope, delivery.payload)
+            elif isinstance(delivery.payload, InstanceAssign | InstanceRemove):
+                await self._instance_command(envelope, delivery.payload)
             else:
                 log.warning("ignored command %s %s: not for agents", envelope.type, envelope.id)
                 self._commands.labels(envelope.type, "ignored").inc()
@@ -241,6 +280,28 @@ class Agent:
             correlationid=envelope.correlationid or envelope.id,
         )
 
+    async def _instance_command(
+        self, envelope: Envelope, command: InstanceAssign | InstanceRemove
+    ) -> None:
+        correlationid = envelope.correlationid or envelope.id
+        if isinstance(command, InstanceAssign):
+            outcome = await self.instances.assign(command, correlationid)
+            log.info(
+                "assign %s as %s (token %s): %s",
+                command.instance_id,
+                command.role,
+                command.fencing_token,
+                outcome,
+            )
+        else:
+            outcome = await self.instances.remove(command, correlationid)
+            log.info("remove %s: %s", command.instance_id, outcome)
+        self._commands.labels(envelope.type, outcome).inc()
+
+    def _report_instance(self, changed: InstanceChanged, correlationid: str | None) -> None:
+        # Called from process monitor callbacks: queue only, never wait for the broker.
+        self.reports.put(changed.instance_id, self._envelope_of(changed, correlationid))
+
     # Publishing ------------------------------------------------------------------------------
 
     def _envelope_of(self, payload: Any, correlationid: str | None = None) -> Envelope:
@@ -254,13 +315,20 @@ class Agent:
         ]
         await self.bus.publish(envelopes, retry_for_s=self.settings.publish_retry_s)
 
+    async def _publish_once(self, envelopes: Sequence[Envelope]) -> None:
+        # No retry here: the report queue retries, keeping only what is newest meanwhile.
+        await self.bus.publish(envelopes)
+
     def _write_metrics(self) -> None:
-        hb = self.heartbeats
+        hb, rp = self.heartbeats, self.reports
         for name, doc, value in (
             ("agent_heartbeats_sent", "UDP heartbeat datagrams sent.", hb.sent),
             ("agent_heartbeat_send_errors", "UDP sends failed.", hb.udp_errors.count),
             ("agent_heartbeat_slots_skipped", "UDP slots skipped (the loop was late).", hb.skipped),
             ("agent_probes_answered", "Bus probes answered.", hb.probes),
+            ("agent_instance_reports_published", "Instance reports published.", rp.published),
+            ("agent_instance_reports_pending", "Instance reports not yet published.", rp.pending),
+            ("agent_instance_reports_dropped", "Reports superseded while queued.", rp.dropped),
         ):
             self.tally.gauge(name, doc).labels().set(value)
         with contextlib.suppress(OSError):

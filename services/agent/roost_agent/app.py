@@ -37,12 +37,15 @@ async def run(settings: AgentSettings) -> None:
     bus = Bus(settings, tally)  # type: ignore[arg-type]  # Tally is the light Metrics
     agent = Agent(settings, bus, tally)
     agent.start_heartbeats()  # UDP needs no broker: the host is seen alive while we connect
+    agent.start_instances()  # nor do its services: they run whether the broker answers or not
     connecting = asyncio.create_task(connect(bus, stop))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not connecting.done():
         connecting.cancel()
         await agent.heartbeats.stop()
+        await agent.instances.stop()
+        await agent.reports.close(flush_s=0)
         await bus.close()
         return
     try:

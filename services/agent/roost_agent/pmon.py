@@ -491,6 +491,13 @@ class ProcessMonitor:
         """Stop ``name`` (SIGTERM, then SIGKILL after its stop timeout, whole group)."""
         await self._procs[name].stop()
 
+    def forget(self, name: str) -> None:
+        """Drop a stopped (or failed) process from :meth:`statuses`; unknown names are ignored."""
+        current = self._procs.get(name)
+        if current is not None and not current.task.done():
+            raise ValueError(f"{name} is still running; stop it first")
+        self._procs.pop(name, None)
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(p.stop() for p in self._procs.values()))
 

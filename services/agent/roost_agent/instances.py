@@ -1,0 +1,376 @@
+"""Service instances assigned to this host: the service service's commands wired to the monitor.
+
+* ``service.instance.assign`` (:class:`InstanceAssign`) runs one instance under
+  :mod:`roost_agent.pmon` with ``ROOST_ROLE`` and ``ROOST_FENCING_TOKEN`` in its environment:
+
+  - a fencing token lower than the one the instance runs with is **stale**: refused, the
+    current state re-reported with a reason that says so (a delayed or duplicated command from
+    an old lease holder must not demote or restart what a newer one decided);
+  - a spec that is not a valid :class:`~roost_agent.pmon.ProcessSpec` is refused: reported
+    ``failed`` with the validation errors on one line (if an earlier valid assignment is still
+    running it keeps running: a bad message stops nothing);
+  - the same role, token and spec as what runs: nothing restarts, the current state is
+    re-reported (commands are re-sent after outages; they must be harmless);
+  - otherwise (new role, higher token, changed spec, or an instance that failed or stopped):
+    the process is stopped and started again with the new environment.
+
+* ``service.instance.remove`` (:class:`InstanceRemove`) stops it (SIGTERM, SIGKILL after the
+  spec's ``stop_timeout_s``), reports ``stopped`` and forgets it.
+
+* Every monitor transition becomes an ``agent.instance.changed`` (:class:`InstanceChanged`)
+  handed to ``report`` -- which must not block (the agent queues it, see
+  :mod:`roost_agent.reports`).
+
+Assignments are kept in ``state_dir/instances.json`` (written atomically), so a restarted agent
+first reaps what its predecessor's children left (:meth:`ProcessMonitor.reap_leftovers`) and
+then starts its instances again with the same role and token. Nothing here knows the bus: a
+broker outage stops no instance.
+
+The monitor (and the ctypes it needs) is created only when this host has or had instances, so
+an agent that runs no services pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from roost_agent.state import write_atomic
+from roost_shared.catalog import InstanceAssign, InstanceChanged, InstanceRemove
+
+if TYPE_CHECKING:
+    from roost_agent.pmon import ProcessMonitor, ProcessSpec, Transition
+
+log = logging.getLogger(__name__)
+
+ROLE_ENV = "ROOST_ROLE"
+INSTANCES_FILE = "instances.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# report(payload, correlation id): must return at once.
+Report = Callable[[InstanceChanged, str | None], None]
+
+
+def pmon_name(instance_id: str) -> str:
+    """The monitor's name for an instance: the id itself when it is a safe file name (the
+    monitor records process groups as ``pmon/<name>.json``), else a readable prefix + hash."""
+    if _NAME.fullmatch(instance_id):
+        return instance_id
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", instance_id).lstrip("_.-")[:48] or "i"
+    return f"{readable}-{hashlib.sha256(instance_id.encode()).hexdigest()[:12]}"
+
+
+def one_line(exc: ValidationError) -> str:
+    """Pydantic's errors as ``spec.<field>: <message>; ...`` on one line."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in ("spec", *error["loc"]))
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid spec: " + "; ".join(parts).replace("\n", " ")
+
+
+def is_stale(new: int | None, current: int | None) -> bool:
+    """A token lower than the running one is stale; without tokens nothing is."""
+    return new is not None and current is not None and new < current
+
+
+class Instances:
+    """This host's assigned instances, their processes and their reports."""
+
+    def __init__(self, *, mgmt_mac: str, hostname: str, state_dir: Path, report: Report) -> None:
+        self.mgmt_mac, self.hostname = mgmt_mac, hostname
+        self.state_dir = state_dir
+        self._path = state_dir / INSTANCES_FILE
+        self._report = report
+        self._monitor: ProcessMonitor | None = None
+        self._assigned: dict[str, InstanceAssign] = {}  # by instance id, as persisted
+        self._ids: dict[str, str] = {}  # monitor name -> instance id
+        self._notes: dict[str, str] = {}  # instance id -> why it is being stopped
+        self._started = False
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reap leftovers of a previous agent and start the persisted instances (idempotent;
+        needs the running loop, not the broker: services come back before the bus does)."""
+        if self._started:
+            return
+        self._started = True
+        self._assigned = self._load()
+        if not self._assigned and not (self.state_dir / "pmon").is_dir():
+            return  # never ran a service: no monitor, no ctypes
+        killed = self.monitor.reap_leftovers()
+        if killed:
+            log.warning("killed %d process(es) left by the previous agent: %s", len(killed), killed)
+        for assignment in self._assigned.values():
+            log.info(
+                "resuming %s as %s (token %s)",
+                assignment.instance_id,
+                assignment.role,
+                assignment.fencing_token,
+            )
+            self._run(assignment, None)
+
+    async def stop(self) -> None:
+        """Stop every process (the agent is shutting down); assignments stay on disk."""
+        if self._monitor is None:
+            return
+        for instance_id in self._assigned:
+            self._notes[instance_id] = "agent stopping"
+        await self._monitor.stop_all()
+
+    @property
+    def monitor(self) -> ProcessMonitor:
+        if self._monitor is None:
+            from roost_agent.pmon import ProcessMonitor  # only hosts with instances pay for it
+
+            self._monitor = ProcessMonitor(on_change=self._on_change, state_dir=self.state_dir)
+        return self._monitor
+
+    # Commands --------------------------------------------------------------------------------
+
+    async def assign(self, command: InstanceAssign, correlationid: str | None = None) -> str:
+        """Handle ``service.instance.assign``; returns the outcome (for logs and metrics)."""
+        key = command.instance_id
+        current = self._assigned.get(key)
+        if current is not None and is_stale(command.fencing_token, current.fencing_token):
+            log.warning(
+                "refused stale assign of %s: token %s < %s",
+                key,
+                command.fencing_token,
+                current.fencing_token,
+            )
+            self._report_status(
+                current,
+                f"stale assign refused: fencing token {command.fencing_token} "
+                f"< {current.fencing_token} it runs with",
+                correlationid,
+            )
+            return "stale"
+        running = current is not None and self._state(current) not in (None, "failed", "stopped")
+        try:
+            self._spec(command)
+        except ValidationError as exc:
+            reason = one_line(exc)
+            log.warning("refused assign of %s: %s", key, reason)
+            if running:
+                assert current is not None
+                self._report_status(
+                    current, f"assign refused, still running: {reason}", correlationid
+                )
+            else:
+                self._send(command, "failed", reason, correlationid)
+            return "invalid"
+        if running and _same(command, current):
+            assert current is not None
+            self._report_status(current, "", correlationid)
+            return "unchanged"
+        if current is not None and self._state(current) is not None:
+            self._notes[key] = _change(current, command)
+            await self.monitor.stop(pmon_name(key))
+            self._notes.pop(key, None)
+        self._assigned[key] = command
+        self._save()
+        self._run(command, correlationid)
+        return "started" if current is None else "restarted"
+
+    async def remove(self, command: InstanceRemove, correlationid: str | None = None) -> str:
+        """Handle ``service.instance.remove``: stop, report ``stopped``, forget."""
+        key = command.instance_id
+        current = self._assigned.get(key)
+        if current is None:
+            self._send(command, "stopped", "not assigned on this host", correlationid)
+            return "unknown"
+        name = pmon_name(key)
+        state = self._state(current)
+        if state is None:  # never ran (its spec was refused)
+            self._send(current, "stopped", "removed", correlationid)
+        elif state == "stopped":  # stopping it again would report nothing
+            self._report_status(current, "removed", correlationid)
+        else:
+            self._notes[key] = "removed"
+            await self.monitor.stop(name)
+        self._notes.pop(key, None)
+        del self._assigned[key]
+        self._ids.pop(name, None)
+        if self._monitor is not None:
+            self._monitor.forget(name)
+        self._save()
+        return "removed"
+
+    # Processes -------------------------------------------------------------------------------
+
+    def _spec(self, command: InstanceAssign) -> ProcessSpec:
+        """The command's spec validated, named for the monitor, with role and token set (ours
+        override the sender's: a spec must not choose its own token)."""
+        from roost_agent.pmon import FENCING_ENV, ProcessSpec
+
+        spec = ProcessSpec.model_validate(command.spec)
+        env = {k: v for k, v in (spec.env or {}).items() if k != FENCING_ENV}
+        env[ROLE_ENV] = command.role
+        return spec.model_copy(
+            update={
+                "name": pmon_name(command.instance_id),
+                "env": env,
+                "fencing_token": command.fencing_token,
+            }
+        )
+
+    def _run(self, command: InstanceAssign, correlationid: str | None) -> None:
+        try:
+            spec = self._spec(command)
+        except ValidationError as exc:  # a persisted spec this version no longer accepts
+            self._send(command, "failed", one_line(exc), correlationid)
+            return
+        self._ids[spec.name] = command.instance_id
+        self.monitor.start(spec)
+
+    def _state(self, assignment: InstanceAssign) -> str | None:
+        if self._monitor is None:
+            return None
+        try:
+            return self._monitor.status(pmon_name(assignment.instance_id)).state
+        except KeyError:
+            return None
+
+    # Reports ---------------------------------------------------------------------------------
+
+    def _on_change(self, transition: Transition) -> None:
+        """A monitor transition -> ``agent.instance.changed`` (synchronous, never blocks)."""
+        instance_id = self._ids.get(transition.name)
+        assignment = self._assigned.get(instance_id) if instance_id is not None else None
+        if assignment is None:
+            return
+        note = self._notes.get(assignment.instance_id, "")
+        reason = transition.reason
+        if note:
+            reason = f"{reason} ({note})" if reason else note
+        self._report(
+            self._changed(
+                assignment,
+                transition.state,
+                reason,
+                at=datetime.fromtimestamp(transition.at, UTC),
+                pid=transition.pid,
+                code=transition.code,
+                signal=transition.signal,
+            ),
+            None,
+        )
+
+    def _report_status(
+        self, assignment: InstanceAssign, reason: str, correlationid: str | None
+    ) -> None:
+        """Re-report what the monitor says about an instance (with ``reason`` if given)."""
+        status = self.monitor.status(pmon_name(assignment.instance_id))
+        self._report(
+            self._changed(
+                assignment,
+                status.state,
+                reason or status.reason,
+                at=datetime.now(UTC),
+                pid=status.pid,
+                code=status.last_code if status.state in ("exited", "failed") else None,
+                signal=status.last_signal if status.state in ("exited", "failed") else None,
+            ),
+            correlationid,
+        )
+
+    def _send(
+        self,
+        command: InstanceAssign | InstanceRemove,
+        state: str,
+        reason: str,
+        correlationid: str | None,
+    ) -> None:
+        """Report an instance the monitor does not run (refused, or unknown)."""
+        self._report(
+            InstanceChanged(
+                mgmt_mac=self.mgmt_mac,
+                hostname=self.hostname,
+                group=command.group,
+                service=command.service,
+                instance_id=command.instance_id,
+                role=getattr(command, "role", None),
+                fencing_token=getattr(command, "fencing_token", None),
+                state=state,
+                reason=reason,
+                time=datetime.now(UTC),
+            ),
+            correlationid,
+        )
+
+    def _changed(
+        self,
+        assignment: InstanceAssign,
+        state: str,
+        reason: str,
+        *,
+        at: datetime,
+        **extra: int | None,
+    ) -> InstanceChanged:
+        return InstanceChanged(
+            mgmt_mac=self.mgmt_mac,
+            hostname=self.hostname,
+            group=assignment.group,
+            service=assignment.service,
+            instance_id=assignment.instance_id,
+            role=assignment.role,
+            fencing_token=assignment.fencing_token,
+            state=state,
+            reason=reason,
+            time=at,
+            **extra,
+        )
+
+    # Persistence -----------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, InstanceAssign]:
+        try:
+            document = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            log.exception("cannot read %s; starting no instances", self._path)
+            return {}
+        assigned = {}
+        for entry in document.get("instances", []):
+            try:
+                assignment = InstanceAssign.model_validate(entry)
+            except ValidationError:
+                log.exception("skipping an unreadable assignment in %s", self._path)
+                continue
+            assigned[assignment.instance_id] = assignment
+        return assigned
+
+    def _save(self) -> None:
+        document = {"instances": [a.model_dump(mode="json") for a in self._assigned.values()]}
+        write_atomic(self._path, json.dumps(document, indent=2, sort_keys=True).encode())
+
+
+def _same(new: InstanceAssign, current: InstanceAssign | None) -> bool:
+    return current is not None and (new.role, new.fencing_token, new.spec) == (
+        current.role,
+        current.fencing_token,
+        current.spec,
+    )
+
+
+def _change(old: InstanceAssign, new: InstanceAssign) -> str:
+    """Why an instance is restarted, for the reports of its old process stopping."""
+    parts = []
+    if old.role != new.role:
+        parts.append(f"role {old.role} -> {new.role}")
+    if old.fencing_token != new.fencing_token:
+        parts.append(f"token {old.fencing_token} -> {new.fencing_token}")
+    if old.spec != new.spec:
+        parts.append("new spec")
+    return "reassigned: " + (", ".join(parts) or "restart")
