@@ -16,9 +16,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from roost_service.controller import Controller
 from roost_service.lease import LeaseStore
 from roost_service.models import (
     NAME_PATTERN,
+    InstanceCollection,
     LeaseCollection,
     LeaseView,
     ServiceGroupCollection,
@@ -26,6 +28,7 @@ from roost_service.models import (
     ServiceGroupView,
 )
 from roost_service.operations import GroupOperations, GroupRefused
+from roost_service.placements import PlacementStore
 from roost_service.store import GroupStore
 from roost_shared.auth import Principal, require_admin, require_reader
 from roost_shared.paging import next_if_full
@@ -43,6 +46,8 @@ class ServiceContext:
     ops: GroupOperations
     leases: LeaseStore
     max_body_bytes: int
+    placements: PlacementStore
+    controller: Controller
 
 
 def ctx(request: Request) -> ServiceContext:
@@ -138,9 +143,10 @@ async def put_group(
     """Declare (201) or replace (200) a service group. Refused with 422 naming each bad field:
     dependency cycles (with the cycle), unknown or duplicate services, impossible redundancy
     for the listed members, bad commands, unknown probe types, unknown hosts (when the config
-    service is configured). New groups are ``unplaced``: placement comes in a later version."""
+    service is configured). New groups are ``unplaced`` until the controller places them."""
     spec = await parse_spec(request, c.max_body_bytes)
     doc, created = await c.ops.put(name, spec)
+    c.controller.wake()
     response.status_code = 201 if created else 200
     return ServiceGroupView.of(doc)
 
@@ -149,6 +155,7 @@ async def put_group(
 async def delete_group(c: Ctx, name: GroupName, who: Admin) -> Response:
     """Remove a service group (``service.group.deleted``)."""
     await c.ops.delete(name)
+    c.controller.wake()
     return Response(status_code=204)
 
 
@@ -173,3 +180,20 @@ async def group_leases(c: Ctx, name: GroupName) -> LeaseCollection:
             )
         )
     return LeaseCollection(leases=views)
+
+
+@router.get("/service-groups/{name}/instances", response_model=InstanceCollection)
+async def group_instances(c: Ctx, name: GroupName) -> InstanceCollection:
+    """The group's instances on its member hosts (role, fencing token, sm state with reason,
+    the agent's last report) and the group's state. Read in one document: a read never shows
+    two ``enabled-active`` instances of an active-standby group."""
+    await c.store.get(name)
+    return InstanceCollection.of(name, await c.placements.find(name))
+
+
+@router.post("/service-groups/{name}/swact", response_model=InstanceCollection)
+async def swact_group(c: Ctx, name: GroupName, who: Admin) -> InstanceCollection:
+    """Planned switch of activity: the standby gets the lease (a bigger fencing token) and
+    becomes active, the old active becomes standby. 409 with the reason without a healthy
+    standby (or for a group that is not active-standby)."""
+    return InstanceCollection.of(name, await c.controller.swact(name))

@@ -7,11 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from roost_service import events
 from roost_service.api import ServiceContext, install_handlers, router
+from roost_service.controller import Controller
+from roost_service.hosts import INDEXES as HOST_INDEXES
+from roost_service.hosts import HostBook
 from roost_service.inventory import HostInventory
 from roost_service.lease import INDEXES as LEASE_INDEXES
 from roost_service.lease import LeaseStore
 from roost_service.operations import GroupOperations
+from roost_service.placements import INDEXES as PLACEMENT_INDEXES
+from roost_service.placements import PlacementStore
 from roost_service.settings import ServiceSettings
 from roost_service.store import INDEXES, GroupStore
 from roost_shared.api import Platform, create_app, serve
@@ -23,8 +29,13 @@ failure policy. Groups can be PUT as JSON or YAML; bad declarations are refused 
 each field. Each activity slot has a lease with a monotonically increasing fencing token
 (`GET /v1/service-groups/{name}/leases`).
 
-Emits `service.group.created|updated|deleted`. Not yet: placement, instances, the agents'
-process monitor, multi-path messaging, swact — groups stay `unplaced`."""
+Places `active-standby` and `n` groups on in-service member hosts (learnt from
+`config.host.*` and `host.state.changed`), grants the activity lease to one host and sends
+`service.instance.assign|remove` to the agents; fails over on a failed instance at once and on a
+failed host after the lease expired; `POST .../swact`; `GET .../instances`; alarms 400.001/002.
+
+Emits `service.group.created|updated|deleted`. Not yet: n-plus-m placement, multi-path
+messaging, the CLI."""
 
 
 def build_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -35,8 +46,39 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         store = GroupStore(platform.db)
         inventory = HostInventory(settings.config_service_url, settings.config_service_token)
         ops = GroupOperations(platform.db, store, platform.outbox, inventory)
+        leases = LeaseStore(platform.db)
+        placements = PlacementStore(platform.db)
+        book = HostBook(platform.db)
+        controller = Controller(
+            platform.db,
+            store,
+            placements,
+            book,
+            leases,
+            platform.outbox,
+            ttl_s=settings.activity_ttl_s,
+            deadline_s=settings.command_deadline_s,
+        )
+
+        def after_commit() -> None:
+            platform.outbox.wake()
+            controller.wake()
+
+        platform.consume(
+            events.HOSTS_QUEUE,
+            events.HOSTS_BINDINGS,
+            events.hosts_handler(book),
+            after_commit=after_commit,
+        )
+        platform.consume(
+            events.REPORTS_QUEUE,
+            events.REPORTS_BINDINGS,
+            events.reports_handler(placements),
+            after_commit=after_commit,
+        )
+        platform.spawn(controller.run(), "service-controller")
         app.state.service = ServiceContext(
-            store, ops, LeaseStore(platform.db), settings.max_body_bytes
+            store, ops, leases, settings.max_body_bytes, placements, controller
         )
         yield
 
@@ -45,7 +87,7 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="Roost service",
         description=DESCRIPTION,
         routers=[router],
-        indexes={**INDEXES, **LEASE_INDEXES},
+        indexes={**INDEXES, **LEASE_INDEXES, **HOST_INDEXES, **PLACEMENT_INDEXES},
         start=start,
     )
     install_handlers(app)

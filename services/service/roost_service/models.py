@@ -178,9 +178,11 @@ class ServiceGroupSpec(_Strict):
 
 
 class GroupState(StrEnum):
-    """A group's state. ``unplaced``: declared, no instances yet (placement comes later)."""
+    """A group's state. ``unplaced``: declared, not yet seen by the controller; ``go-active``:
+    the active instances are starting; ``degraded``: active without a healthy standby."""
 
     unplaced = "unplaced"
+    go_active = "go-active"
     active = "active"
     standby = "standby"
     degraded = "degraded"
@@ -195,6 +197,7 @@ class ServiceGroupView(ServiceGroupSpec):
     name: Name
     uuid: str
     state: GroupState
+    state_reason: str = Field("", description="Why the group is not active (empty if it is).")
     slots: list[str] = Field(description="The activity slots, each with its own lease.")
     start_order: list[str] = Field(description="Services in start order (stop: reversed).")
     version: int
@@ -224,3 +227,60 @@ class LeaseView(BaseModel):
 
 class LeaseCollection(BaseModel):
     leases: list[LeaseView]
+
+
+class InstanceState(StrEnum):
+    """sm's per-instance states."""
+
+    initial = "initial"
+    disabled = "disabled"
+    enabling = "enabling"
+    enabled_standby = "enabled-standby"
+    enabled_active = "enabled-active"
+    disabling = "disabling"
+    failed = "failed"
+
+
+class InstanceReport(BaseModel):
+    """The agent's latest report for the instance."""
+
+    state: str
+    reason: str = ""
+    role: str | None = None
+    fencing_token: int | None = None
+    pid: int | None = None
+    time: datetime | None = None
+
+
+class InstanceView(BaseModel):
+    """One instance of a group's service on a member host."""
+
+    instance_id: str
+    group: str
+    service: str
+    host: str
+    role: str | None = Field(description="Assigned role: active, standby, or None (not placed).")
+    token: int | None = Field(None, description="Fencing token of an active assignment.")
+    state: InstanceState
+    reason: str = ""
+    assigned_at: datetime | None = None
+    last_report: InstanceReport | None = None
+
+
+class InstanceCollection(BaseModel):
+    group: str
+    state: str = Field(description="The group's state (see the group).")
+    state_reason: str = ""
+    active_host: str | None = Field(None, description="The activity lease's holder.")
+    instances: list[InstanceView]
+
+    @classmethod
+    def of(cls, group: str, placement: dict[str, Any] | None) -> InstanceCollection:
+        p = placement or {}
+        return cls(
+            group=group,
+            state=p.get("state", GroupState.unplaced.value),
+            state_reason=p.get("state_reason", ""),
+            active_host=p.get("holder"),
+            instances=[InstanceView.model_validate(i) for i in p.get("instances", [])],
+        )

@@ -19,3 +19,13 @@ class ServiceSettings(RoostSettings):
     max_body_bytes: int = Field(
         1_048_576, gt=0, description="Largest service group document accepted (JSON or YAML)."
     )
+    activity_ttl_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Activity lease TTL: renewed every TTL/4 while the active's host is in "
+        "service; after a host failure a standby takes over once it expires.",
+    )
+    command_deadline_s: float = Field(
+        30.0, gt=0, description="Deadline of assign/remove commands to agents."
+    )

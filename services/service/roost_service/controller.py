@@ -1,0 +1,418 @@
+"""The controller: places groups on hosts, grants activity, fails over, swacts.
+
+One loop (:meth:`Controller.run`) reconciles every group when woken (a group declared, a host
+learnt or changed, an agent report) and at least every ``ttl_s / 4`` (lease renewal). Decisions
+are taken under one lock, so this process is the only writer of placements; each group's
+decision ends in **one transaction**: its placement document (all instances), its state, and the
+commands and alarms it causes (outbox).
+
+Activity (``active-standby``): the ``active`` slot's lease (:mod:`roost_service.lease`) names
+the active host and its fencing token. Only the lease holder is ever assigned ``active`` (with
+that token). Each pass:
+
+1. The holder's host is in service and no instance of it failed → **renew** (TTL ``ttl_s``).
+2. Its instance **failed** (the agent gave up restarting) → **release** now and grant to the
+   standby: the process is already stopped by its agent, so nothing waits for expiry.
+3. Its **host** is not in service (failed, locked, ...) → **do not renew**; the standby is
+   granted only after the lease has **expired**. The host service fences a failed host in the
+   meantime; a host that cannot be reached stops being renewed, so a partitioned old active
+   whose agent still obeys its last token holds a token that is already stale.
+4. No holder → acquire for the first member host (preferred order) in service whose instances
+   are not failed; the other in-service host gets ``standby``.
+
+Takeover after a host failure ≈ the host service's detection time + the lease's remaining
+TTL (≤ ``ttl_s``) + at most one pass (``ttl_s / 4``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from roost_service import alarms
+from roost_service.hosts import HostBook, describe, healthy
+from roost_service.lease import Lease, LeaseStore, utc_ms
+from roost_service.placement import agent_spec, instance_state, members
+from roost_service.placements import PlacementStore, instance_id
+from roost_service.store import GroupStore
+from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
+from roost_shared.catalog import InstanceAssign, InstanceRemove
+from roost_shared.commands import agent_key, command
+from roost_shared.db import Database, Session
+from roost_shared.events import Envelope
+from roost_shared.outbox import Outbox
+from roost_shared.problems import Conflict
+
+log = logging.getLogger(__name__)
+
+SOURCE = "roost/service"
+SLOT = "active"
+
+
+@dataclass
+class Decision:
+    """What one pass wants for a group: role and token per host, and why if nothing runs."""
+
+    desired: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    holder: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Controller:
+    db: Database
+    groups: GroupStore
+    placements: PlacementStore
+    hosts: HostBook
+    leases: LeaseStore
+    outbox: Outbox
+    ttl_s: float = 2.0
+    deadline_s: float = 30.0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Ask for a pass soon (after a commit that changed what the controller reads)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Reconcile every group until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.reconcile_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("service placement pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.ttl_s / 4)
+
+    async def reconcile_all(self) -> None:
+        async with self._lock:
+            declared = [d["name"] for d in await self.groups.groups.find({}, {"name": 1}).to_list()]
+            for name in sorted(set(declared) | set(await self.placements.names())):
+                await self._reconcile(name)
+
+    async def swact(self, name: str) -> dict[str, Any]:
+        """Planned switch of activity to the healthy standby; Conflict (409) without one."""
+        async with self._lock:
+            group = await self.groups.get(name)
+            if group["redundancy"]["model"] != "active-standby":
+                raise Conflict(
+                    kind="Service group", id=name, reason="swact needs active-standby redundancy"
+                )
+            lease = await self.leases.current(name, SLOT)
+            if lease is None or not lease.held_at(self.leases.clock()):
+                raise Conflict(kind="Service group", id=name, reason="no instance is active")
+            placement = await self.placements.find(name) or {"instances": []}
+            hosts = await self.hosts.by_name()
+            target = _healthy_standby(group, placement, hosts, exclude=lease.holder)
+            if target is None:
+                raise Conflict(
+                    kind="Service group",
+                    id=name,
+                    reason="no healthy standby to switch to (every service of the group must "
+                    "be enabled-standby on an in-service host)",
+                )
+            await self._reconcile(name, swact_to=target)
+            return await self.placements.find(name) or {}
+
+    # -- one group --------------------------------------------------------------------------
+
+    async def _reconcile(self, name: str, swact_to: str | None = None) -> None:
+        group = await self.groups.find(name)
+        placement = await self.placements.find(name) or {"_id": name, "instances": []}
+        old = {i["instance_id"]: i for i in placement["instances"]}
+        hosts = await self.hosts.by_name()
+        now = utc_ms()
+        if group is None:
+            await self._forget(name, placement, hosts, now)
+            return
+        reports = await self.placements.reports_of(name)
+        order = members(group, hosts)
+        start = group["start_order"]
+        in_service = [h for h in order if healthy(hosts.get(h))]
+
+        def current(h: str, svc: str) -> dict[str, Any]:
+            iid = instance_id(name, svc, h)
+            return dict(old.get(iid) or _blank(name, svc, h))
+
+        def failed_on(h: str) -> bool:
+            return any(
+                instance_state(current(h, s), reports.get(instance_id(name, s, h)), hosts.get(h))[0]
+                == "failed"
+                for s in start
+            )
+
+        model = group["redundancy"]["model"]
+        if model == "active-standby":
+            decision = await self._activity(name, in_service, failed_on, old, swact_to)
+        elif model == "n":
+            decision = Decision(desired={h: ("active", None) for h in in_service})
+        else:
+            decision = Decision(note="n-plus-m placement is not built yet: nothing is placed")
+
+        services = {s["name"]: s for s in group["services"]}
+        involved = order + sorted({i["host"] for i in old.values()} - set(order))
+        instances: list[dict[str, Any]] = []
+        removes: list[Destined] = []
+        standby_cmds: list[Destined] = []
+        active_cmds: list[Destined] = []
+        for h in involved:
+            host = hosts.get(h)
+            for svc in start:
+                inst = current(h, svc)
+                want = decision.desired.get(h)
+                if want is not None and host is not None:
+                    if (inst.get("role"), inst.get("token")) != want or inst["state"] == "initial":
+                        inst["role"], inst["token"] = want
+                        inst["assigned_at"] = now
+                        out = active_cmds if want[0] == "active" else standby_cmds
+                        out.append(self._assign(group, services[svc], inst, host))
+                elif inst.get("role") is not None:
+                    if host is not None and host.get("availability") != "failed":
+                        removes.append(self._remove(inst, host))
+                        inst["state"] = "disabling"
+                    inst["role"], inst["token"] = None, None
+                elif h not in order:
+                    continue  # no longer a member and nothing runs there: forget it
+                report = reports.get(inst["instance_id"])
+                inst["state"], inst["reason"] = instance_state(inst, report, host)
+                if inst["state"] == "disabled" and inst.get("role") is None and h in order:
+                    if h not in in_service:
+                        inst["reason"] = describe(h, host)
+                    elif not inst.get("reason") or inst["reason"] == "not placed on this host":
+                        inst["reason"] = "not placed on this host (enough instances elsewhere)"
+                inst["last_report"] = _brief(report)
+                instances.append(inst)
+
+        state, reason = _group_state(model, order, in_service, hosts, instances, start, decision)
+        wanted = alarms.wanted(state)
+        raised = set(placement.get("alarms", []))
+        events: list[Envelope] = [
+            Envelope.of(alarms.raise_(a, name, reason, now), source=SOURCE)
+            for a in sorted(wanted - raised)
+        ] + [
+            Envelope.of(alarms.clear(a, name, now), source=SOURCE) for a in sorted(raised - wanted)
+        ]
+        new = {
+            "_id": name,
+            "instances": instances,
+            "alarms": sorted(wanted),
+            "holder": decision.holder,
+            "state": state,
+            "state_reason": reason,
+        }
+        cmds = removes + standby_cmds + active_cmds
+        unchanged = {k: placement.get(k) for k in new} == new
+        if unchanged and not cmds and not events and group.get("state_reason") == reason:
+            return
+
+        async def work(session: Session) -> None:
+            await self.placements.save(session, {**new, "updated_at": now})
+            if group.get("state") != state or group.get("state_reason") != reason:
+                await self.groups.groups.update_one(
+                    {"name": name},
+                    {"$set": {"state": state, "state_reason": reason}},
+                    session=session,
+                )
+            await self.outbox.add_to(
+                session, [*cmds, *((e, EVENTS_EXCHANGE, None) for e in events)]
+            )
+
+        await self.db.in_transaction(work)
+        self.outbox.wake()
+
+    async def _activity(
+        self,
+        name: str,
+        in_service: list[str],
+        failed_on: Any,
+        old: dict[str, dict[str, Any]],
+        swact_to: str | None,
+    ) -> Decision:
+        """The lease decision of an active-standby group (see the module docstring)."""
+        lease: Lease | None = await self.leases.current(name, SLOT)
+        held = lease if lease is not None and lease.held_at(self.leases.clock()) else None
+        excluded: set[str] = set()
+        note = ""
+        if held is not None and swact_to is not None:
+            await self.leases.release(name, SLOT, held.holder or "", held.token)
+            excluded.add(held.holder or "")
+            held = None
+        waiting = False
+        if held is not None:
+            h = held.holder or ""
+            if h in in_service and not failed_on(h):
+                held = await self.leases.renew(name, SLOT, h, held.token, self.ttl_s)
+            elif h in in_service:
+                await self.leases.release(name, SLOT, h, held.token)
+                excluded.add(h)
+                held = None
+            else:
+                waiting = True
+                note = (
+                    f"active host {h} is out of service; a standby takes over when its activity "
+                    f"lease (token {held.token}) expires at {_clock(held.expires_at)}"
+                )
+        if held is None and not waiting:
+            candidates = (
+                [swact_to]
+                if swact_to
+                else [h for h in in_service if h not in excluded and not failed_on(h)]
+            )
+            for c in candidates:
+                held = await self.leases.acquire(name, SLOT, c, self.ttl_s)
+                if held is not None:
+                    break
+            if held is None:
+                note = "no in-service member host can take the activity"
+        desired: dict[str, tuple[str, int | None]] = {}
+        holder = held.holder if held is not None else None
+        if held is not None and holder in in_service:
+            desired[holder] = ("active", held.token)
+        others = [h for h in in_service if h not in desired]
+        kept = [h for h in others if any(i["host"] == h and i.get("role") for i in old.values())]
+        for h in (kept or others)[:1]:
+            desired[h] = ("standby", None)
+        return Decision(desired=desired, holder=holder, note=note)
+
+    async def _forget(
+        self, name: str, placement: dict[str, Any], hosts: dict[str, dict[str, Any]], now: datetime
+    ) -> None:
+        """A deleted group: remove its instances, clear its alarms, drop its placement."""
+        cmds = [
+            self._remove(i, hosts[i["host"]])
+            for i in placement["instances"]
+            if i.get("role") and hosts.get(i["host"])
+        ]
+        events = [
+            Envelope.of(alarms.clear(a, name, now), source=SOURCE)
+            for a in placement.get("alarms", [])
+        ]
+
+        async def work(session: Session) -> None:
+            await self.placements.forget(session, name)
+            await self.outbox.add_to(
+                session, [*cmds, *((e, EVENTS_EXCHANGE, None) for e in events)]
+            )
+
+        await self.db.in_transaction(work)
+        self.outbox.wake()
+
+    def _assign(
+        self, group: dict[str, Any], svc: dict[str, Any], inst: dict[str, Any], host: dict
+    ) -> Destined:
+        spec = agent_spec(group, svc)
+        if inst.get("token") is not None:
+            spec["fencing_token"] = inst["token"]
+        payload = InstanceAssign(
+            group=group["name"],
+            service=svc["name"],
+            instance_id=inst["instance_id"],
+            role=inst["role"],
+            fencing_token=inst.get("token"),
+            spec=spec,
+        )
+        env = command(payload, source=SOURCE, subject=_subject(inst), deadline_s=self.deadline_s)
+        return env, COMMANDS_EXCHANGE, agent_key(host["mgmt_mac"])
+
+    def _remove(self, inst: dict[str, Any], host: dict[str, Any]) -> Destined:
+        payload = InstanceRemove(
+            group=inst["group"], service=inst["service"], instance_id=inst["instance_id"]
+        )
+        env = command(payload, source=SOURCE, subject=_subject(inst), deadline_s=self.deadline_s)
+        return env, COMMANDS_EXCHANGE, agent_key(host["mgmt_mac"])
+
+
+def _subject(inst: dict[str, Any]) -> str:
+    return f"service-group={inst['group']}"
+
+
+def _blank(group: str, service: str, host: str) -> dict[str, Any]:
+    return {
+        "instance_id": instance_id(group, service, host),
+        "group": group,
+        "service": service,
+        "host": host,
+        "role": None,
+        "token": None,
+        "state": "initial",
+        "reason": "",
+        "assigned_at": None,
+    }
+
+
+def _brief(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    keys = ("state", "reason", "role", "fencing_token", "pid", "time")
+    return {k: report.get(k) for k in keys}
+
+
+def _clock(t: datetime | None) -> str:
+    return t.strftime("%H:%M:%S.%f")[:-3] if t else "?"
+
+
+def _healthy_standby(
+    group: dict[str, Any],
+    placement: dict[str, Any],
+    hosts: dict[str, dict[str, Any]],
+    exclude: str | None,
+) -> str | None:
+    """A host, other than ``exclude``, where every service is enabled-standby and in service."""
+    services = set(group["start_order"])
+    by_host: dict[str, set[str]] = {}
+    for i in placement["instances"]:
+        if i["state"] == "enabled-standby":
+            by_host.setdefault(i["host"], set()).add(i["service"])
+    for h in members(group, hosts):
+        if h != exclude and by_host.get(h) == services and healthy(hosts.get(h)):
+            return h
+    return None
+
+
+def _group_state(
+    model: str,
+    order: list[str],
+    in_service: list[str],
+    hosts: dict[str, dict[str, Any]],
+    instances: list[dict[str, Any]],
+    start: list[str],
+    decision: Decision,
+) -> tuple[str, str]:
+    """(state, reason): active, degraded (active, no standby), go-active, failed."""
+    if model == "n-plus-m":
+        return "failed", decision.note
+    if not in_service:
+        why = "; ".join(describe(h, hosts.get(h)) for h in order) or "no member hosts"
+        return "failed", f"no member host is in service ({why})"
+
+    def all_in(h: str, state: str) -> bool:
+        mine = [i for i in instances if i["host"] == h]
+        return len(mine) == len(start) and all(i["state"] == state for i in mine)
+
+    active = [h for h in in_service if all_in(h, "enabled-active")]
+    if model == "n":
+        if active and len(active) == len(in_service) == len(order):
+            return "active", ""
+        if active:
+            return "degraded", f"active on {len(active)} of {len(order)} member hosts"
+        return "failed", "no member host runs the group yet"
+    standby = [h for h in in_service if all_in(h, "enabled-standby")]
+    if active and standby:
+        return "active", ""
+    if active:
+        return "degraded", f"active on {active[0]}, no healthy standby"
+    failed = [i for i in instances if i["state"] == "failed" and i.get("role")]
+    if decision.holder in decision.desired and not failed:
+        return "go-active", f"starting the active instances on {decision.holder}"
+    if failed:
+        first = failed[0]
+        return "failed", f"{first['service']} on {first['host']} failed: {first['reason']}"
+    return "failed", decision.note or "no instance is active"

@@ -1,0 +1,296 @@
+"""Placement, activity and failover of the service service as a real process, with fake agents
+on the bus: active to the preferred host with the lease's fencing token, standby elsewhere;
+failover on a failed instance (bigger token) and on a failed host (only after the lease
+expired); swact exactly once, refused without a healthy standby; no placement on unknown or
+locked hosts. The instances API is read continuously: never two ``enabled-active``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from roost_shared.bus import Bus
+from roost_shared.catalog import HostRecord, HostStateChanged
+from roost_shared.events import Envelope, utcnow
+from tests.service.fake_agent import FakeAgent
+from tests.service.test_service_api import Listener
+from tests.support.waiting import eventually
+
+HOSTS = {"controller-0": "52:54:00:00:00:10", "controller-1": "52:54:00:00:00:11"}
+UUIDS = {h: str(uuid.uuid5(uuid.NAMESPACE_DNS, h)) for h in HOSTS}
+
+
+def group(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "redundancy": {"model": "active-standby"},
+        "members": {"hosts": ["controller-0", "controller-1"]},
+        "preferred": ["controller-1"],
+        "failure_policy": {"max_restarts": 2, "window_s": 30},
+        "services": [
+            {"name": "api", "start": ["/usr/bin/api"], "depends_on": ["db"]},
+            {"name": "db", "start": ["/usr/bin/db", "--data", "/var/db"]},
+        ],
+    }
+    body.update(changes)
+    return body
+
+
+async def learn(bus: Bus, hostname: str, states: tuple[str, str, str] | None) -> None:
+    """Tell the service about a host (config) and, if given, its states (host service)."""
+    record = HostRecord(
+        uuid=UUIDS[hostname], hostname=hostname, mgmt_mac=HOSTS[hostname], install_state="done"
+    )
+    await bus.publish([Envelope.of(record, type="config.host.added", source="roost/config")])
+    if states is not None:
+        await set_state(bus, hostname, *states)
+
+
+async def set_state(bus: Bus, hostname: str, adm: str, op: str, avail: str) -> None:
+    change = HostStateChanged(
+        uuid=UUIDS[hostname],
+        hostname=hostname,
+        from_administrative="locked",
+        from_operational="disabled",
+        from_availability="online",
+        to_administrative=adm,
+        to_operational=op,
+        to_availability=avail,
+        cause="test",
+        reason="test",
+        time=utcnow(),
+    )
+    await bus.publish([Envelope.of(change, source="roost/host")])
+
+
+IN_SERVICE = ("unlocked", "enabled", "available")
+
+
+class Watch:
+    """Reads the instances API continuously; records every read's active instances."""
+
+    def __init__(self, http: httpx.AsyncClient, name: str) -> None:
+        self.http, self.name = http, name
+        self.reads = 0
+        self.double: list[dict[str, Any]] = []
+        self.actives: list[str | None] = []
+
+    async def run(self) -> None:
+        while True:
+            r = await self.http.get(f"/v1/service-groups/{self.name}/instances")
+            body = r.json()
+            self.reads += 1
+            hosts = {i["host"] for i in body["instances"] if i["state"] == "enabled-active"}
+            if len(hosts) > 1:
+                self.double.append(body)
+            active = next(iter(hosts)) if hosts else None
+            if not self.actives or self.actives[-1] != active:
+                self.actives.append(active)
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def watching(http: httpx.AsyncClient, name: str) -> AsyncIterator[Watch]:
+    watch = Watch(http, name)
+    task = asyncio.create_task(watch.run())
+    try:
+        yield watch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert watch.reads > 10
+    assert not watch.double, f"two enabled-active instances seen: {watch.double[0]}"
+
+
+async def instances(http: httpx.AsyncClient, name: str = "gw") -> dict[str, Any]:
+    r = await http.get(f"/v1/service-groups/{name}/instances")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def roles(body: dict[str, Any]) -> dict[tuple[str, str], tuple[str | None, str]]:
+    return {(i["host"], i["service"]): (i["role"], i["state"]) for i in body["instances"]}
+
+
+async def placed(stack, **env: str):
+    """The service, two in-service hosts with fake agents, group ``gw`` placed and active."""
+    svc = stack.start("service", **env)
+    bus = await stack.bus()
+    agents = {h: await FakeAgent(bus, h, mac).start() for h, mac in HOSTS.items()}
+    for h in HOSTS:
+        await learn(bus, h, IN_SERVICE)
+    return svc, bus, agents
+
+
+async def until_state(http: httpx.AsyncClient, state: str, within: float = 10.0) -> dict:
+    async def probe() -> dict | None:
+        body = await instances(http)
+        return body if body["state"] == state else None
+
+    return await eventually(probe, timeout=within, what=f"group state {state}")
+
+
+async def test_placement_then_failover_on_failed_instance(stack):
+    svc, bus, agents = await placed(stack)
+    alarms = await Listener.on(bus, "fault.alarm.*")
+    c0, c1 = agents["controller-0"], agents["controller-1"]
+    async with svc.client(stack.tokens.admin) as http:
+        await eventually(
+            lambda: _hosts_known(http), timeout=10, what="hosts learnt (a group to place)"
+        )
+        assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
+        async with watching(http, "gw") as watch:
+            body = await until_state(http, "active")
+            # Active on the preferred host with the lease's token, services in start order.
+            assert body["active_host"] == "controller-1"
+            first = [c["data"] for c in c1.assigns("active")]
+            assert [a["service"] for a in first] == ["db", "api"]
+            lease = (await http.get("/v1/service-groups/gw/leases")).json()["leases"][0]
+            assert lease["holder"] == "controller-1"
+            assert {a["fencing_token"] for a in first} == {lease["token"]}
+            assert first[0]["spec"]["argv"] == ["/usr/bin/db", "--data", "/var/db"]
+            assert first[0]["spec"]["fencing_token"] == lease["token"]
+            assert first[0]["spec"]["restart"]["max_restarts"] == 2
+            standby = [c["data"] for c in c0.assigns()]
+            assert [(a["service"], a["role"], a.get("fencing_token")) for a in standby] == [
+                ("db", "standby", None),
+                ("api", "standby", None),
+            ]
+            assert roles(body)[("controller-1", "api")] == ("active", "enabled-active")
+            assert roles(body)[("controller-0", "db")] == ("standby", "enabled-standby")
+            assert (await http.get("/v1/service-groups/gw")).json()["state"] == "active"
+
+            # The active db exhausts its restarts: the standby takes over with a bigger token.
+            await c1.report("gw.db.controller-1", "failed", "restarts exhausted")
+            body = await eventually(
+                lambda: _active_on(http, "controller-0"), timeout=10, what="failover"
+            )
+            new = [c["data"] for c in c0.assigns("active")]
+            assert len(new) == 2 and {a["fencing_token"] for a in new} == {lease["token"] + 1}
+            # The old active is told to be standby (token None), and becomes it.
+            assert [c["data"]["role"] for c in c1.assigns()][-2:] == ["standby", "standby"]
+            await until_state(http, "active")
+        assert watch.actives[-2:] == ["controller-1", "controller-0"] or watch.actives[-3:] == [
+            "controller-1",
+            None,
+            "controller-0",
+        ]
+    # Going through a moment without an active raised 400.001 and cleared it.
+    set_ids = [e["data"]["alarm_id"] for e in alarms.of("fault.alarm.set")]
+    assert all(e["data"]["entity_instance_id"] == "service_group=gw" for e in alarms.got)
+    assert set(set_ids) <= {"400.001", "400.002"}
+
+
+async def test_host_failure_takes_over_only_after_lease_expiry(stack):
+    svc, bus, agents = await placed(stack)
+    async with svc.client(stack.tokens.admin) as http:
+        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
+        async with watching(http, "gw"):
+            await until_state(http, "active")
+            agents["controller-1"].frozen = True
+            await set_state(bus, "controller-1", "unlocked", "disabled", "failed")
+            # Renewal stops with the failure; the last renewal's expiry bounds the takeover.
+            body = await eventually(
+                lambda: _state_is(http, "failed"), timeout=5, what="active host failed"
+            )
+            assert "expires at" in body["state_reason"], body
+            lease = (await http.get("/v1/service-groups/gw/leases")).json()["leases"][0]
+            expires = datetime.fromisoformat(lease["expires_at"]).replace(tzinfo=UTC)
+            await eventually(lambda: _active_on(http, "controller-0"), timeout=10, what="takeover")
+            taken = agents["controller-0"].assigns("active")
+            assert len(taken) == 2
+            assert {c["data"]["fencing_token"] for c in taken} == {lease["token"] + 1}
+            assert min(c["received_at"] for c in taken) >= expires.timestamp()
+            body = await until_state(http, "degraded")
+            assert roles(body)[("controller-1", "db")] == (None, "failed")
+
+
+async def test_swact_switches_once_and_is_refused_without_standby(stack):
+    svc, bus, agents = await placed(stack)
+    alarms = await Listener.on(bus, "fault.alarm.*")
+    c0, c1 = agents["controller-0"], agents["controller-1"]
+    async with (
+        svc.client(stack.tokens.admin) as http,
+        svc.client(stack.tokens.reader) as ro,
+    ):
+        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
+        async with watching(http, "gw") as watch:
+            await until_state(http, "active")
+            assert (await ro.post("/v1/service-groups/gw/swact")).status_code == 403
+            token = (await http.get("/v1/service-groups/gw/leases")).json()["leases"][0]["token"]
+            r = await http.post("/v1/service-groups/gw/swact")
+            assert r.status_code == 200, r.text
+            await eventually(lambda: _active_on(http, "controller-0"), timeout=10, what="swact")
+            await until_state(http, "active")
+            assert len(c0.assigns("active")) == 2  # db, api: one switch
+            assert {c["data"]["fencing_token"] for c in c0.assigns("active")} == {token + 1}
+            assert len(c1.assigns("active")) == 2  # only the first placement
+            lease = (await http.get("/v1/service-groups/gw/leases")).json()["leases"][0]
+            assert lease["holder"] == "controller-0" and lease["token"] == token + 1
+
+            # The standby (now controller-1) fails: no healthy standby, swact refused.
+            await c1.report("gw.db.controller-1", "failed", "restarts exhausted")
+            body = await until_state(http, "degraded")
+            assert "no healthy standby" in body["state_reason"]
+            r = await http.post("/v1/service-groups/gw/swact")
+            assert r.status_code == 409 and "no healthy standby" in r.json()["detail"], r.text
+        assert [a for a in watch.actives if a] == ["controller-1", "controller-0"]
+    await eventually(
+        lambda: _alarm(alarms, "400.002"), timeout=10, what="400.002 loss of redundancy"
+    )
+
+
+async def test_unknown_or_locked_hosts_are_not_placed(stack):
+    svc = stack.start("service")
+    bus = await stack.bus()
+    agents = {h: await FakeAgent(bus, h, mac).start() for h, mac in HOSTS.items()}
+    await learn(bus, "controller-0", ("locked", "disabled", "online"))
+    alarms = await Listener.on(bus, "fault.alarm.*")
+    async with svc.client(stack.tokens.admin) as http:
+        await eventually(lambda: _hosts_known(http, 1), timeout=10, what="host learnt")
+        assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
+        body = await until_state(http, "failed")
+        reason = body["state_reason"]
+        assert "controller-0 is locked-disabled-online" in reason, reason
+        assert "controller-1 is unknown" in reason, reason
+        assert {i["state"] for i in body["instances"]} == {"disabled"}
+        assert (await http.get("/v1/service-groups/gw")).json()["state"] == "failed"
+        r = await http.post("/v1/service-groups/gw/swact")
+        assert r.status_code == 409
+        await eventually(lambda: _alarm(alarms, "400.001"), timeout=10, what="400.001")
+    assert all(not a.assigns() for a in agents.values())
+
+
+async def _hosts_known(http: httpx.AsyncClient, n: int = 2) -> bool:
+    # A scratch group shows what the service knows: its failure reason names each host.
+    r = await http.put("/v1/service-groups/probe", json=group(preferred=[]))
+    assert r.status_code in (200, 201), r.text
+    body = await instances(http, "probe")
+    known = [i for i in body["instances"] if "unknown" not in i["reason"]]
+    if len({i["host"] for i in known}) >= n:
+        assert (await http.delete("/v1/service-groups/probe")).status_code == 204
+        return True
+    return False
+
+
+async def _active_on(http: httpx.AsyncClient, host: str) -> dict | None:
+    body = await instances(http)
+    mine = [i for i in body["instances"] if i["host"] == host]
+    return body if mine and all(i["state"] == "enabled-active" for i in mine) else None
+
+
+async def _state_is(http: httpx.AsyncClient, state: str) -> dict | None:
+    body = await instances(http)
+    return body if body["state"] == state else None
+
+
+async def _alarm(listener: Listener, alarm_id: str) -> bool:
+    return any(e["data"]["alarm_id"] == alarm_id for e in listener.of("fault.alarm.set"))
