@@ -43,7 +43,7 @@ from roost_shared.events import Envelope
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
 from roost_sim.embedded_db import embedded_db, url_for
-from roost_sim.ports import free_port
+from roost_sim.ports import free_port, free_udp_port
 from roost_sim.processes import ManagedProcess, http_ready, python_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support.nft
@@ -161,7 +161,7 @@ class Site:
         self.n = n
         self.tmp = tmp
         self.bus = bus
-        self.hb_port = free_port()
+        self.hb_port = free_udp_port()
         self.port = free_port()
         self.fleet: asyncio.subprocess.Process | None = None
         db = f"roost_host_bench_{n}_{uuid.uuid4().hex[:6]}"

@@ -13,7 +13,7 @@ import pytest
 from roost_shared.bus import Bus
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
-from roost_sim.ports import free_port
+from roost_sim.ports import free_udp_port
 from tests.support import nft
 from tests.support.stack import ServiceUnderTest, Tokens, Vhost, start_database
 
@@ -73,7 +73,7 @@ class Stack:
         db = database or f"roost_{name}_{uuid.uuid4().hex[:8]}"
         if name == "host":
             # Its own heartbeat port: never the all-in-one 8199 a `make run` may hold.
-            env.setdefault("ROOST_HEARTBEAT_PORT", str(free_port()))
+            env.setdefault("ROOST_HEARTBEAT_PORT", str(free_udp_port()))
         svc = ServiceUnderTest(
             name,
             {

@@ -164,17 +164,19 @@ async def test_a_frozen_host_is_fenced_power_cycled_and_back_available(site: Sit
         assert alarm["severity"] == "critical"
 
         await _where(http, "worker-0", lambda d: d["availability"] == "available", "recovered", 60)
-        reasons = [e["reason"] for e in await _timeline(http, "worker-0")]
-        story = reasons[reasons.index("heartbeat-lost") :]
-        assert story == [
-            "heartbeat-lost",
+        entries = await _timeline(http, "worker-0")
+        reasons = [e["reason"] for e in entries]
+        first = next(i for i, r in enumerate(reasons) if r.startswith("heartbeat-lost"))
+        # The BMC confirms within a second ("heartbeat-lost", power on); on a loaded machine
+        # its first login may take longer ("heartbeat-lost-bmc-unconfirmed"): failed either way.
+        assert reasons[first] in ("heartbeat-lost", "heartbeat-lost-bmc-unconfirmed"), reasons
+        assert "BMC" in entries[first]["cause"]
+        assert reasons[first + 1 :] == [
             "recovery-fenced",
             "recovery-power-on",
             "recovery-host-returned",
             "intest-passed",
         ], reasons
-        lost = [e for e in await _timeline(http, "worker-0") if e["reason"] == "heartbeat-lost"]
-        assert "BMC answers and reports power on" in lost[0]["cause"]
         await eventually(lambda: _cleared(fault), what="200.004 cleared")
         assert _power_events(site, "worker-0")[-2:] == ["off", "on"]
         # The controller was never touched.

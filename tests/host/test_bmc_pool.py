@@ -160,3 +160,29 @@ def test_target_of_decrypts_only_with_the_site_key(tmp_path: Path) -> None:
     with pytest.raises(BmcError) as caught:
         target_of(doc, Vault(Fernet.generate_key()))
     assert caught.value.kind == "auth"
+
+
+async def test_bulk_read_answers_per_bmc_and_feeds_the_breakers(sim: SimProcess, pool_and_metrics):
+    pool, _ = pool_and_metrics
+    ok_a, ok_b, wrong, silent = (target(p) for p in sim.ports)
+    wrong = target(sim.ports[2], password="not-the-password")
+    sim.post(f"/bmcs/{sim.ports[3]}/faults", {"unreachable": True})
+    try:
+        started = time.monotonic()
+        got = await pool.power_states([ok_a, ok_b, wrong, silent], timeout_s=2.0)
+        assert time.monotonic() - started < 4.0  # bounded by its timeout, not by retries
+        assert got[ok_a.key] == "on" and got[ok_b.key] == "on"
+        assert isinstance(got[wrong.key], BmcError) and got[wrong.key].kind == "auth"
+        assert isinstance(got[silent.key], BmcError)
+        assert got[silent.key].kind in ("unreachable", "timeout")
+        # Single calls and later bulk reads go on working beside each other.
+        assert await pool.power_state(ok_a) == "on"
+        again = await pool.power_states([ok_a, ok_b], timeout_s=2.0)
+        assert again == {ok_a.key: "on", ok_b.key: "on"}
+        # Breakers count bulk failures like single ones (breaker_failures = 2 here).
+        await pool.power_states([silent], timeout_s=1.0)
+        assert pool.breaker(silent) == "open"
+        got = await pool.power_states([silent], timeout_s=1.0)
+        assert got[silent.key].kind == "circuit-open"  # type: ignore[union-attr]
+    finally:
+        sim.post(f"/bmcs/{sim.ports[3]}/faults", {"unreachable": False})

@@ -279,6 +279,49 @@ class BmcPool:
 
         return await self._call(t, "sensors", work)
 
+    async def power_states(
+        self, targets: list[BmcTarget], *, timeout_s: float | None = None
+    ) -> dict[str, str | BmcError]:
+        """The power state of many BMCs at once, by ``BmcTarget.key``: ``on``/``off`` or the
+        :class:`BmcError` of that BMC (``circuit-open`` for BMCs whose breaker is open).
+
+        One pool thread drives every session through pyghmi's own event loop with callbacks:
+        logins and commands to all BMCs are in flight together and no thread hop is paid per
+        BMC (the per-call path costs ~2 ms of Python each, a thousand of them ~2 s; this one
+        reads 1,000 BMCs on warm sessions in ~0.1 s, bench/bmc_poll.py). No retries: a poll
+        is repeated anyway; failures count toward each BMC's breaker like single calls."""
+        timeout_s = timeout_s or self.timeout_s
+        started = time.monotonic()
+        results: dict[str, str | BmcError] = {}
+        admitted: list[BmcTarget] = []
+        for t in targets:
+            if self._bmc(t).breaker.admit(started):
+                admitted.append(t)
+            else:
+                results[t.key] = BmcError("circuit-open", f"BMC {t.key} failed repeatedly")
+        if admitted:
+            await self._total.acquire()
+            try:
+                loop = asyncio.get_running_loop()
+                read = await loop.run_in_executor(
+                    self._executor, _read_power_states, admitted, timeout_s
+                )
+            finally:
+                self._total.release()
+            results.update(read)
+        now = time.monotonic()
+        for t in admitted:
+            outcome = results[t.key]
+            breaker = self._bmc(t).breaker
+            if isinstance(outcome, BmcError):
+                if outcome.kind in BREAKER_COUNTS and breaker.failure(now) and self._opens:
+                    self._opens.inc()
+                self._count("power_state_bulk", outcome.kind, started)
+            else:
+                breaker.success()
+                self._count("power_state_bulk", "ok", started)
+        return results
+
     def breaker(self, t: BmcTarget) -> str:
         """``closed`` | ``open`` | ``half-open`` for this BMC."""
         bmc = self._bmcs.get(t.key)
@@ -446,6 +489,91 @@ def _break(session: Any) -> None:
         session._mark_broken("abandoned after a timeout")
     except Exception:  # best effort: the thread then ends on pyghmi's own timeout
         log.debug("could not break an abandoned IPMI session", exc_info=True)
+
+
+#: Logins a bulk read keeps in flight at once.
+LOGIN_WINDOW = 128
+
+
+def _read_power_states(targets: list[BmcTarget], timeout_s: float) -> dict[str, str | BmcError]:
+    """In one pool thread: Get Chassis Status from every BMC through pyghmi's callback API.
+
+    Its sessions are its own (see the ``kg`` note below) and stay alive between reads (pyghmi
+    keeps them alive), so the next bulk read needs no login. The rule of pyghmi's callback
+    API: whoever passes a callback clears ``incommand`` and wakes ``evq``."""
+    from pyghmi.ipmi.private.session import Session
+
+    results: dict[str, str | BmcError] = {}
+    sessions: dict[str, Any] = {}
+
+    def logged_on(key: str) -> Callable[[Any], None]:
+        def done(response: Any) -> None:
+            if isinstance(response, dict) and response.get("error"):
+                results.setdefault(key, classify(Exception(response["error"])))
+
+        return done
+
+    def answered(key: str, session: Any) -> Callable[[Any], None]:
+        def done(response: Any) -> None:
+            session.incommand = False
+            while session.evq:
+                session.evq.popleft().set()
+            if not isinstance(response, dict) or response.get("error") or not response.get("data"):
+                error = response.get("error") if isinstance(response, dict) else response
+                results[key] = classify(Exception(error or "no answer"))
+            else:
+                results[key] = "on" if response["data"][0] & 1 else "off"
+
+        return done
+
+    waiting = list(reversed(targets))
+    unsent: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(results) < len(targets) and time.monotonic() < deadline:
+        # Logins in flight are bounded: a thousand at once overflow a BMC simulator's (or a
+        # management switch's) buffers, and pyghmi retransmits a lost login only after ~1 s.
+        logging_in = sum(1 for k in unsent if not sessions[k].logged)
+        while waiting and logging_in < LOGIN_WINDOW:
+            t = waiting.pop()
+            try:
+                # kg=password is what the BMC uses when no BMC key is set (IPMI 2.0 K_G
+                # defaults to K_UID, and pyghmi does the same with kg=None), so nothing changes
+                # on the wire; it keeps these sessions apart from the ones single calls use
+                # (pyghmi shares a session per (bmc, user, password, kg)): a session driven
+                # synchronously by a Command does not hand callback answers back.
+                session = Session(
+                    t.address,
+                    t.username.encode(),
+                    t.password,
+                    port=t.port,
+                    kg=t.password,
+                    onlogon=logged_on(t.key),
+                )
+            except Exception as exc:
+                results[t.key] = classify(exc)
+                continue
+            sessions[t.key] = session
+            unsent.add(t.key)
+            logging_in += 0 if session.logged else 1
+        for key in list(unsent):
+            session = sessions[key]
+            if key in results:
+                unsent.discard(key)
+            elif session.logged and not session._isincommand():
+                unsent.discard(key)
+                try:
+                    session.raw_command(netfn=0, command=1, callback=answered(key, session))
+                except Exception as exc:
+                    results[key] = classify(exc)
+        Session.wait_for_rsp(timeout=0.01)
+    for t in targets:
+        if t.key not in results:
+            kind = "unreachable" if t.key in unsent or t.key not in sessions else "timeout"
+            results[t.key] = BmcError(kind, f"BMC {t.key} did not answer within {timeout_s:g}s")
+            session = sessions.get(t.key)
+            if session is not None and t.key not in unsent:
+                _break(session)  # its command is still out: do not leave it "in command"
+    return results
 
 
 def _set_power(command: Any, state: str) -> str:
