@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,30 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, report, result
 
 from roost_host.bmc import BmcError, BmcPool, BmcTarget
+from roost_sim.ports import udp_port_block
 
 COUNT = 1000
 USER, PASSWORD = "admin", "bench-pass"
 ROUNDS = 3
 MAX_TOTAL = int(__import__("os").environ.get("BENCH_BMC_CONCURRENCY", "32"))
-
-
-def udp_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free UDP ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {count} free UDP ports")
 
 
 def start_bmcs(first: int) -> subprocess.Popen[str]:

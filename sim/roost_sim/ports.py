@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 from roost_shared.settings import EMBEDDED_DB_PORT
@@ -30,6 +31,26 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def udp_port_block(count: int, low: int = 20000, high: int = 40000) -> int:
+    """The first of ``count`` consecutive UDP ports on 127.0.0.1 that are free right now (for
+    simulated BMCs, which take one port each)."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {count} free UDP ports")
 
 
 def is_listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -20,8 +20,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from roost_sim.fleet import Fleet, FleetSupervisor
-from roost_sim.ports import free_port
-from tests.sim.conftest import udp_port_block
+from roost_sim.ports import free_port, udp_port_block
 from tests.support.nft import nft_table
 from tests.support.waiting import eventually
 
@@ -32,6 +31,9 @@ HOST_FAST = {
     "ROOST_RECOVERY_BACKOFF_S": "1",
     "ROOST_RECOVERY_BOOT_S": "30",
     "ROOST_SENSOR_POLL_S": "1",
+    # A BMC back from a fault is tried again after 2 s, not the default 30 s.
+    "ROOST_BMC_BREAKER_RESET_S": "2",
+    "ROOST_BMC_TIMEOUT_S": "2",  # loopback BMCs; an unreachable one is noticed sooner
 }
 
 

@@ -9,50 +9,15 @@ import uuid
 from typing import Any
 
 import httpx
-from aio_pika.abc import AbstractIncomingMessage
 
-from roost_shared.bus import EVENTS_EXCHANGE, Bus
+from roost_shared.bus import Bus
 from roost_shared.catalog import HostRecord, Personality
 from roost_shared.events import Envelope
 from tests.config.helpers import Agent, new_mac
+from tests.support.events import Listener
 from tests.support.waiting import eventually
 
 FAST = {"ROOST_INTEST_S": "0.5", "ROOST_STEP_S": "0.3"}
-
-
-class Listener:
-    """Every event matching a pattern, on an exclusive queue of our own."""
-
-    def __init__(self) -> None:
-        self.got: list[dict[str, Any]] = []
-
-    @classmethod
-    async def on(cls, bus: Bus, *patterns: str) -> Listener:
-        assert bus.connection is not None
-        channel = await bus.connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for p in patterns:
-            await queue.bind(EVENTS_EXCHANGE, routing_key=p)
-        listener = cls()
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            listener.got.append(json.loads(message.body))
-            await message.ack()
-
-        await queue.consume(on_message)
-        return listener
-
-    async def wait_for(self, what: str, **match: Any) -> dict[str, Any]:
-        """The first event whose type and data fields equal ``match`` (``type=...`` too)."""
-        event_type = match.pop("type")
-
-        async def probe():
-            for e in self.got:
-                if e["type"] == event_type and all(e["data"].get(k) == v for k, v in match.items()):
-                    return e
-            return None
-
-        return await eventually(probe, what=what)
 
 
 def record(hostname: str | None, personality: str | None, **kw: Any) -> HostRecord:

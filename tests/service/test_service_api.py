@@ -3,43 +3,15 @@ refusals naming their fields, roles, paging, leases, and ``service.group.*`` on 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
-from aio_pika.abc import AbstractIncomingMessage
 
 from roost_service.lease import INDEXES, LeaseStore
-from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.db import Database
 from tests.service.test_service_logic import group
+from tests.support.events import Listener
 from tests.support.waiting import eventually
-
-
-class Listener:
-    """Every event matching a pattern, on an exclusive queue of our own."""
-
-    def __init__(self) -> None:
-        self.got: list[dict[str, Any]] = []
-
-    @classmethod
-    async def on(cls, bus: Bus, *patterns: str) -> Listener:
-        assert bus.connection is not None
-        channel = await bus.connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for p in patterns:
-            await queue.bind(EVENTS_EXCHANGE, routing_key=p)
-        listener = cls()
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            listener.got.append(json.loads(message.body))
-            await message.ack()
-
-        await queue.consume(on_message)
-        return listener
-
-    def of(self, event_type: str) -> list[dict[str, Any]]:
-        return [e for e in self.got if e["type"] == event_type]
 
 
 def _problem(r, status: int, field: str) -> dict[str, Any]:

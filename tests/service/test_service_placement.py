@@ -100,11 +100,16 @@ async def watching(http: httpx.AsyncClient, name: str) -> AsyncIterator[Watch]:
     task = asyncio.create_task(watch.run())
     try:
         yield watch
+        # A few more looks after the scenario ended (a fast one may take only a few reads).
+        target = watch.reads + 3
+        await eventually(
+            lambda: asyncio.sleep(0, watch.reads >= target), timeout=5, what="more reads"
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert watch.reads > 10
+    assert watch.reads >= 4
     assert not watch.double, f"two enabled-active instances seen: {watch.double[0]}"
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,27 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from roost_sim.ports import udp_port_block
+
 USER = "admin"
 PASSWORD = "s3cret-pass"
-
-
-def udp_port_block(count: int) -> int:
-    """The first of ``count`` consecutive UDP ports on 127.0.0.1 that are free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 40000 - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {count} free UDP ports")
 
 
 def ipmitool(

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from roost_sim.bmc import BmcFleet, PowerStateError, SimBmc
-from tests.sim.conftest import PASSWORD, USER, ipmitool, udp_port_block
+from roost_sim.ports import udp_port_block
+from tests.sim.conftest import PASSWORD, USER, ipmitool
 
 log = logging.getLogger(__name__)
 NO_SESSION = "Unable to establish IPMI v2 / RMCP+ session"

@@ -14,8 +14,8 @@ import pytest
 
 from roost_sim.bmc import BmcFleet
 from roost_sim.fleet import Fleet, FleetSupervisor
-from roost_sim.ports import free_port
-from tests.sim.conftest import PASSWORD, USER, ipmitool, udp_port_block
+from roost_sim.ports import free_port, udp_port_block
+from tests.sim.conftest import PASSWORD, USER, ipmitool
 from tests.support.agents import listen
 from tests.support.waiting import eventually
 
