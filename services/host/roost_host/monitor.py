@@ -68,6 +68,9 @@ FIELDS = (
     "bmc_address",
 )
 
+#: The monitor's period while no host has ever been heard.
+IDLE_TICK_S = 0.5
+
 #: Availabilities of a host that is not running: a heartbeat from before it went so is stale.
 DOWN = ("offline", "power-off", "failed")
 
@@ -134,6 +137,7 @@ class HeartbeatMonitor:
         self._busy: set[str] = set()  # host uuids with a write in flight
         self._tasks: set[asyncio.Task[Any]] = set()
         self._mnfa_raised = False
+        self._watched = 0  # hosts heard at least once, as of the last evaluation
         self._unknown = metrics.counter(
             "heartbeats_unknown", "Heartbeats from MACs of no known host (ignored)."
         )
@@ -235,7 +239,9 @@ class HeartbeatMonitor:
         await self._refresh_logged()
         refreshed = time.monotonic()
         while True:
-            await asyncio.sleep(self.tick)
+            # No host heartbeats yet (a fresh site, hosts without agents): look twice a second
+            # instead of 40 times; the first heartbeat of a host makes it count.
+            await asyncio.sleep(self.tick if self._watched else IDLE_TICK_S)
             now = time.monotonic()
             if now - refreshed > 5.0:
                 await self._refresh_logged()
@@ -257,10 +263,12 @@ class HeartbeatMonitor:
         silent: list[Tracked] = []
         held: list[Tracked] = []
         pending = False
+        watched = 0
         for tracked in self.hosts.values():
             doc = tracked.doc
             if not doc.get("heartbeat_seen"):
                 continue
+            watched += 1
             live = tracked.live
             # Fast path: heard on UDP lately and on the bus lately, nothing flagged.
             if (
@@ -274,18 +282,18 @@ class HeartbeatMonitor:
             if a.udp_suspected:
                 self._udp_suspicions.inc()
             state = State.of(doc)
-            watched = logic.monitored(state)
+            in_service = logic.monitored(state)
             if a.probe_due and self.probe is not None:
                 # A host already failed or offline is probed once a second, not per tick: its
                 # UDP heartbeats tell when it is back.
-                if watched or live.probe_sent is None or now - live.probe_sent >= 1.0:
+                if in_service or live.probe_sent is None or now - live.probe_sent >= 1.0:
                     self._send_probe(tracked, now)
             if a.pending:
                 pending = True
             if tracked.flags[1]:
                 held.append(tracked)
             if a.silent:
-                if watched and not tracked.flags[1] and now >= tracked.grace_until:
+                if in_service and not tracked.flags[1] and now >= tracked.grace_until:
                     silent.append(tracked)
                 elif state.administrative is Administrative.locked:
                     self._locked_silent(tracked, state)
@@ -301,8 +309,9 @@ class HeartbeatMonitor:
                     self._write(tracked, "online", lambda s, u: self.ops.heard_again(s, u))
                 continue
             lost = [p for p, lost in (("udp", a.udp_lost), ("bus", a.bus_lost)) if lost]
-            if watched and (tuple(lost), False) != tracked.flags:
+            if in_service and (tuple(lost), False) != tracked.flags:
                 self._degrade(tracked, lost, held=False)
+        self._watched = watched
         self._decide(silent, held, pending, now)
 
     def _decide(

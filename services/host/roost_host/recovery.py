@@ -89,8 +89,11 @@ class RecoveryRunner:
     async def run(self) -> None:
         while True:
             self._wake.clear()
+            # Phases fall due on the clock: look every 0.1 s while a host is recovering, and
+            # otherwise only when woken (a failure) or once a second.
+            period = 0.1 if self.monitor.recovering else 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.1)
+                await asyncio.wait_for(self._wake.wait(), period)
             try:
                 self.run_once(utcnow())
             except Exception:
