@@ -25,7 +25,7 @@ class HostSettings(RoostSettings, KubeSettings):
         gt=0,
         le=3600,
         description="How long a reboot, reset, reinstall or power-on takes until the host is "
-        "back online (simulated in this version; later versions wait for the agent).",
+        "back online when it is simulated: a reboot, and any power step of a host without a BMC.",
     )
     step_poll_s: float = Field(
         1.0, gt=0, description="Fallback period of the timed-step runner when nothing is due."
