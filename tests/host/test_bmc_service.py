@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.host.test_host_service import Listener, publish, record, states
+from tests.host.test_host_service import record
 from tests.sim.conftest import PASSWORD, USER, SimProcess, start_sim
 from tests.support.cli import clean_env, run_cli
+from tests.support.events import Listener
+from tests.support.hosts import publish, states
 from tests.support.waiting import eventually
 
 KEY = Fernet.generate_key()

@@ -18,15 +18,9 @@ from typing import Any
 import httpx
 
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender
-from tests.host.test_host_service import (
-    Listener,
-    act,
-    host_where,
-    publish,
-    record,
-    states,
-    timeline,
-)
+from tests.host.test_host_service import record
+from tests.support.events import Listener
+from tests.support.hosts import act, host_where, publish, states, timeline
 from tests.support.nft import nft_table
 from tests.support.waiting import eventually
 

@@ -17,11 +17,10 @@ import httpx
 import pytest
 
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender
-from roost_shared.bus import Bus
 from roost_shared.catalog import HostRecord, Personality
-from roost_shared.events import Envelope
 from tests.config.helpers import new_mac
 from tests.host.fake_kube import FakeKube
+from tests.support.hosts import act, host_where, publish, timeline
 from tests.support.waiting import eventually
 
 TOKEN = "kube-test-token"
@@ -38,28 +37,6 @@ def record(hostname: str, personality: str) -> HostRecord:
         bmc_type="ipmi",
         bmc_address="10.0.0.9",
     )
-
-
-async def publish(bus: Bus, verb: str, rec: HostRecord) -> None:
-    await bus.publish([Envelope.of(rec, type=f"config.host.{verb}", source="test/config")])
-
-
-async def host_where(http: httpx.AsyncClient, ref: str, check, what: str) -> dict[str, Any]:
-    async def probe():
-        r = await http.get(f"/v1/hosts/{ref}")
-        return r.json() if r.status_code == 200 and check(r.json()) else None
-
-    return await eventually(probe, what=what)
-
-
-async def act(http: httpx.AsyncClient, ref: str, action: str, **body: Any) -> httpx.Response:
-    return await http.post(f"/v1/hosts/{ref}/actions", json={"action": action, **body})
-
-
-async def timeline(http: httpx.AsyncClient, ref: str) -> list[dict[str, Any]]:
-    r = await http.get(f"/v1/hosts/{ref}/timeline")
-    assert r.status_code == 200, r.text
-    return r.json()["timeline"]
 
 
 async def entry(http: httpx.AsyncClient, ref: str, cause: str, nth: int = 1) -> dict[str, Any]:

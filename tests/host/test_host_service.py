@@ -8,13 +8,10 @@ import json
 import uuid
 from typing import Any
 
-import httpx
-
-from roost_shared.bus import Bus
 from roost_shared.catalog import HostRecord, Personality
-from roost_shared.events import Envelope
 from tests.config.helpers import Agent, new_mac
 from tests.support.events import Listener
+from tests.support.hosts import act, host_where, publish, states, timeline
 from tests.support.waiting import eventually
 
 FAST = {"ROOST_INTEST_S": "0.5", "ROOST_STEP_S": "0.3"}
@@ -31,32 +28,6 @@ def record(hostname: str | None, personality: str | None, **kw: Any) -> HostReco
         bmc_address=kw.pop("bmc_address", "10.0.0.9"),
         **kw,
     )
-
-
-async def publish(bus: Bus, verb: str, rec: HostRecord) -> None:
-    await bus.publish([Envelope.of(rec, type=f"config.host.{verb}", source="test/config")])
-
-
-async def host_where(http: httpx.AsyncClient, ref: str, check, what: str) -> dict[str, Any]:
-    async def probe():
-        r = await http.get(f"/v1/hosts/{ref}")
-        return r.json() if r.status_code == 200 and check(r.json()) else None
-
-    return await eventually(probe, what=what)
-
-
-def states(h: dict[str, Any]) -> str:
-    return f"{h['administrative']}-{h['operational']}-{h['availability']}"
-
-
-async def act(http: httpx.AsyncClient, ref: str, action: str, **body: Any) -> httpx.Response:
-    return await http.post(f"/v1/hosts/{ref}/actions", json={"action": action, **body})
-
-
-async def timeline(http: httpx.AsyncClient, ref: str) -> list[dict[str, Any]]:
-    r = await http.get(f"/v1/hosts/{ref}/timeline")
-    assert r.status_code == 200, r.text
-    return r.json()["timeline"]
 
 
 async def test_learns_hosts_and_runs_actions_with_starlingx_rules(stack):
