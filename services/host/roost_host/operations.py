@@ -232,8 +232,7 @@ class HostOperations:
             },
         )
         await self._record(session, updated, before, t, actor, now)
-        for observe in self.observers:
-            observe(updated)
+        self._observed(updated)
         return updated
 
     # Operator actions -----------------------------------------------------------------------

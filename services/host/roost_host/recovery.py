@@ -149,10 +149,11 @@ class RecoveryRunner:
 
     async def _due(self, doc: dict[str, Any], rec: dict[str, Any]) -> None:
         phase = rec["phase"]
+        if phase in ("fence", "wait", "backoff", "power-on") and not self._can_fence(doc):
+            await self._move(doc, rec, "wait", None, "no BMC: waiting for the host to return")
+            return
         if phase in ("fence", "wait", "backoff"):
-            if not self._can_fence(doc):
-                await self._move(doc, rec, "wait", None, "no BMC: waiting for the host to return")
-            elif rec.get("attempt", 1) > self.settings.recovery_attempts:
+            if rec.get("attempt", 1) > self.settings.recovery_attempts:
                 await self._give_up(doc, rec, "no attempts left")
             elif phase == "fence":
                 await self._fence(doc, rec)
@@ -174,15 +175,11 @@ class RecoveryRunner:
         return self.power is not None and self.power.has_bmc(doc)
 
     async def _fence(self, doc: dict[str, Any], rec: dict[str, Any]) -> None:
-        if not self._can_fence(doc):
-            await self._move(
-                doc, rec, "wait", None, "no BMC to fence with: waiting for the host to return"
-            )
-            return
+        """Power off and read it back (``_due`` checked there is a BMC)."""
         assert self.power is not None
         if self.monitor.alive(doc):
             return  # heard after all: the next pass starts its in-test, no power action
-        full = await self.ops.store.by_uuid(doc["uuid"])
+        full = await self.ops.store.by_uuid(doc["uuid"])  # with its BMC credentials
         if full is None:
             return
         try:
@@ -209,9 +206,7 @@ class RecoveryRunner:
         )
 
     async def _power_on(self, doc: dict[str, Any], rec: dict[str, Any]) -> None:
-        if not self._can_fence(doc):
-            await self._move(doc, rec, "wait", None, "no BMC: waiting for the host to return")
-            return
+        """Power on (``_due`` checked there is a BMC)."""
         assert self.power is not None
         full = await self.ops.store.by_uuid(doc["uuid"])
         if full is None:
