@@ -92,7 +92,9 @@ async def test_hosts_labels_config_and_system(roost: Roost) -> None:
         roost.js("host-list"),
         roost.js("host-list", ROOST_PAGE_SIZE="1"),
         roost.js("host-list", "--limit", "1"),
-        roost.ok("host-list"),
+        # Wide enough that rich never shortens a column (random data and the note about the
+        # host service can make the rows wider than a terminal).
+        roost.ok("host-list", COLUMNS="1000"),
         roost.js("host-show", "worker-1"),
         roost.js("host-show", worker["uuid"]),
         roost.ok("host-show", "worker-1"),
@@ -103,9 +105,19 @@ async def test_hosts_labels_config_and_system(roost: Roost) -> None:
     assert {h["uuid"] for h in listed["hosts"]} == uuids
     assert {h["uuid"] for h in paged["hosts"]} == uuids  # every page, one host at a time
     assert len(limited["hosts"]) == 1
-    for text in ("worker-1", "controller-0", "provisioning", worker_mac, "192.168.204.21"):
+    # The data through JSON (never truncated); the table only for its layout.
+    by_uuid_listed = {h["uuid"]: h for h in listed["hosts"]}
+    listed_worker = by_uuid_listed[worker["uuid"]]
+    assert listed_worker["hostname"] == "worker-1"
+    assert listed_worker["mgmt_mac"] == worker_mac
+    assert listed_worker["mgmt_ip"] == "192.168.204.21"
+    assert listed_worker["install_state"] == "provisioning"
+    assert (listed_worker["config_target"], listed_worker["config_applied"]) == (1, 0)
+    assert listed_worker["config_status"] == "out-of-date"
+    assert by_uuid_listed[controller["uuid"]]["hostname"] == "controller-0"
+    for text in ("Hostname", "Mgmt MAC", "worker-1", "controller-0", "1/0 out-of-date"):
         assert text in table.out
-    assert "1/0 out-of-date" in table.out
+    assert "…" not in table.out  # nothing shortened
     assert by_name == by_uuid and by_name["location"] == "rack-1"
     assert "bmc_password_set" in shown_table.out and "rack-1" in shown_table.out
     assert config["config_target"] == 1 and config["config_applied"] == 0
