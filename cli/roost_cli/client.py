@@ -79,8 +79,24 @@ class ServiceClient:
         self, method: str, path: str, *, params: Params | None = None, json: Any = None
     ) -> Any:
         """Send one request; return the decoded JSON answer (None for an empty one)."""
+        return self.send(method, path, params=params, json=json)[1]
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Send one request (JSON, or ``content`` with its own ``headers``); return the status
+        code and the decoded JSON answer (None for an empty one)."""
         try:
-            response = self._http.request(method, path, params=params, json=json)
+            response = self._http.request(
+                method, path, params=params, json=json, content=content, headers=headers
+            )
         except httpx.TimeoutException:
             raise CliError(
                 f"the {self.service} service at {self.base_url} did not answer within "
@@ -101,9 +117,9 @@ class ServiceClient:
         if response.is_error:
             raise self._error(response)
         if response.status_code == 204 or not response.content:
-            return None
+            return response.status_code, None
         try:
-            return response.json()
+            return response.status_code, response.json()
         except ValueError:
             raise CliError(
                 f"the {self.service} service at {self.base_url} answered {method} {path} with "
@@ -111,6 +127,14 @@ class ServiceClient:
             ) from None
 
     def _error(self, response: httpx.Response) -> CliError:
+        error = self._error_of(response)
+        try:
+            error.problem = response.json()
+        except ValueError:
+            pass
+        return error
+
+    def _error_of(self, response: httpx.Response) -> CliError:
         status = response.status_code
         message = f"{status} {_problem_detail(response)}"
         if status == 401:

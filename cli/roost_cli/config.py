@@ -1,9 +1,10 @@
-"""Where the CLI finds the fault, config and host services and its API token.
+"""Where the CLI finds the fault, config, host and service services and its API token.
 
 Precedence: command-line option, then environment (``ROOST_FAULT_URL``, ``ROOST_CONFIG_URL``,
-``ROOST_HOST_URL``, ``ROOST_TOKEN``), then the credentials file (``ROOST_CREDENTIALS``, else
-``$XDG_CONFIG_HOME/roost/credentials.json``, else ``~/.config/roost/credentials.json``), which
-holds ``{"admin_token": ..., "reader_token": ...}``. One token serves every service.
+``ROOST_HOST_URL``, ``ROOST_SERVICE_URL``, ``ROOST_TOKEN``), then the credentials file
+(``ROOST_CREDENTIALS``, else ``$XDG_CONFIG_HOME/roost/credentials.json``, else
+``~/.config/roost/credentials.json``), which holds ``{"admin_token": ..., "reader_token":
+...}``. One token serves every service.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from roost_cli.errors import CliError, ExitCode
 DEFAULT_FAULT_URL = "http://127.0.0.1:8102"
 DEFAULT_CONFIG_URL = "http://127.0.0.1:8101"
 DEFAULT_HOST_URL = "http://127.0.0.1:8103"
+DEFAULT_SERVICE_URL = "http://127.0.0.1:8104"
 DEFAULT_PAGE_SIZE = 2000  # the fault API's limit_max
 
 
@@ -92,6 +94,7 @@ class Settings:
     output: OutputFormat
     config_url: str | None = None
     host_url: str | None = None
+    service_url: str | None = None
 
     def url(self) -> str:
         """The fault service's base URL (default: the all-in-one port on localhost)."""
@@ -104,6 +107,10 @@ class Settings:
     def host_service_url(self) -> str:
         """The host service's base URL (default: the all-in-one port on localhost)."""
         return _base_url(self.host_url, DEFAULT_HOST_URL, "--host-url")
+
+    def service_service_url(self) -> str:
+        """The service service's base URL (default: the all-in-one port on localhost)."""
+        return _base_url(self.service_url, DEFAULT_SERVICE_URL, "--service-url")
 
     def resolved_token(self) -> str | None:
         """``--token``/``ROOST_TOKEN``, else the credentials file, else None (the API says 401)."""

@@ -10,7 +10,7 @@ import typer
 from roost_cli.client import ServiceClient
 from roost_cli.config import OutputFormat, Settings
 
-Service = Literal["fault", "config", "host"]
+Service = Literal["fault", "config", "host", "service"]
 
 
 def settings(ctx: typer.Context) -> Settings:
@@ -28,7 +28,12 @@ def wants_json(ctx: typer.Context) -> bool:
 def client(ctx: typer.Context, service: Service) -> ServiceClient:
     """A client for ``service`` with the resolved URL and token."""
     s = settings(ctx)
-    url = {"fault": s.url, "config": s.config_service_url, "host": s.host_service_url}[service]()
+    url = {
+        "fault": s.url,
+        "config": s.config_service_url,
+        "host": s.host_service_url,
+        "service": s.service_service_url,
+    }[service]()
     http = ServiceClient(url, s.resolved_token(), service=service)
     ctx.call_on_close(http.close)
     return http

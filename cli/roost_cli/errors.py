@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -19,7 +20,11 @@ class ExitCode(IntEnum):
 class CliError(Exception):
     """A failure to report as one ``roost: error: ...`` line on stderr."""
 
-    def __init__(self, message: str, exit_code: ExitCode = ExitCode.error) -> None:
+    def __init__(
+        self, message: str, exit_code: ExitCode = ExitCode.error, *, problem: Any = None
+    ) -> None:
         super().__init__(message)
         self.message = " ".join(message.split())  # always one line
         self.exit_code = exit_code
+        #: The service's decoded error answer (problem+json), when there was one.
+        self.problem = problem
