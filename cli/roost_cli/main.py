@@ -1,6 +1,7 @@
 """The ``roost`` command: typer commands over the fault service's v1 API (host and system
 commands over the config service are in ``hosts.py``, host actions and timelines over the host
-service in ``host_actions.py``, ``roost sim`` in ``sim.py``).
+service in ``host_actions.py``, HA service groups over the service service in ``sm.py``,
+``roost sim`` in ``sim.py``).
 
 ``app`` is the entry point: it runs the typer application and turns every failure into one
 ``roost: error: ...`` line on stderr with a non-zero exit code (see cli/README.md).
@@ -15,14 +16,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import context, host_actions, host_bmc, hosts, render, sim
+from roost_cli import context, host_actions, host_bmc, hosts, render, sim, sm
 from roost_cli.client import path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
 
 cli = typer.Typer(
     name="roost",
-    help="Operate Roost: hosts and the system, alarms, the event log, suppression and webhooks.",
+    help="Operate Roost: hosts and the system, alarms, the event log, suppression, webhooks and "
+    "HA service groups.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -71,6 +73,15 @@ def _global(
             show_default=False,
         ),
     ] = None,
+    service_url: Annotated[
+        str | None,
+        typer.Option(
+            "--service-url",
+            envvar="ROOST_SERVICE_URL",
+            help="The service service, HA service groups (default: http://127.0.0.1:8104).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -88,6 +99,7 @@ def _global(
         output=output,
         config_url=config_url,
         host_url=host_url,
+        service_url=service_url,
     )
 
 
@@ -377,6 +389,7 @@ hosts.register(cli)
 host_actions.register(cli)
 host_bmc.register(cli)
 sim.register(cli)
+sm.register(cli)
 
 
 # Entry point -----------------------------------------------------------------------------------
