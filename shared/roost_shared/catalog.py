@@ -290,6 +290,21 @@ class InstanceAssign(_Strict):
     role: str = Field(description="active or standby")
     fencing_token: int | None = None
     spec: dict[str, Any]
+    lease_expires_at: datetime | None = Field(
+        None,
+        description="Active only: when the activity lease runs out unless renewed. The agent "
+        "steps the instance down (runs it as standby) before then unless a grant on the service "
+        "link (roost_shared.smlink) extends it; None: no lease watch (no link).",
+    )
+
+
+class InstanceRestart(_Strict):
+    """Command ``service.instance.restart``: restart one running instance in place (an
+    operator's ``sm-restart``); same role and token."""
+
+    group: str
+    service: str
+    instance_id: str
 
 
 class InstanceRemove(_Strict):
@@ -349,6 +364,7 @@ CATALOG: dict[str, type[BaseModel]] = {
     "config.apply": ConfigApply,
     "service.instance.assign": InstanceAssign,
     "service.instance.remove": InstanceRemove,
+    "service.instance.restart": InstanceRestart,
 }
 
 _TYPE_BY_MODEL: dict[type[BaseModel], str] = {

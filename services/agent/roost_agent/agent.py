@@ -33,6 +33,7 @@ from roost_agent.apply import Applier
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender, default_bind_ip
 from roost_agent.instances import Instances
 from roost_agent.inventory import digest, read_inventory
+from roost_agent.link import LinkClient
 from roost_agent.reports import Reporter
 from roost_agent.settings import AgentSettings
 from roost_agent.state import AgentState, write_atomic
@@ -45,6 +46,7 @@ from roost_shared.catalog import (
     InstanceAssign,
     InstanceChanged,
     InstanceRemove,
+    InstanceRestart,
     InventoryReported,
 )
 from roost_shared.commands import agent_key, expired
@@ -116,7 +118,18 @@ class Agent:
             hostname=settings.hostname,
             state_dir=settings.state_dir,
             report=self._report_instance,
+            margin_s=settings.lease_margin_s,
         )
+        self.link = LinkClient(
+            self.instances,
+            mac=settings.mgmt_mac,
+            hostname=settings.hostname,
+            addr=settings.sm_link_addr,
+            period_ms=settings.sm_link_period_ms,
+            bus_period_ms=settings.sm_link_bus_period_ms,
+            bind_ip=default_bind_ip(settings.heartbeat_bind_ip, settings.mgmt_ip),
+        )
+        self._link_started = False
         self._inventory_digest: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands = tally.counter(
@@ -141,6 +154,12 @@ class Agent:
         self.reports.start()
         self.instances.start()
 
+    async def start_link(self) -> None:
+        """Open the service link's UDP path (no broker needed). Idempotent."""
+        if not self._link_started:
+            self._link_started = True
+            await self.link.start(None)
+
     async def start(self) -> None:
         """Heartbeat, consume commands first (so nothing sent in reply to the announce is lost),
         then announce and start watching the inventory."""
@@ -150,6 +169,8 @@ class Agent:
         if self.mgmt_ip is None:
             self.mgmt_ip = await asyncio.to_thread(source_address, self.settings.amqp_url)
         await self.heartbeats.attach(await HeartbeatBus.shared(self.bus.connection))
+        await self.start_link()
+        await self.link.attach(self.bus.connection)
         await self.consumer.start()
         self.bus.connection.reconnect_callbacks.add(self._on_reconnect)
         await self.announce()
@@ -172,6 +193,7 @@ class Agent:
         # A clean stop (SIGTERM: a shutdown or reboot) is announced; a crash or power cut is not.
         await self.heartbeats.stop(announce=True)
         await self.consumer.stop()
+        await self.link.stop()
         # A clean stop ends the services too (SIGTERM, then SIGKILL): they would die with the
         # agent anyway (PR_SET_PDEATHSIG). Their assignments stay on disk for the next start.
         await self.instances.stop()
@@ -253,7 +275,7 @@ class Agent:
                 self._commands.labels(envelope.type, "expired").inc()
             elif isinstance(delivery.payload, ConfigApply):
                 await self._config_apply(envelope, delivery.payload)
-            elif isinstance(delivery.payload, InstanceAssign | InstanceRemove):
+            elif isinstance(delivery.payload, InstanceAssign | InstanceRemove | InstanceRestart):
                 await self._instance_command(envelope, delivery.payload)
             else:
                 log.warning("ignored command %s %s: not for agents", envelope.type, envelope.id)
@@ -281,7 +303,7 @@ class Agent:
         )
 
     async def _instance_command(
-        self, envelope: Envelope, command: InstanceAssign | InstanceRemove
+        self, envelope: Envelope, command: InstanceAssign | InstanceRemove | InstanceRestart
     ) -> None:
         correlationid = envelope.correlationid or envelope.id
         if isinstance(command, InstanceAssign):
@@ -293,6 +315,9 @@ class Agent:
                 command.fencing_token,
                 outcome,
             )
+        elif isinstance(command, InstanceRestart):
+            outcome = await self.instances.restart(command, correlationid)
+            log.info("restart %s: %s", command.instance_id, outcome)
         else:
             outcome = await self.instances.remove(command, correlationid)
             log.info("remove %s: %s", command.instance_id, outcome)

@@ -38,12 +38,14 @@ async def run(settings: AgentSettings) -> None:
     agent = Agent(settings, bus, tally)
     agent.start_heartbeats()  # UDP needs no broker: the host is seen alive while we connect
     agent.start_instances()  # nor do its services: they run whether the broker answers or not
+    await agent.start_link()  # nor the UDP path of the service link that keeps their leases
     connecting = asyncio.create_task(connect(bus, stop))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not connecting.done():
         connecting.cancel()
         await agent.heartbeats.stop()
+        await agent.link.stop()
         await agent.instances.stop()
         await agent.reports.close(flush_s=0)
         await bus.close()

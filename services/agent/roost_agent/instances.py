@@ -1,7 +1,8 @@
 """Service instances assigned to this host: the service service's commands wired to the monitor.
 
 * ``service.instance.assign`` (:class:`InstanceAssign`) runs one instance under
-  :mod:`roost_agent.pmon` with ``ROOST_ROLE`` and ``ROOST_FENCING_TOKEN`` in its environment:
+  :mod:`roost_agent.pmon` with ``ROOST_ROLE``, ``ROOST_FENCING_TOKEN`` and ``ROOST_HOST`` in its
+  environment:
 
   - a fencing token lower than the one the instance runs with is **stale**: refused, the
     current state re-reported with a reason that says so (a delayed or duplicated command from
@@ -21,6 +22,15 @@
   handed to ``report`` -- which must not block (the agent queues it, see
   :mod:`roost_agent.reports`).
 
+**Activity leases** (:mod:`roost_shared.smlink`): an ``active`` assignment that carries
+``lease_expires_at`` runs as active only while its lease is known to be held: the assign itself
+and every ``grant`` the service link brings (on any path) extend it; ``margin_s`` before it runs
+out unheard, the instance **steps down**: it is restarted as ``standby`` (``ROOST_ROLE=standby``,
+no fencing token), not stopped (the agent keeps its services running through a disconnection;
+only the activity is given up, because after the expiry the controller may grant it to another
+host). A later grant for the same token promotes it back. An agent restarted after its lease ran
+out (a reboot, a fence) therefore resumes its actives as standby until a grant says otherwise.
+
 Assignments are kept in ``state_dir/instances.json`` (written atomically), so a restarted agent
 first reaps what its predecessor's children left (:meth:`ProcessMonitor.reap_leftovers`) and
 then starts its instances again with the same role and token. Nothing here knows the bus: a
@@ -32,11 +42,14 @@ an agent that runs no services pays nothing for it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +57,8 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from roost_agent.state import write_atomic
-from roost_shared.catalog import InstanceAssign, InstanceChanged, InstanceRemove
+from roost_shared.catalog import InstanceAssign, InstanceChanged, InstanceRemove, InstanceRestart
+from roost_shared.smlink import Lease
 
 if TYPE_CHECKING:
     from roost_agent.pmon import ProcessMonitor, ProcessSpec, Transition
@@ -52,6 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLE_ENV = "ROOST_ROLE"
+HOST_ENV = "ROOST_HOST"  # the host's name (simulated hosts share one kernel hostname)
+#: How often held leases are checked for expiry (only while some active instance has one).
+LEASE_CHECK_S = 0.05
 INSTANCES_FILE = "instances.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -85,8 +102,20 @@ def is_stale(new: int | None, current: int | None) -> bool:
 class Instances:
     """This host's assigned instances, their processes and their reports."""
 
-    def __init__(self, *, mgmt_mac: str, hostname: str, state_dir: Path, report: Report) -> None:
+    def __init__(
+        self,
+        *,
+        mgmt_mac: str,
+        hostname: str,
+        state_dir: Path,
+        report: Report,
+        margin_s: float = 0.5,
+    ) -> None:
         self.mgmt_mac, self.hostname = mgmt_mac, hostname
+        self.margin_s = margin_s
+        self._lease_until: dict[str, float] = {}  # active instance id -> monotonic deadline
+        self._down: set[str] = set()  # actives running as standby: their lease lapsed
+        self._watch: asyncio.Task[None] | None = None
         self.state_dir = state_dir
         self._path = state_dir / INSTANCES_FILE
         self._report = report
@@ -111,16 +140,27 @@ class Instances:
         if killed:
             log.warning("killed %d process(es) left by the previous agent: %s", len(killed), killed)
         for assignment in self._assigned.values():
+            self._hold_from(assignment)
+            if self._lease_until.pop(assignment.instance_id, None) is not None:
+                # The persisted expiry may still lie ahead while the controller already gave the
+                # activity away (it does not wait for the expiry of a fenced host): a restarted
+                # agent runs it as standby until a grant for its token arrives (≤ one link
+                # period when the lease is still held).
+                self._down.add(assignment.instance_id)
             log.info(
                 "resuming %s as %s (token %s)",
                 assignment.instance_id,
-                assignment.role,
+                self._role(assignment),
                 assignment.fencing_token,
             )
             self._run(assignment, None)
 
     async def stop(self) -> None:
         """Stop every process (the agent is shutting down); assignments stay on disk."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         if self._monitor is None:
             return
         for instance_id in self._assigned:
@@ -169,7 +209,9 @@ class Instances:
             else:
                 self._send(command, "failed", reason, correlationid)
             return "invalid"
-        if running and _same(command, current):
+        was_down = key in self._down
+        self._hold_from(command, current)
+        if running and _same(command, current) and was_down == (key in self._down):
             assert current is not None
             self._report_status(current, "", correlationid)
             return "unchanged"
@@ -181,6 +223,113 @@ class Instances:
         self._save()
         self._run(command, correlationid)
         return "started" if current is None else "restarted"
+
+    async def restart(self, command: InstanceRestart, correlationid: str | None = None) -> str:
+        """Handle ``service.instance.restart``: stop and start again, same role and token."""
+        current = self._assigned.get(command.instance_id)
+        if current is None:
+            self._send(command, "stopped", "restart refused: not assigned on this host", None)
+            return "unknown"
+        if self._state(current) is not None:
+            self._notes[command.instance_id] = "restarted by the operator"
+            await self.monitor.stop(pmon_name(command.instance_id))
+            self._notes.pop(command.instance_id, None)
+        self._run(current, correlationid)
+        return "restarted"
+
+    # Activity leases ---------------------------------------------------------------------------
+
+    def grant(self, leases: Iterable[Lease]) -> None:
+        """Leases from the service link: extend each held one; promote a stepped-down active
+        whose token is granted again (a grant for another token is ignored)."""
+        for lease in leases:
+            assignment = self._assigned.get(lease.i)
+            if (
+                assignment is None
+                or assignment.role != "active"
+                or assignment.fencing_token != lease.k
+                or assignment.lease_expires_at is None
+            ):
+                continue
+            self._extend(lease.i, lease.e / 1000)
+            if lease.i in self._down and lease.i in self._lease_until:
+                self._down.discard(lease.i)
+                log.warning("%s: lease (token %s) granted again; active again", lease.i, lease.k)
+                asyncio.get_running_loop().create_task(
+                    self._restart_as(assignment, "lease granted again: active")
+                )
+
+    def holds_leases(self) -> bool:
+        """True while any assignment is watched by a lease (the link must keep talking)."""
+        return any(a.lease_expires_at is not None for a in self._assigned.values())
+
+    def _hold_from(
+        self, assignment: InstanceAssign, previous: InstanceAssign | None = None
+    ) -> None:
+        """Start watching an assignment's lease: active from its own expiry, or stepped down.
+        The same role and token as ``previous`` (a re-sent assign) keeps what grants extended."""
+        key = assignment.instance_id
+        same = previous is not None and (previous.role, previous.fencing_token) == (
+            assignment.role,
+            assignment.fencing_token,
+        )
+        if not same:
+            self._lease_until.pop(key, None)
+        self._down.discard(key)
+        if assignment.role != "active" or assignment.lease_expires_at is None:
+            self._lease_until.pop(key, None)
+            return
+        self._extend(key, assignment.lease_expires_at.timestamp())
+        if key not in self._lease_until:
+            self._down.add(key)
+            log.warning("%s: its lease has already run out; running it as standby", key)
+        self._ensure_watch()
+
+    def _extend(self, key: str, expires_epoch_s: float) -> None:
+        deadline = time.monotonic() + (expires_epoch_s - time.time()) - self.margin_s
+        if deadline > max(time.monotonic(), self._lease_until.get(key, 0.0)):
+            self._lease_until[key] = deadline
+
+    def _ensure_watch(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(
+                self._watch_leases(), name="lease-watch"
+            )
+
+    async def _watch_leases(self) -> None:
+        """Step down every active whose lease deadline passed unheard."""
+        while self._lease_until:
+            await asyncio.sleep(LEASE_CHECK_S)
+            now = time.monotonic()
+            for key, deadline in list(self._lease_until.items()):
+                if now < deadline:
+                    continue
+                del self._lease_until[key]
+                assignment = self._assigned.get(key)
+                if assignment is None or key in self._down:
+                    continue
+                self._down.add(key)
+                why = (
+                    f"stepped down: activity lease (token {assignment.fencing_token}) not "
+                    f"renewed on any path; standby until granted again"
+                )
+                log.warning("%s: %s", key, why)
+                await self._restart_as(assignment, why)
+
+    async def _restart_as(self, assignment: InstanceAssign, why: str) -> None:
+        key = assignment.instance_id
+        if self._assigned.get(key) is not assignment:
+            return  # reassigned meanwhile: the new assignment decides
+        if self._state(assignment) is not None:
+            self._notes[key] = why
+            await self.monitor.stop(pmon_name(key))
+            self._notes.pop(key, None)
+        if self._assigned.get(key) is assignment:
+            self._run(assignment, None)
+
+    def _role(self, assignment: InstanceAssign) -> str:
+        """The role the instance runs with now: standby while its lease lapsed."""
+        return "standby" if assignment.instance_id in self._down else assignment.role
 
     async def remove(self, command: InstanceRemove, correlationid: str | None = None) -> str:
         """Handle ``service.instance.remove``: stop, report ``stopped``, forget."""
@@ -200,6 +349,8 @@ class Instances:
             await self.monitor.stop(name)
         self._notes.pop(key, None)
         del self._assigned[key]
+        self._lease_until.pop(key, None)
+        self._down.discard(key)
         self._ids.pop(name, None)
         if self._monitor is not None:
             self._monitor.forget(name)
@@ -215,12 +366,14 @@ class Instances:
 
         spec = ProcessSpec.model_validate(command.spec)
         env = {k: v for k, v in (spec.env or {}).items() if k != FENCING_ENV}
-        env[ROLE_ENV] = command.role
+        down = command.instance_id in self._down
+        env[ROLE_ENV] = "standby" if down else command.role
+        env[HOST_ENV] = self.hostname
         return spec.model_copy(
             update={
                 "name": pmon_name(command.instance_id),
                 "env": env,
-                "fencing_token": command.fencing_token,
+                "fencing_token": None if down else command.fencing_token,
             }
         )
 
@@ -286,7 +439,7 @@ class Instances:
 
     def _send(
         self,
-        command: InstanceAssign | InstanceRemove,
+        command: InstanceAssign | InstanceRemove | InstanceRestart,
         state: str,
         reason: str,
         correlationid: str | None,
@@ -317,14 +470,15 @@ class Instances:
         at: datetime,
         **extra: int | None,
     ) -> InstanceChanged:
+        down = assignment.instance_id in self._down
         return InstanceChanged(
             mgmt_mac=self.mgmt_mac,
             hostname=self.hostname,
             group=assignment.group,
             service=assignment.service,
             instance_id=assignment.instance_id,
-            role=assignment.role,
-            fencing_token=assignment.fencing_token,
+            role=self._role(assignment),
+            fencing_token=None if down else assignment.fencing_token,
             state=state,
             reason=reason,
             time=at,

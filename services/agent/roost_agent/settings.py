@@ -104,6 +104,23 @@ class AgentSettings(RoostSettings):
         description="Source address of UDP heartbeats; default: mgmt_ip when it is an address "
         "of this machine (simulated hosts' 127.1.x.y), else the kernel's choice.",
     )
+    # The service link (roost_agent.link; why and the format: roost_shared.smlink).
+    sm_link_addr: str = Field(
+        "127.0.0.1:8198", description="host:port of the service service's UDP link receiver."
+    )
+    sm_link_period_ms: int = Field(
+        200, ge=20, le=10_000, description="UDP hello every this many ms while leases are held."
+    )
+    sm_link_bus_period_ms: int = Field(
+        1000, ge=100, le=60_000, description="Bus hello every this many ms while leases are held."
+    )
+    lease_margin_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="An active steps down this long before its lease runs out unrenewed (covers "
+        "clock skew between this host and the service service's).",
+    )
     heartbeat_key: SecretStr | None = Field(
         None, description="Sign heartbeats (HMAC-SHA256) with the bytes of this value."
     )

@@ -1,0 +1,173 @@
+"""The agent's end of the service link (:mod:`roost_shared.smlink`): hellos out, grants in.
+
+While this host holds any activity lease (:meth:`Instances.holds_leases`) the agent says hello
+to the service service every ``period_ms`` over UDP and every ``bus_period_ms`` over the bus;
+each grant that comes back, on either path, extends the leases it lists
+(:meth:`Instances.grant`). With no lease held it sends nothing: a host without active
+instances costs the link nothing.
+
+Both paths are independent: the UDP socket needs no broker, the bus side no UDP route; either
+one alone keeps the leases alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from aio_pika import DeliveryMode, ExchangeType, Message
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from roost_agent.heartbeat import RateLimitedLog, parse_addr
+from roost_agent.instances import Instances
+from roost_shared.smlink import (
+    HELLO_KEY,
+    LINK_TTL_MS,
+    SM_EXCHANGE,
+    BadLinkMessage,
+    Hello,
+    agent_link_key,
+    decode_grant,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Grants(asyncio.DatagramProtocol):
+    def __init__(self, link: LinkClient) -> None:
+        self.link = link
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.link.received(data, "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        self.link.udp_errors.failed(exc)
+
+
+class LinkClient:
+    """Hellos on both paths while leases are held; grants handed to :class:`Instances`."""
+
+    def __init__(
+        self,
+        instances: Instances,
+        *,
+        mac: str,
+        hostname: str,
+        addr: str,
+        period_ms: int = 200,
+        bus_period_ms: int = 1000,
+        bind_ip: str | None = None,
+    ) -> None:
+        self.instances = instances
+        self.mac, self.hostname = mac, hostname
+        self.addr = parse_addr(addr, 8198)
+        self.period_s = period_ms / 1000
+        self.bus_every = max(1, round(bus_period_ms / period_ms))
+        self.bind_ip = bind_ip
+        self.seq = 0
+        self.sent = {"udp": 0, "bus": 0}
+        self.grants = {"udp": 0, "bus": 0}
+        self.rejected = 0
+        self.udp_errors = RateLimitedLog("service link (udp)")
+        self.bus_errors = RateLimitedLog("service link (bus)")
+        self._transport: asyncio.DatagramTransport | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, connection: AbstractRobustConnection | None) -> None:
+        """Open the UDP socket (and the bus side when ``connection`` is given); start talking."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if self.bind_ip:
+            sock.bind((self.bind_ip, 0))
+        sock.setblocking(False)
+        sock.connect(self.addr)
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Grants(self), sock=sock)
+        if connection is not None:
+            await self.attach(connection)
+        self._task = loop.create_task(self._run(), name="service-link")
+
+    async def attach(self, connection: AbstractRobustConnection) -> None:
+        """The bus path: a no-confirm channel, an exclusive queue for this agent's grants."""
+        channel = await connection.channel(publisher_confirms=False)
+        self._exchange = await channel.declare_exchange(
+            SM_EXCHANGE, ExchangeType.DIRECT, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(SM_EXCHANGE, routing_key=agent_link_key(self.mac))
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            self.received(message.body, "bus")
+
+        await queue.consume(deliver, no_ack=True)
+        self._channel = channel
+
+    def received(self, data: bytes, path: str) -> None:
+        try:
+            grant = decode_grant(data)
+        except BadLinkMessage as exc:
+            self.rejected += 1
+            log.debug("ignored a malformed grant on %s: %s", path, exc)
+            return
+        self.grants[path] += 1
+        self.instances.grant(grant.leases)
+
+    async def _run(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(self.period_s)
+            if not self.instances.holds_leases():
+                continue
+            self.seq += 1
+            self._send_udp()
+            if tick % self.bus_every == 0:
+                await self._send_bus()
+            tick += 1
+
+    def _send_udp(self) -> None:
+        if self._transport is None:
+            return
+        try:
+            hello = Hello(mac=self.mac, host=self.hostname, seq=self.seq, path="udp")
+            self._transport.sendto(encode(hello))
+            self.sent["udp"] += 1
+        except OSError as exc:
+            self.udp_errors.failed(exc)
+
+    async def _send_bus(self) -> None:
+        if self._exchange is None:
+            return
+        hello = Hello(mac=self.mac, host=self.hostname, seq=self.seq, path="bus")
+        message = Message(
+            encode(hello),
+            delivery_mode=DeliveryMode.NOT_PERSISTENT,
+            expiration=LINK_TTL_MS / 1000,
+        )
+        try:
+            # A robust channel waits for a reconnect; a hello must not wait that long.
+            await asyncio.wait_for(self._exchange.publish(message, HELLO_KEY), 0.5)
+            self.sent["bus"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.bus_errors.failed(exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._transport is not None:
+            self._transport.close()
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._channel.close(), 5)
