@@ -74,6 +74,8 @@ class Stack:
         if name == "host":
             # Its own heartbeat port: never the all-in-one 8199 a `make run` may hold.
             env.setdefault("ROOST_HEARTBEAT_PORT", str(free_udp_port()))
+        if name == "service":
+            env.setdefault("ROOST_SM_LINK_PORT", str(free_udp_port()))  # not the all-in-one 8198
         svc = ServiceUnderTest(
             name,
             {

@@ -23,6 +23,8 @@ from roost_service.models import (
     InstanceCollection,
     LeaseCollection,
     LeaseView,
+    RestartAccepted,
+    RestartRequest,
     ServiceGroupCollection,
     ServiceGroupSpec,
     ServiceGroupView,
@@ -197,3 +199,42 @@ async def swact_group(c: Ctx, name: GroupName, who: Admin) -> InstanceCollection
     becomes active, the old active becomes standby. 409 with the reason without a healthy
     standby (or for a group that is not active-standby)."""
     return InstanceCollection.of(name, await c.controller.swact(name))
+
+
+HostName = Annotated[str, Path(min_length=1, max_length=255, description="A member host.")]
+
+
+@router.post("/service-groups/{name}/disable", response_model=ServiceGroupView)
+async def disable_group(c: Ctx, name: GroupName, who: Admin) -> ServiceGroupView:
+    """Disable a group: its activity lease is released and every instance removed (state
+    ``disabled``, no alarms). The declaration is kept."""
+    return ServiceGroupView.of(await c.controller.set_enabled(name, False))
+
+
+@router.post("/service-groups/{name}/enable", response_model=ServiceGroupView)
+async def enable_group(c: Ctx, name: GroupName, who: Admin) -> ServiceGroupView:
+    """Enable a disabled group: it is placed again."""
+    return ServiceGroupView.of(await c.controller.set_enabled(name, True))
+
+
+@router.post("/service-groups/{name}/members/{host}/lock", response_model=ServiceGroupView)
+async def lock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> ServiceGroupView:
+    """Leave one member host out of the group: its instances are removed; if it held the
+    activity, the standby takes over first (as in a swact). 422 if it is not a member."""
+    return ServiceGroupView.of(await c.controller.set_member_locked(name, host, True))
+
+
+@router.post("/service-groups/{name}/members/{host}/unlock", response_model=ServiceGroupView)
+async def unlock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> ServiceGroupView:
+    """Let a locked member host run the group's instances again."""
+    return ServiceGroupView.of(await c.controller.set_member_locked(name, host, False))
+
+
+@router.post("/service-groups/{name}/restart", response_model=RestartAccepted, status_code=202)
+async def restart_instance(
+    c: Ctx, name: GroupName, body: RestartRequest, who: Admin
+) -> RestartAccepted:
+    """Restart one service's instance on one host in place (same role and fencing token): the
+    agent stops it and starts it again (``service.instance.restart``). 404 if that host runs
+    no instance of it, 422 for a service the group does not have."""
+    return RestartAccepted(**await c.controller.restart(name, body.service, body.host))

@@ -15,6 +15,7 @@ from roost_service.hosts import HostBook
 from roost_service.inventory import HostInventory
 from roost_service.lease import INDEXES as LEASE_INDEXES
 from roost_service.lease import LeaseStore
+from roost_service.link import LinkServer
 from roost_service.operations import GroupOperations
 from roost_service.placements import INDEXES as PLACEMENT_INDEXES
 from roost_service.placements import PlacementStore
@@ -32,10 +33,13 @@ each field. Each activity slot has a lease with a monotonically increasing fenci
 Places `active-standby` and `n` groups on in-service member hosts (learnt from
 `config.host.*` and `host.state.changed`), grants the activity lease to one host and sends
 `service.instance.assign|remove` to the agents; fails over on a failed instance at once and on a
-failed host after the lease expired; `POST .../swact`; `GET .../instances`; alarms 400.001/002.
+failed host when the host service confirms its fence (else after the lease expired);
+`POST .../swact`, `.../restart`, `.../disable|enable`, `.../members/{host}/lock|unlock`;
+`GET .../instances`; alarms 400.001/002/005.
 
-Emits `service.group.created|updated|deleted`. Not yet: n-plus-m placement, multi-path
-messaging, the CLI."""
+The service link (UDP port 8198 and the bus) hands each agent the leases its actives hold; a
+path silent while the other works raises 400.005. Emits `service.group.created|updated|
+deleted`. Not yet: n-plus-m placement."""
 
 
 def build_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -77,10 +81,25 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             after_commit=after_commit,
         )
         platform.spawn(controller.run(), "service-controller")
+        link = LinkServer(
+            platform.bus,
+            platform.db,
+            platform.outbox,
+            controller.grants_for,
+            bind_host=settings.bind_host,
+            port=settings.sm_link_port,
+            path_timeout_s=settings.sm_link_path_timeout_s,
+        )
+        await link.start()
+        platform.spawn(link.watch(), "service-link-watch")
         app.state.service = ServiceContext(
             store, ops, leases, settings.max_body_bytes, placements, controller
         )
-        yield
+        app.state.link = link
+        try:
+            yield
+        finally:
+            await link.stop()
 
     app = create_app(
         settings,

@@ -14,14 +14,24 @@ that token). Each pass:
 2. Its instance **failed** (the agent gave up restarting) → **release** now and grant to the
    standby: the process is already stopped by its agent, so nothing waits for expiry.
 3. Its **host** is not in service (failed, locked, ...) → **do not renew**; the standby is
-   granted only after the lease has **expired**. The host service fences a failed host in the
-   meantime; a host that cannot be reached stops being renewed, so a partitioned old active
-   whose agent still obeys its last token holds a token that is already stale.
+   granted when the host service **confirms the host fenced** (``host.state.changed`` with
+   reason ``recovery-fenced``: BMC power off read back) or, without that, only after the lease
+   has **expired**. The old active's agent steps it down before the expiry when no grant
+   reaches it (:mod:`roost_agent.instances`), so a partitioned old active never overlaps the
+   new one even without a BMC.
 4. No holder → acquire for the first member host (preferred order) in service whose instances
    are not failed; the other in-service host gets ``standby``.
 
-Takeover after a host failure ≈ the host service's detection time + the lease's remaining
-TTL (≤ ``ttl_s``) + at most one pass (``ttl_s / 4``).
+Takeover after a host failure ≈ the host service's detection time + its fence (BMC power off
+and read back) + one pass; without a BMC, detection + the lease's remaining TTL (≤ ``ttl_s``).
+
+The leases held per host are published to the service link (:meth:`Controller.grants_for`,
+:mod:`roost_service.link`), which hands them to the agents on every path.
+
+Operator controls: a **disabled** group runs nothing (its lease released, its instances removed,
+state ``disabled``); a **locked member** host is left out of placement (its instances removed; an
+active there is switched away first, like a swact); ``restart`` sends the agent
+``service.instance.restart`` for one instance.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from roost_service import alarms
@@ -40,12 +50,13 @@ from roost_service.placement import agent_spec, instance_state, members
 from roost_service.placements import PlacementStore, instance_id
 from roost_service.store import GroupStore
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
-from roost_shared.catalog import InstanceAssign, InstanceRemove
+from roost_shared.catalog import InstanceAssign, InstanceRemove, InstanceRestart
 from roost_shared.commands import agent_key, command
 from roost_shared.db import Database, Session
 from roost_shared.events import Envelope
 from roost_shared.outbox import Outbox
-from roost_shared.problems import Conflict
+from roost_shared.problems import Conflict, Invalid, NotFound
+from roost_shared.smlink import Lease as LinkLease
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,7 @@ class Decision:
     desired: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     holder: str | None = None
     note: str = ""
+    expires_at: datetime | None = None
 
 
 @dataclass
@@ -74,6 +86,12 @@ class Controller:
     deadline_s: float = 30.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # group -> (holder host, its leases): what the service link grants (rebuilt every pass).
+    _grants: dict[str, tuple[str, list[LinkLease]]] = field(default_factory=dict)
+
+    def grants_for(self, host: str) -> list[LinkLease]:
+        """The activity leases ``host`` holds now (for the service link's grants)."""
+        return [lease for h, leases in self._grants.values() if h == host for lease in leases]
 
     def wake(self) -> None:
         """Ask for a pass soon (after a commit that changed what the controller reads)."""
@@ -122,6 +140,64 @@ class Controller:
             await self._reconcile(name, swact_to=target)
             return await self.placements.find(name) or {}
 
+    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        """Enable or disable a group (a disabled group runs nothing); the group document."""
+        return await self._admin(name, {"admin": "enabled" if enabled else "disabled"})
+
+    async def set_member_locked(self, name: str, host: str, locked: bool) -> dict[str, Any]:
+        """Lock (leave out of placement) or unlock one member host of a group."""
+        async with self._lock:
+            group = await self.groups.get(name)
+            if host not in members(group, await self.hosts.by_name()):
+                raise Invalid(
+                    field="path.host",
+                    field_name="host",
+                    reason=f"{host} is not a member host of service group {name}",
+                )
+        op = "$addToSet" if locked else "$pull"
+        return await self._admin(name, None, {op: {"locked_members": host}})
+
+    async def _admin(
+        self, name: str, fields: dict[str, Any] | None, update: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        async with self._lock:
+            await self.groups.get(name)
+            change = dict(update or {})
+            if fields:
+                change["$set"] = fields
+            await self.groups.groups.update_one({"name": name}, change)
+            await self._reconcile(name)
+            return await self.groups.get(name)
+
+    async def restart(self, name: str, service: str, host: str) -> dict[str, Any]:
+        """Restart one instance in place (``service.instance.restart`` to its agent)."""
+        async with self._lock:
+            group = await self.groups.get(name)
+            if service not in group["start_order"]:
+                raise Invalid(
+                    field="body.service",
+                    field_name="service",
+                    reason=f"service group {name} has no service {service!r}",
+                )
+            placement = await self.placements.find(name) or {"instances": []}
+            iid = instance_id(name, service, host)
+            inst = next((i for i in placement["instances"] if i["instance_id"] == iid), None)
+            hosts = await self.hosts.by_name()
+            if inst is None or not inst.get("role") or host not in hosts:
+                raise NotFound(kind="Instance", id=iid, field="body.host")
+            payload = InstanceRestart(group=name, service=service, instance_id=iid)
+            env = command(
+                payload, source=SOURCE, subject=_subject(inst), deadline_s=self.deadline_s
+            )
+            cmd: Destined = (env, COMMANDS_EXCHANGE, agent_key(hosts[host]["mgmt_mac"]))
+
+            async def work(session: Session) -> None:
+                await self.outbox.add_to(session, [cmd])
+
+            await self.db.in_transaction(work)
+            self.outbox.wake()
+            return {"instance_id": iid, "host": host, "service": service, "command": env.id}
+
     # -- one group --------------------------------------------------------------------------
 
     async def _reconcile(self, name: str, swact_to: str | None = None) -> None:
@@ -136,7 +212,11 @@ class Controller:
         reports = await self.placements.reports_of(name)
         order = members(group, hosts)
         start = group["start_order"]
-        in_service = [h for h in order if healthy(hosts.get(h))]
+        locked = set(group.get("locked_members") or [])
+        disabled = group.get("admin") == "disabled"
+        in_service = [
+            h for h in order if healthy(hosts.get(h)) and h not in locked and not disabled
+        ]
 
         def current(h: str, svc: str) -> dict[str, Any]:
             iid = instance_id(name, svc, h)
@@ -150,8 +230,10 @@ class Controller:
             )
 
         model = group["redundancy"]["model"]
-        if model == "active-standby":
-            decision = await self._activity(name, in_service, failed_on, old, swact_to)
+        if disabled:
+            decision = await self._release(name, "the group is disabled")
+        elif model == "active-standby":
+            decision = await self._activity(name, in_service, failed_on, old, swact_to, hosts)
         elif model == "n":
             decision = Decision(desired={h: ("active", None) for h in in_service})
         else:
@@ -159,6 +241,22 @@ class Controller:
 
         services = {s["name"]: s for s in group["services"]}
         involved = order + sorted({i["host"] for i in old.values()} - set(order))
+        # Go-standby before go-active (sm's order): while an in-service host other than the new
+        # holder still reports an active process, the holder's active assign waits (the report
+        # of its step-down wakes the next pass). A failed or fenced host is not waited for.
+        still_active = {
+            h
+            for h in involved
+            if model == "active-standby"
+            and h != decision.holder
+            and healthy(hosts.get(h))
+            and any(
+                (r := reports.get(instance_id(name, svc, h))) is not None
+                and r.get("role") == "active"
+                and r.get("state") not in ("stopped", "failed")
+                for svc in start
+            )
+        }
         instances: list[dict[str, Any]] = []
         removes: list[Destined] = []
         standby_cmds: list[Destined] = []
@@ -168,12 +266,15 @@ class Controller:
             for svc in start:
                 inst = current(h, svc)
                 want = decision.desired.get(h)
-                if want is not None and host is not None:
+                if want is not None and want[0] == "active" and still_active:
+                    pass  # keep what it runs until the old active has stepped down
+                elif want is not None and host is not None:
                     if (inst.get("role"), inst.get("token")) != want or inst["state"] == "initial":
                         inst["role"], inst["token"] = want
                         inst["assigned_at"] = now
                         out = active_cmds if want[0] == "active" else standby_cmds
-                        out.append(self._assign(group, services[svc], inst, host))
+                        expires = decision.expires_at if want[0] == "active" else None
+                        out.append(self._assign(group, services[svc], inst, host, expires))
                 elif inst.get("role") is not None:
                     if host is not None and host.get("availability") != "failed":
                         removes.append(self._remove(inst, host))
@@ -192,6 +293,11 @@ class Controller:
                 instances.append(inst)
 
         state, reason = _group_state(model, order, in_service, hosts, instances, start, decision)
+        if disabled:
+            state, reason = "disabled", "disabled by the operator"
+        elif locked and state != "active":
+            reason += f" (locked members: {', '.join(sorted(locked))})"
+        self._publish_grants(name, start, decision)
         wanted = alarms.wanted(state)
         raised = set(placement.get("alarms", []))
         events: list[Envelope] = [
@@ -235,6 +341,7 @@ class Controller:
         failed_on: Any,
         old: dict[str, dict[str, Any]],
         swact_to: str | None,
+        hosts: dict[str, dict[str, Any]],
     ) -> Decision:
         """The lease decision of an active-standby group (see the module docstring)."""
         lease: Lease | None = await self.leases.current(name, SLOT)
@@ -254,6 +361,16 @@ class Controller:
                 await self.leases.release(name, SLOT, h, held.token)
                 excluded.add(h)
                 held = None
+            elif (hosts.get(h) or {}).get("fenced") or (
+                healthy(hosts.get(h)) and h not in in_service
+            ):
+                # Fenced through its BMC (nothing runs there any more), or healthy but locked
+                # out of the group / the group disabled (its agent is told to stop): no need to
+                # wait for the expiry.
+                await self.leases.release(name, SLOT, h, held.token)
+                excluded.add(h)
+                held = None
+                log.warning("group %s: active host %s is out of the group; taking over", name, h)
             else:
                 waiting = True
                 note = (
@@ -280,12 +397,34 @@ class Controller:
         kept = [h for h in others if any(i["host"] == h and i.get("role") for i in old.values())]
         for h in (kept or others)[:1]:
             desired[h] = ("standby", None)
-        return Decision(desired=desired, holder=holder, note=note)
+        expires = held.expires_at if held is not None else None
+        return Decision(desired=desired, holder=holder, note=note, expires_at=expires)
+
+    async def _release(self, name: str, why: str) -> Decision:
+        """Give the activity up (a disabled group)."""
+        lease = await self.leases.current(name, SLOT)
+        if lease is not None and lease.held_at(self.leases.clock()):
+            await self.leases.release(name, SLOT, lease.holder or "", lease.token)
+        return Decision(note=why)
+
+    def _publish_grants(self, name: str, start: list[str], decision: Decision) -> None:
+        holder = decision.holder
+        want = decision.desired.get(holder or "")
+        if holder is None or want is None or want[0] != "active" or decision.expires_at is None:
+            self._grants.pop(name, None)
+            return
+        expires_ms = int(decision.expires_at.replace(tzinfo=UTC).timestamp() * 1000)
+        token = want[1] or 0
+        self._grants[name] = (
+            holder,
+            [LinkLease(i=instance_id(name, s, holder), k=token, e=expires_ms) for s in start],
+        )
 
     async def _forget(
         self, name: str, placement: dict[str, Any], hosts: dict[str, dict[str, Any]], now: datetime
     ) -> None:
         """A deleted group: remove its instances, clear its alarms, drop its placement."""
+        self._grants.pop(name, None)
         cmds = [
             self._remove(i, hosts[i["host"]])
             for i in placement["instances"]
@@ -306,7 +445,12 @@ class Controller:
         self.outbox.wake()
 
     def _assign(
-        self, group: dict[str, Any], svc: dict[str, Any], inst: dict[str, Any], host: dict
+        self,
+        group: dict[str, Any],
+        svc: dict[str, Any],
+        inst: dict[str, Any],
+        host: dict,
+        lease_expires_at: datetime | None = None,
     ) -> Destined:
         spec = agent_spec(group, svc)
         if inst.get("token") is not None:
@@ -318,6 +462,7 @@ class Controller:
             role=inst["role"],
             fencing_token=inst.get("token"),
             spec=spec,
+            lease_expires_at=lease_expires_at.replace(tzinfo=UTC) if lease_expires_at else None,
         )
         env = command(payload, source=SOURCE, subject=_subject(inst), deadline_s=self.deadline_s)
         return env, COMMANDS_EXCHANGE, agent_key(host["mgmt_mac"])

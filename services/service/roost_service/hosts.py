@@ -7,6 +7,10 @@ host, keyed by the config uuid::
     {_id: uuid, hostname, mgmt_mac, labels, administrative, operational, availability,
      state_time}
 
+``fenced`` is set by the host service's ``recovery-fenced`` transition (BMC power off, read
+back: nothing of the old host runs any more) and cleared when the host is in service again; the
+controller takes an active away from a fenced host without waiting for its lease to expire.
+
 A host can run instances only when it is **unlocked-enabled** and ``available`` or
 ``degraded`` (:func:`healthy`); a host whose states never arrived is not healthy.
 """
@@ -23,6 +27,8 @@ from roost_shared.db import Database, Session
 HOSTS = "hosts"
 INDEXES: dict[str, list[IndexModel]] = {HOSTS: [IndexModel([("hostname", ASCENDING)])]}
 RUNNABLE = ("available", "degraded")
+#: ``host.state.changed`` reason of a confirmed fence (roost_host.logic.RECOVERY_FENCED).
+FENCED_REASON = "recovery-fenced"
 
 
 def healthy(host: dict[str, Any] | None) -> bool:
@@ -81,6 +87,10 @@ class HostBook:
             "availability": change.to_availability,
             "state_time": change.time,
         }
+        if change.reason == FENCED_REASON:
+            fields["fenced"] = True
+        elif change.to_availability in RUNNABLE:
+            fields["fenced"] = False
         if change.hostname:
             fields["hostname"] = change.hostname
         await self.hosts.update_one(

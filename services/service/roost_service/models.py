@@ -187,6 +187,7 @@ class GroupState(StrEnum):
     standby = "standby"
     degraded = "degraded"
     failed = "failed"
+    disabled = "disabled"
 
 
 class ServiceGroupView(ServiceGroupSpec):
@@ -198,6 +199,10 @@ class ServiceGroupView(ServiceGroupSpec):
     uuid: str
     state: GroupState
     state_reason: str = Field("", description="Why the group is not active (empty if it is).")
+    admin: str = Field("enabled", description="enabled, or disabled by the operator.")
+    locked_members: list[str] = Field(
+        default_factory=list, description="Member hosts the operator locked out of the group."
+    )
     slots: list[str] = Field(description="The activity slots, each with its own lease.")
     start_order: list[str] = Field(description="Services in start order (stop: reversed).")
     version: int
@@ -284,3 +289,19 @@ class InstanceCollection(BaseModel):
             active_host=p.get("holder"),
             instances=[InstanceView.model_validate(i) for i in p.get("instances", [])],
         )
+
+
+class RestartRequest(BaseModel):
+    """``POST /v1/service-groups/{name}/restart``: restart one instance in place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(min_length=1, max_length=63)
+    host: str = Field(min_length=1, max_length=255)
+
+
+class RestartAccepted(BaseModel):
+    instance_id: str
+    host: str
+    service: str
+    command: str = Field(description="Id of the service.instance.restart command sent.")

@@ -66,6 +66,9 @@ class GroupOperations:
                     **derived,
                     "uuid": old["uuid"],
                     "state": old["state"],
+                    # Operator controls outlive a new declaration.
+                    "admin": old.get("admin", "enabled"),
+                    "locked_members": old.get("locked_members", []),
                     "version": old["version"] + 1,
                     "created_at": old["created_at"],
                     "updated_at": now,

@@ -20,11 +20,20 @@ class ServiceSettings(RoostSettings):
         1_048_576, gt=0, description="Largest service group document accepted (JSON or YAML)."
     )
     activity_ttl_s: float = Field(
-        2.0,
+        4.0,
         gt=0,
         le=3600,
         description="Activity lease TTL: renewed every TTL/4 while the active's host is in "
-        "service; after a host failure a standby takes over once it expires.",
+        "service. After a host failure a standby takes over when the host service confirms the "
+        "fence, else once the lease expires; an active's agent steps it down when no grant "
+        "reached it for TTL minus its margin (so this also bounds how long the service "
+        "service itself may be away before actives step down).",
+    )
+    sm_link_port: int = Field(
+        8198, ge=0, le=65535, description="UDP port of the service link (0: any free port)."
+    )
+    sm_link_path_timeout_s: float = Field(
+        3.0, gt=0, description="A link path silent this long while the other talks: 400.005."
     )
     command_deadline_s: float = Field(
         30.0, gt=0, description="Deadline of assign/remove commands to agents."

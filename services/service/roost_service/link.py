@@ -1,0 +1,207 @@
+"""The service service's end of the service link (:mod:`roost_shared.smlink`).
+
+Agents holding activity leases say hello on UDP (port ``ROOST_SM_LINK_PORT``, 8198) and on the
+bus (``roost.sm``, key ``sm.hello``); each hello is answered on its own path with the host's
+held leases (:meth:`Controller.grants_for`), which is how an active keeps its activity.
+
+Per host and path the time of the last hello is kept; a path silent for ``path_timeout_s``
+**while the other path still talks** raises **400.005** (communication failure, entity
+``host=<name>.path=<udp|bus>``), cleared when hellos come back on it. Nothing else changes: no
+failover, no lease is withheld (grants still flow on the path that works). When *every* path
+to a host is silent this link decides nothing: the host service's failure decision (and its
+fencing) does, and the controller acts on ``host.state.changed``. A host silent on both paths for
+``forget_s`` is forgotten (its 400.005s cleared: it stopped holding leases, or its host failed
+and the host service's alarms say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aio_pika import DeliveryMode, ExchangeType, Message
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from roost_service import alarms
+from roost_service.lease import utc_ms
+from roost_shared.bus import EVENTS_EXCHANGE, Bus
+from roost_shared.db import Database, Session
+from roost_shared.events import Envelope
+from roost_shared.outbox import Outbox
+from roost_shared.smlink import (
+    HELLO_KEY,
+    LINK_TTL_MS,
+    SM_EXCHANGE,
+    BadLinkMessage,
+    Grant,
+    Lease,
+    agent_link_key,
+    decode_hello,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+PATHS = ("udp", "bus")
+SOURCE = "roost/service"
+
+
+@dataclass
+class _Peer:
+    mac: str
+    heard: dict[str, float] = field(default_factory=dict)  # path -> monotonic
+    first: float = field(default_factory=time.monotonic)
+
+
+class _Hellos(asyncio.DatagramProtocol):
+    def __init__(self, link: LinkServer) -> None:
+        self.link = link
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.link.hello(data, "udp")
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+@dataclass
+class LinkServer:
+    """Answers hellos with grants; watches each path; raises and clears 400.005."""
+
+    bus: Bus
+    db: Database
+    outbox: Outbox
+    grants_for: Callable[[str], list[Lease]]
+    bind_host: str = "127.0.0.1"
+    port: int = 8198
+    path_timeout_s: float = 3.0
+    forget_s: float = 10.0
+    peers: dict[str, _Peer] = field(default_factory=dict)  # by hostname
+    raised: set[tuple[str, str]] = field(default_factory=set)  # (host, path)
+    received: dict[str, int] = field(default_factory=lambda: {"udp": 0, "bus": 0})
+    rejected: int = 0
+    _udp: _Hellos | None = None
+    _channel: AbstractChannel | None = None
+    _exchange: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((self.bind_host, self.port))
+        self.port = sock.getsockname()[1]
+        _, self._udp = await loop.create_datagram_endpoint(lambda: _Hellos(self), sock=sock)
+        assert self.bus.connection is not None
+        channel = await self.bus.connection.channel(publisher_confirms=False)
+        self._exchange = await channel.declare_exchange(
+            SM_EXCHANGE, ExchangeType.DIRECT, durable=True
+        )
+        queue = await channel.declare_queue(
+            "",
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-message-ttl": LINK_TTL_MS, "x-max-length": 10_000},
+        )
+        await queue.bind(self._exchange, HELLO_KEY)
+        await queue.consume(self._on_bus, no_ack=True)
+        self._channel = channel
+        log.info("service link: UDP %s:%d and the bus (%s)", self.bind_host, self.port, queue.name)
+
+    async def stop(self) -> None:
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._channel.close(), 5)
+
+    def hello(self, data: bytes, path: str) -> bytes | None:
+        """Record a hello heard on ``path``; the grant to send back (None if undecodable)."""
+        try:
+            hello = decode_hello(data)
+        except BadLinkMessage:
+            self.rejected += 1
+            return None
+        self.received[path] += 1
+        peer = self.peers.get(hello.host)
+        if peer is None or peer.mac != hello.mac:
+            peer = self.peers[hello.host] = _Peer(hello.mac)
+        peer.heard[path] = time.monotonic()
+        grant = Grant(seq=hello.seq, path=hello.path, leases=self.grants_for(hello.host))
+        return encode(grant)
+
+    async def _on_bus(self, message: AbstractIncomingMessage) -> None:
+        reply = self.hello(message.body, "bus")
+        if reply is None or self._exchange is None:
+            return
+        peer_mac = decode_hello(message.body).mac
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._exchange.publish(
+                    Message(
+                        reply,
+                        delivery_mode=DeliveryMode.NOT_PERSISTENT,
+                        expiration=LINK_TTL_MS / 1000,
+                    ),
+                    agent_link_key(peer_mac),
+                ),
+                0.5,
+            )
+
+    # Path watch --------------------------------------------------------------------------------
+
+    def wanted(self, now: float | None = None) -> set[tuple[str, str]]:
+        """(host, path) pairs whose path is silent while the host's other path talks."""
+        now = time.monotonic() if now is None else now
+        out: set[tuple[str, str]] = set()
+        for host, peer in self.peers.items():
+            # A path never heard counts from the host's first hello (grace for a new peer).
+            alive = {p for p in PATHS if now - peer.heard.get(p, peer.first) <= self.path_timeout_s}
+            if alive and len(alive) < len(PATHS):
+                out |= {(host, p) for p in PATHS if p not in alive}
+        return out
+
+    async def watch(self, every_s: float = 0.5) -> None:
+        """Raise and clear 400.005 as paths go silent and come back (runs for the app's life)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self._check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("service link check failed")
+
+    async def _check(self) -> None:
+        now = time.monotonic()
+        for host, peer in list(self.peers.items()):
+            if all(now - peer.heard.get(p, peer.first) > self.forget_s for p in PATHS):
+                del self.peers[host]
+        wanted = self.wanted(now)
+        raise_ = wanted - self.raised
+        clear = self.raised - wanted
+        if not raise_ and not clear:
+            return
+        stamp = utc_ms()
+        envelopes = [
+            Envelope.of(alarms.path_lost(h, p, self.path_timeout_s, stamp), source=SOURCE)
+            for h, p in sorted(raise_)
+        ] + [Envelope.of(alarms.path_back(h, p, stamp), source=SOURCE) for h, p in sorted(clear)]
+        for h, p in sorted(raise_):
+            log.warning("service link: path %s to %s silent; 400.005 raised", p, h)
+        for h, p in sorted(clear):
+            log.info("service link: path %s to %s back (or host gone); 400.005 cleared", p, h)
+
+        async def work(session: Session) -> None:
+            await self.outbox.add_to(session, [(e, EVENTS_EXCHANGE, None) for e in envelopes])
+
+        await self.db.in_transaction(work)
+        self.outbox.wake()
+        self.raised = wanted
