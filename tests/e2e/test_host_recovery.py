@@ -6,134 +6,28 @@ action; the alarms are raised and cleared in the fault service."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.fernet import Fernet
 
-from roost_sim.fleet import Fleet, FleetSupervisor
-from roost_sim.ports import free_port, udp_port_block
 from tests.support.nft import nft_table
+from tests.support.site import Site, open_site, where
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
-HOST_FAST = {
-    "ROOST_INTEST_S": "0.5",
-    "ROOST_RECOVERY_BACKOFF_S": "1",
-    "ROOST_RECOVERY_BOOT_S": "30",
-    "ROOST_SENSOR_POLL_S": "1",
-    # A BMC back from a fault is tried again after 2 s, not the default 30 s.
-    "ROOST_BMC_BREAKER_RESET_S": "2",
-    "ROOST_BMC_TIMEOUT_S": "2",  # loopback BMCs; an unreachable one is noticed sooner
-}
-
-
-@dataclass
-class Site:
-    config: Any
-    host: Any
-    fault: Any
-    fleet: Fleet
-    supervisor: FleetSupervisor
-    token: str
-    #: While set, the fleet does not restart exited agents (a host that takes a while to boot).
-    paused: bool = False
-
-    def client(self, svc: Any) -> httpx.AsyncClient:
-        return svc.client(self.token)
-
-    def agent_pid(self, hostname: str) -> int:
-        proc = self.supervisor.procs[hostname]
-        assert proc.running and proc.proc is not None
-        return proc.proc.pid
-
-
-async def _poll(site: Site) -> None:
-    """What ``make run`` does: follow BMC power, restart exited agents."""
-    while True:
-        if not site.paused:
-            await asyncio.to_thread(site.supervisor.poll)
-        await asyncio.sleep(0.1)
-
 
 @pytest.fixture
 async def site(stack, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Site]:
-    """Config, host and fault services and a simulated fleet (2 hosts, or the test's
-    ``@pytest.mark.parametrize("site", [n], indirect=True)``), every host unlocked-available."""
-    count = getattr(request, "param", 2)
-    key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
-    fault = stack.start("fault")
-    common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
-    host = stack.start("host", **common, **HOST_FAST)
-    config = stack.start(
-        "config", **common, ROOST_HOST_SERVICE_URL=host.url, ROOST_CONFIG_GRACE_S="1"
-    )
-    fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(count))
-    hosts = fleet.seed(count)  # controller-0, worker-0, worker-1, ...
-    supervisor = FleetSupervisor(
-        fleet,
-        stack.amqp_url,
-        tmp_path / "logs",
-        bmc_control_port=free_port(),
-        agent_env={"ROOST_HEARTBEAT_ADDR": f"127.0.0.1:{host.env['ROOST_HEARTBEAT_PORT']}"},
-    )
-    user, password = fleet.bmc_credentials()
-    async with config.client(stack.tokens.admin) as http:
-        for h in hosts:
-            body = {
-                "hostname": h.hostname,
-                "personality": h.profile,
-                "mgmt_mac": h.mac,
-                "mgmt_ip": h.ip,
-                "bmc_type": "ipmi",
-                "bmc_address": "127.0.0.1",
-                "bmc_port": fleet.bmc_port(h),
-                "bmc_username": user,
-                "bmc_password": password,
-            }
-            r = await http.post("/v1/hosts", json=body)
-            assert r.status_code == 201, r.text
-    s = Site(config, host, fault, fleet, supervisor, stack.tokens.admin)
-    task = asyncio.create_task(_poll(s))
-    try:
-        async with s.client(host) as http:
-            for h in hosts:
-                await _where(http, h.hostname, lambda d: d["availability"] == "online", "online")
-            for h in hosts:
-                r = await http.post(f"/v1/hosts/{h.hostname}/actions", json={"action": "unlock"})
-                assert r.status_code == 200, r.text
-            for h in hosts:
-                await _where(
-                    http, h.hostname, lambda d: d["availability"] == "available", "available"
-                )
+    """A site of 2 hosts, or the test's ``@pytest.mark.parametrize("site", [n], indirect=True)``."""
+    async with open_site(stack, tmp_path, getattr(request, "param", 2)) as s:
         yield s
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        # Thaw anything a failed test left frozen, so it can be stopped.
-        for proc in supervisor.procs.values():
-            if proc.running and proc.proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.proc.pid, signal.SIGCONT)
-        await asyncio.to_thread(supervisor.stop)
-
-
-async def _where(http: httpx.AsyncClient, ref: str, check, what: str, within: float = 30):
-    async def probe():
-        r = await http.get(f"/v1/hosts/{ref}")
-        return r.json() if r.status_code == 200 and check(r.json()) else None
-
-    return await eventually(probe, timeout=within, what=f"{ref} {what}")
 
 
 async def _timeline(http: httpx.AsyncClient, ref: str) -> list[dict[str, Any]]:
@@ -157,7 +51,7 @@ async def test_a_frozen_host_is_fenced_power_cycled_and_back_available(site: Sit
     async with site.client(site.host) as http, site.client(site.fault) as fault:
         frozen_at = time.monotonic()
         os.kill(site.agent_pid("worker-0"), signal.SIGSTOP)  # hung: heartbeats stop, BMC fine
-        await _where(http, "worker-0", lambda d: d["availability"] == "failed", "failed", 5)
+        await where(http, "worker-0", lambda d: d["availability"] == "failed", "failed", 5)
         detected = time.monotonic() - frozen_at
         assert detected < 1.5, f"failed only after {detected:.2f}s"
         alarm = await eventually(
@@ -165,7 +59,7 @@ async def test_a_frozen_host_is_fenced_power_cycled_and_back_available(site: Sit
         )
         assert alarm["severity"] == "critical"
 
-        await _where(http, "worker-0", lambda d: d["availability"] == "available", "recovered", 60)
+        await where(http, "worker-0", lambda d: d["availability"] == "available", "recovered", 60)
         entries = await _timeline(http, "worker-0")
         reasons = [e["reason"] for e in entries]
         first = next(i for i, r in enumerate(reasons) if r.startswith("heartbeat-lost"))
@@ -197,7 +91,7 @@ async def test_a_host_that_reboots_cleanly_is_taken_back_without_power_action(si
         # A clean stop (a reboot): the agent says so, and comes back a few seconds later.
         site.paused = True
         os.kill(site.agent_pid("worker-0"), signal.SIGTERM)
-        await _where(http, "worker-0", lambda d: d["availability"] == "failed", "down", 10)
+        await where(http, "worker-0", lambda d: d["availability"] == "failed", "down", 10)
         site.paused = False  # it boots
 
         async def came_back():
@@ -230,7 +124,7 @@ async def test_operator_power_actions_go_through_the_bmc_and_wrong_credentials_a
         r = await http.post("/v1/hosts/worker-0/actions", json={"action": "power-off"})
         assert r.status_code == 200, r.text
         assert r.json()["task"] == "Powering-off"
-        await _where(http, "worker-0", lambda d: d["availability"] == "power-off", "off", 20)
+        await where(http, "worker-0", lambda d: d["availability"] == "power-off", "off", 20)
         assert _power_events(site, "worker-0")[-1] == "off"
         await eventually(
             lambda: asyncio.sleep(0, "worker-0" in site.supervisor.powered_off),
@@ -239,7 +133,7 @@ async def test_operator_power_actions_go_through_the_bmc_and_wrong_credentials_a
         r = await http.post("/v1/hosts/worker-0/actions", json={"action": "power-on"})
         assert r.status_code == 200, r.text
         # Powered on: offline until its agent heartbeats, then online.
-        await _where(http, "worker-0", lambda d: d["availability"] == "online", "online", 30)
+        await where(http, "worker-0", lambda d: d["availability"] == "online", "online", 30)
         assert _power_events(site, "worker-0")[-1] == "on"
 
         # Wrong BMC credentials: the power-off is refused by the BMC, the host is unchanged
@@ -289,7 +183,7 @@ async def test_three_of_five_hosts_silent_together_are_held_without_power_cycles
         )
         assert all(name in mnfa["reason_text"] for name in frozen), mnfa["reason_text"]
         for name in frozen:
-            await _where(http, name, lambda d: d["availability"] == "degraded", "held", 10)
+            await where(http, name, lambda d: d["availability"] == "degraded", "held", 10)
         # Held well past every failure threshold: nothing failed, nothing power-cycled.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
@@ -299,7 +193,7 @@ async def test_three_of_five_hosts_silent_together_are_held_without_power_cycles
         for name in frozen:
             os.kill(site.agent_pid(name), signal.SIGCONT)
         for name in frozen:
-            await _where(http, name, lambda d: d["availability"] == "available", "back", 10)
+            await where(http, name, lambda d: d["availability"] == "available", "back", 10)
         await eventually(lambda: _gone(fault, "200.030", "system=roost"), what="MNFA alarm cleared")
         assert {h: _power_events(site, h) for h in frozen} == before
         assert await _alarm(fault, "200.004", "host=worker-0") is None
@@ -336,7 +230,7 @@ async def test_a_lost_management_path_degrades_without_any_power_action(site: Si
     async with site.client(site.host) as http, site.client(site.fault) as fault:
         with nft_table() as table:
             table.drop_udp(port, saddr=worker.ip)  # worker-0's UDP heartbeats, nothing else
-            await _where(http, "worker-0", lambda d: d["availability"] == "degraded", "degraded")
+            await where(http, "worker-0", lambda d: d["availability"] == "degraded", "degraded")
             alarm = await eventually(
                 lambda: _alarm(fault, "200.005", "host=worker-0"), what="200.005 raised"
             )
@@ -346,6 +240,6 @@ async def test_a_lost_management_path_degrades_without_any_power_action(site: Si
                 d = (await http.get("/v1/hosts/worker-0")).json()
                 assert d["availability"] == "degraded", d
                 await asyncio.sleep(0.2)  # between two looks at an invariant, not a wait
-        await _where(http, "worker-0", lambda d: d["availability"] == "available", "restored")
+        await where(http, "worker-0", lambda d: d["availability"] == "available", "restored")
         await eventually(lambda: _gone(fault, "200.005", "host=worker-0"), what="cleared")
     assert _power_events(site, "worker-0") == before

@@ -1,0 +1,326 @@
+"""Service management end to end: the real service, host, config and fault services and a
+simulated fleet of real agents (with IPMI BMCs) running an active/standby group.
+
+Every test runs a watcher that looks at the service's *processes* every 5 ms (each instance
+writes its host, role and token to a file named by its pid; the watcher reads their kernel
+state) and at the service service's API every ~20 ms, and fails the test if it ever sees two
+active processes that are running (a frozen process is not counted: it does nothing until the
+fence kills it) or two ``enabled-active`` instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.nft import nft_table
+from tests.support.site import Site, open_site, where
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+GROUP = "gw"
+# The instance: records who it is, then becomes `sleep` (same pid) until stopped.
+SCRIPT = 'echo "$ROOST_HOST $ROOST_ROLE ${{ROOST_FENCING_TOKEN:-}}" > "{dir}/$$"; exec sleep 100000'
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    host: str
+    role: str
+    token: int | None
+
+
+@dataclass
+class Watch:
+    """The group's processes, seen from the kernel, and everything wrong seen meanwhile."""
+
+    dir: Path
+    violations: list[str] = field(default_factory=list)
+    #: (monotonic time, host of the one running active process or None) at each change.
+    history: list[tuple[float, str | None]] = field(default_factory=list)
+
+    def procs(self) -> list[Proc]:
+        """Instances whose process is alive and not stopped (SIGSTOP) or a zombie."""
+        out = []
+        for f in self.dir.iterdir():
+            try:
+                state = Path(f"/proc/{f.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                host, role, *token = f.read_text().split()
+            except (OSError, ValueError, IndexError):
+                continue
+            if state not in ("T", "t", "Z", "X"):
+                out.append(Proc(int(f.name), host, role, int(token[0]) if token else None))
+        return out
+
+    def active(self) -> list[Proc]:
+        return [p for p in self.procs() if p.role == "active"]
+
+    async def run(self) -> None:
+        while True:
+            active = self.active()
+            if len(active) > 1:
+                self.violations.append(f"two running actives: {active}")
+            now = active[0].host if active else None
+            if not self.history or self.history[-1][1] != now:
+                self.history.append((time.monotonic(), now))
+            await asyncio.sleep(0.005)
+
+    def switches(self, since: float) -> list[str | None]:
+        """The active host after each change since ``since`` (None: no active then)."""
+        return [h for t, h in self.history if t >= since]
+
+    def longest_gap(self, since: float) -> float:
+        """Longest time without any running active process since ``since``."""
+        gap, started = 0.0, None
+        for t, h in self.history:
+            if t < since:
+                continue
+            if h is None and started is None:
+                started = t
+            elif h is not None and started is not None:
+                gap, started = max(gap, t - started), None
+        return gap
+
+
+@dataclass
+class Sm:
+    site: Site
+    watch: Watch
+    http: httpx.AsyncClient
+    api_violations: list[str] = field(default_factory=list)
+
+    async def instances(self) -> dict[str, Any]:
+        r = await self.http.get(f"/v1/service-groups/{GROUP}/instances")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def active_on(self, host: str, within: float = 20, token_above: int = 0) -> Proc:
+        """Wait for a running active process on ``host`` (and the API saying so)."""
+
+        def probe() -> Proc | None:
+            found = [
+                p for p in self.watch.active() if p.host == host and (p.token or 0) > token_above
+            ]
+            return found[0] if found else None
+
+        proc = await eventually(probe, timeout=within, what=f"an active process on {host}")
+        await eventually(
+            lambda: self._api_active(host), timeout=within, what=f"API: {host} enabled-active"
+        )
+        return proc
+
+    async def _api_active(self, host: str) -> bool:
+        doc = await self.instances()
+        return doc["active_host"] == host and any(
+            i["host"] == host and i["state"] == "enabled-active" for i in doc["instances"]
+        )
+
+    async def watch_api(self) -> None:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                doc = await self.instances()
+                active = {i["host"] for i in doc["instances"] if i["state"] == "enabled-active"}
+                if len(active) > 1:
+                    self.api_violations.append(f"API shows two actives: {doc}")
+            await asyncio.sleep(0.02)
+
+
+def declaration(procs: Path, max_restarts: int = 2) -> dict[str, Any]:
+    return {
+        "redundancy": {"model": "active-standby"},
+        "members": {"hosts": ["worker-0", "worker-1"]},
+        "preferred": ["worker-0"],
+        "failure_policy": {"max_restarts": max_restarts, "window_s": 60},
+        "services": [{"name": "gw", "start": ["/bin/sh", "-c", SCRIPT.format(dir=procs)]}],
+    }
+
+
+@pytest.fixture
+async def sm(stack, tmp_path: Path) -> AsyncIterator[Sm]:
+    """A 3-host site with the service service; group ``gw`` active on worker-0, standby on
+    worker-1; both watchers running; fails the test on any moment with two actives."""
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    async with open_site(stack, tmp_path, 3, service=True) as site:
+        watch = Watch(procs)
+        async with site.client(site.service) as http:
+            s = Sm(site, watch, http)
+            tasks = [asyncio.create_task(watch.run()), asyncio.create_task(s.watch_api())]
+            try:
+                r = await http.put(f"/v1/service-groups/{GROUP}", json=declaration(procs))
+                assert r.status_code == 201, r.text
+                await s.active_on("worker-0")
+                await eventually(lambda: _group_state(s, "active"), timeout=20, what="group active")
+                yield s
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        assert not watch.violations, watch.violations[:3]
+        assert not s.api_violations, s.api_violations[:3]
+
+
+async def _group_state(s: Sm, state: str) -> bool:
+    return (await s.instances())["state"] == state
+
+
+async def _alarm(fault: httpx.AsyncClient, alarm_id: str, entity: str) -> dict | None:
+    alarms = (await fault.get("/v1/alarms", params={"expand": "True"})).json()["alarms"]
+    found = [a for a in alarms if a["alarm_id"] == alarm_id and a["entity_instance_id"] == entity]
+    return found[0] if found else None
+
+
+async def test_a_killed_active_restarts_in_place_and_k_plus_one_kills_fail_over(sm: Sm):
+    first = sm.watch.active()[0]
+    assert first.host == "worker-0" and first.token is not None
+    pid = first.pid
+    for n in (1, 2):  # max_restarts = 2: restarted in place, same host, same token
+        os.kill(pid, signal.SIGKILL)
+        again = await eventually(
+            lambda old=pid: next((p for p in sm.watch.active() if p.pid != old), None),
+            timeout=10,
+            what=f"restart {n} in place",
+        )
+        assert (again.host, again.token) == ("worker-0", first.token), again
+        pid = again.pid
+    since = time.monotonic()
+    os.kill(pid, signal.SIGKILL)  # K+1: the instance fails, the standby takes over
+    new = await sm.active_on("worker-1", token_above=first.token)
+    assert new.token == first.token + 1
+    assert sm.watch.switches(since)[-1] == "worker-1"
+    # The failed host gets the standby role again (a fresh process, never active).
+    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="standby back")
+    await eventually(
+        lambda: [p.role for p in sm.watch.procs() if p.host == "worker-0"] == ["standby"],
+        timeout=5,
+        what="a standby process on worker-0",
+    )
+
+
+async def test_a_frozen_active_host_is_fenced_and_the_standby_takes_over(sm: Sm):
+    site = sm.site
+    first = sm.watch.active()[0]
+    services = [p.pid for p in sm.watch.procs() if p.host == "worker-0"]
+    frozen = [site.agent_pid("worker-0"), *services]
+    started = time.monotonic()
+    for pid in frozen:  # the whole host hangs: agent and services
+        os.kill(pid, signal.SIGSTOP)
+    new = await sm.active_on("worker-1", within=15, token_above=first.token)
+    takeover = time.monotonic() - started
+    async with site.client(site.host) as http:
+        timeline = (await http.get("/v1/hosts/worker-0/timeline")).json()["timeline"]
+        reasons = [e["reason"] for e in timeline]
+        assert "recovery-fenced" in reasons, reasons
+    # Detection (~0.4 s) + BMC confirm and fence + one pass: well below detection + the lease's
+    # remaining TTL (≥ 3 s of the 4 s), which is what a takeover without the fence would take.
+    assert takeover < 3.0, f"standby active only {takeover:.2f}s after the freeze"
+    assert new.token == first.token + 1
+    print(f"\ntakeover after a host freeze: {takeover * 1000:.0f} ms")
+    # worker-0 is power-cycled and comes back: as standby, never active again.
+    async with site.client(site.host) as http:
+        await where(http, "worker-0", lambda d: d["availability"] == "available", "back", 60)
+    await eventually(lambda: _group_state(sm, "active"), timeout=30, what="standby back")
+    want = {("worker-1", "active"), ("worker-0", "standby")}
+    await eventually(
+        lambda: {(p.host, p.role) for p in sm.watch.procs()} == want,
+        timeout=5,  # the agent reports "running" at the spawn, a moment before the echo
+        what=f"processes {want}",
+    )
+
+
+async def test_swact_switches_exactly_once_with_a_short_gap(sm: Sm):
+    first = sm.watch.active()[0]
+    since = time.monotonic()
+    r = await sm.http.post(f"/v1/service-groups/{GROUP}/swact")
+    assert r.status_code == 200, r.text
+    new = await sm.active_on("worker-1", token_above=first.token)
+    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="old active standby")
+    hosts = [h for h in sm.watch.switches(since) if h is not None]
+    assert hosts == ["worker-1"], sm.watch.history  # one switch, no flapping
+    gap = sm.watch.longest_gap(since)
+    assert gap < 1.0, f"no active for {gap:.3f}s during the swact"
+    assert new.token == first.token + 1
+    print(f"\nswact gap: {gap * 1000:.0f} ms")
+    # A swact while the standby is not ready is refused with the reason.
+    r2 = await sm.http.post(f"/v1/service-groups/{GROUP}/swact")
+    assert r2.status_code in (200, 409), r2.text
+
+
+async def test_cutting_one_path_raises_400_005_and_changes_nothing_else(sm: Sm):
+    site = sm.site
+    worker = next(h for h in site.fleet.hosts() if h.hostname == "worker-0")
+    before = sm.watch.active()[0]
+    port = int(site.service.env["ROOST_SM_LINK_PORT"])
+    entity = "host=worker-0.path=udp"
+    async with site.client(site.fault) as fault:
+        with nft_table() as table:
+            table.drop_udp(port, saddr=worker.ip)  # worker-0's service-link datagrams only
+            alarm = await eventually(
+                lambda: _alarm(fault, "400.005", entity), timeout=15, what="400.005 raised"
+            )
+            assert alarm["severity"] == "major"
+            # Longer than the lease TTL (4 s): grants still arrive on the bus, nothing moves.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                assert sm.watch.active() == [before]
+                await asyncio.sleep(0.2)  # between two looks at an invariant, not a wait
+        await eventually(
+            lambda: _gone(fault, "400.005", entity), timeout=15, what="400.005 cleared"
+        )
+    assert sm.watch.active() == [before]
+    assert (await sm.instances())["state"] == "active"
+
+
+async def _gone(fault: httpx.AsyncClient, alarm_id: str, entity: str) -> bool:
+    return await _alarm(fault, alarm_id, entity) is None
+
+
+async def test_operator_restart_lock_and_disable(sm: Sm):
+    first = sm.watch.active()[0]
+    r = await sm.http.post(
+        f"/v1/service-groups/{GROUP}/restart", json={"service": "gw", "host": "worker-0"}
+    )
+    assert r.status_code == 202, r.text
+    again = await eventually(
+        lambda: next((p for p in sm.watch.active() if p.pid != first.pid), None),
+        timeout=10,
+        what="restarted in place",
+    )
+    assert (again.host, again.token) == ("worker-0", first.token)
+    bad = await sm.http.post(
+        f"/v1/service-groups/{GROUP}/restart", json={"service": "nope", "host": "worker-0"}
+    )
+    assert bad.status_code == 422 and "nope" in bad.json()["detail"], bad.text
+
+    # Locking the active's host out of the group moves the activity first.
+    r = await sm.http.post(f"/v1/service-groups/{GROUP}/members/worker-0/lock")
+    assert r.status_code == 200 and r.json()["locked_members"] == ["worker-0"], r.text
+    await sm.active_on("worker-1", token_above=first.token)
+    await eventually(
+        lambda: not [p for p in sm.watch.procs() if p.host == "worker-0"],
+        timeout=10,
+        what="nothing left on the locked member",
+    )
+    r = await sm.http.post(f"/v1/service-groups/{GROUP}/members/worker-0/unlock")
+    assert r.status_code == 200 and r.json()["locked_members"] == [], r.text
+    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="standby again")
+
+    r = await sm.http.post(f"/v1/service-groups/{GROUP}/disable")
+    assert r.status_code == 200 and r.json()["admin"] == "disabled", r.text
+    await eventually(lambda: not sm.watch.procs(), timeout=10, what="every instance stopped")
+    assert (await sm.instances())["state"] == "disabled"
+    r = await sm.http.post(f"/v1/service-groups/{GROUP}/enable")
+    assert r.status_code == 200 and r.json()["admin"] == "enabled", r.text
+    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="active again")

@@ -1,0 +1,146 @@
+"""A simulated site for end-to-end tests: the real config, host and fault services (and,
+when asked, the service service), a fleet of real agent processes with IPMI BMCs, every host
+unlocked and available. What ``make run`` brings up, in a test's own vhost and databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.fernet import Fernet
+
+from roost_sim.fleet import Fleet, FleetSupervisor
+from roost_sim.ports import free_port, free_udp_port, udp_port_block
+from tests.support.waiting import eventually
+
+HOST_FAST = {
+    "ROOST_INTEST_S": "0.5",
+    "ROOST_RECOVERY_BACKOFF_S": "1",
+    "ROOST_RECOVERY_BOOT_S": "30",
+    "ROOST_SENSOR_POLL_S": "1",
+    # A BMC back from a fault is tried again after 2 s, not the default 30 s.
+    "ROOST_BMC_BREAKER_RESET_S": "2",
+    "ROOST_BMC_TIMEOUT_S": "2",  # loopback BMCs; an unreachable one is noticed sooner
+}
+
+
+@dataclass
+class Site:
+    config: Any
+    host: Any
+    fault: Any
+    fleet: Fleet
+    supervisor: FleetSupervisor
+    token: str
+    service: Any = None
+    #: While set, the fleet does not restart exited agents (a host that takes a while to boot).
+    paused: bool = False
+
+    def client(self, svc: Any) -> httpx.AsyncClient:
+        return svc.client(self.token)
+
+    def agent_pid(self, hostname: str) -> int:
+        proc = self.supervisor.procs[hostname]
+        assert proc.running and proc.proc is not None
+        return proc.proc.pid
+
+
+async def _poll(site: Site) -> None:
+    """What ``make run`` does: follow BMC power, restart exited agents."""
+    while True:
+        if not site.paused:
+            await asyncio.to_thread(site.supervisor.poll)
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def open_site(
+    stack: Any, tmp_path: Path, count: int = 2, *, service: bool = False, **service_env: str
+) -> AsyncIterator[Site]:
+    """Config, host and fault services (+ the service service with ``service``) and a simulated
+    fleet of ``count`` hosts, every host unlocked-available."""
+    key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
+    fault = stack.start("fault")
+    common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
+    host = stack.start("host", **common, **HOST_FAST)
+    config = stack.start(
+        "config", **common, ROOST_HOST_SERVICE_URL=host.url, ROOST_CONFIG_GRACE_S="1"
+    )
+    sm = None
+    agent_env = {"ROOST_HEARTBEAT_ADDR": f"127.0.0.1:{host.env['ROOST_HEARTBEAT_PORT']}"}
+    if service:
+        link_port = str(free_udp_port())
+        sm = stack.start(
+            "service",
+            ROOST_CONFIG_SERVICE_URL=config.url,
+            ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.reader,
+            ROOST_SM_LINK_PORT=link_port,
+            **service_env,
+        )
+        agent_env["ROOST_SM_LINK_ADDR"] = f"127.0.0.1:{link_port}"
+    fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(count))
+    hosts = fleet.seed(count)  # controller-0, worker-0, worker-1, ...
+    supervisor = FleetSupervisor(
+        fleet,
+        stack.amqp_url,
+        tmp_path / "logs",
+        bmc_control_port=free_port(),
+        agent_env=agent_env,
+    )
+    user, password = fleet.bmc_credentials()
+    async with config.client(stack.tokens.admin) as http:
+        for h in hosts:
+            body = {
+                "hostname": h.hostname,
+                "personality": h.profile,
+                "mgmt_mac": h.mac,
+                "mgmt_ip": h.ip,
+                "bmc_type": "ipmi",
+                "bmc_address": "127.0.0.1",
+                "bmc_port": fleet.bmc_port(h),
+                "bmc_username": user,
+                "bmc_password": password,
+            }
+            r = await http.post("/v1/hosts", json=body)
+            assert r.status_code == 201, r.text
+    s = Site(config, host, fault, fleet, supervisor, stack.tokens.admin, service=sm)
+    task = asyncio.create_task(_poll(s))
+    try:
+        async with s.client(host) as http:
+            for h in hosts:
+                await where(http, h.hostname, lambda d: d["availability"] == "online", "online")
+            for h in hosts:
+                r = await http.post(f"/v1/hosts/{h.hostname}/actions", json={"action": "unlock"})
+                assert r.status_code == 200, r.text
+            for h in hosts:
+                await where(
+                    http, h.hostname, lambda d: d["availability"] == "available", "available"
+                )
+        yield s
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # Thaw anything a failed test left frozen, so it can be stopped.
+        for proc in supervisor.procs.values():
+            if proc.running and proc.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.proc.pid, signal.SIGCONT)
+        await asyncio.to_thread(supervisor.stop)
+
+
+async def where(http: httpx.AsyncClient, ref: str, check, what: str, within: float = 30):
+    """Wait until host ``ref`` (host service API) passes ``check``; its document."""
+
+    async def probe():
+        r = await http.get(f"/v1/hosts/{ref}")
+        return r.json() if r.status_code == 200 and check(r.json()) else None
+
+    return await eventually(probe, timeout=within, what=f"{ref} {what}")
