@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from pydantic import BaseModel
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus
 from roost_shared.catalog import InstanceAssign, InstanceRemove
 from roost_shared.commands import agent_key, command
+from roost_shared.smlink import Grant, Hello, Lease, decode_hello, encode
+from roost_sim.ports import free_udp_port
 from tests.support.agents import Events, listen
 from tests.support.waiting import eventually
 
@@ -192,3 +196,71 @@ async def test_invalid_spec_fails_naming_the_field_and_expired_assign_is_ignored
 
 async def _metric(agent: Any, type_: str, outcome: str) -> bool:
     return agent.metric("roost_agent_commands_total", type=type_, outcome=outcome) == 1
+
+
+class _LinkPeer(asyncio.DatagramProtocol):
+    """The service service's end of the link, played by the test: counts hellos and answers
+    them with ``grant`` (None: silent, as when no path reaches the controller)."""
+
+    def __init__(self) -> None:
+        self.hellos: list[Hello] = []
+        self.grant: Grant | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.hellos.append(decode_hello(data))
+        if self.grant is not None and self.transport is not None:
+            self.transport.sendto(encode(self.grant), addr)
+
+
+async def test_an_active_steps_down_when_no_grant_renews_its_lease_and_resumes_when_granted(
+    stack, agents, tmp_path
+):
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    loop = asyncio.get_running_loop()
+    transport, peer = await loop.create_datagram_endpoint(
+        _LinkPeer, local_addr=("127.0.0.1", free_udp_port())
+    )
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        bus = await stack.bus()
+        events = await listen(bus)
+        agent = agents(ROOST_SM_LINK_ADDR=f"127.0.0.1:{port}", ROOST_LEASE_MARGIN_S="0.3")
+        await events.wait_for(ANNOUNCED, agent.mac)
+        expires = datetime.now(UTC) + timedelta(seconds=1.5)
+        lease = assign(envs, "active", 5).model_copy(update={"lease_expires_at": expires})
+        await send(bus, agent.mac, lease)
+        first = await state(events, agent.mac, "healthy", 0, role="active", fencing_token=5)
+        env = await env_of(envs, first["pid"])
+        assert (env["ROOST_ROLE"], env["ROOST_FENCING_TOKEN"]) == ("active", "5")
+
+        # No grant on any path: before the lease runs out it is running as standby, no token.
+        down = await state(events, agent.mac, "running", 0, role="standby")
+        assert datetime.now(UTC) < expires, "stepped down only after the lease had expired"
+        assert down.get("fencing_token") is None and down["pid"] != first["pid"]
+        assert not alive(first["pid"])
+        env = await env_of(envs, down["pid"])
+        assert env["ROOST_ROLE"] == "standby" and "ROOST_FENCING_TOKEN" not in env
+        stepped = [e["data"] for e in events.of(CHANGED, agent.mac) if "stepped down" in
+                   e["data"]["reason"]]  # fmt: skip
+        assert stepped, "the step-down is reported with its reason"
+        assert {h.path for h in peer.hellos} == {"udp"} and len(peer.hellos) >= 3
+
+        # A grant for another token changes nothing; one for its own token makes it active.
+        later = int((datetime.now(UTC) + timedelta(seconds=30)).timestamp() * 1000)
+        peer.grant = Grant(seq=0, path="udp", leases=[Lease(i=INSTANCE, k=4, e=later)])
+        seen = len(events.got)
+        n = len(peer.hellos)
+        await eventually(lambda: len(peer.hellos) >= n + 3, what="three more hellos")
+        roles = [e["data"].get("role") for e in events.of(CHANGED, agent.mac)[seen:]]
+        assert "active" not in roles, roles
+        peer.grant = Grant(seq=0, path="udp", leases=[Lease(i=INSTANCE, k=5, e=later)])
+        back = await state(events, agent.mac, "healthy", seen, role="active", fencing_token=5)
+        env = await env_of(envs, back["pid"])
+        assert (env["ROOST_ROLE"], env["ROOST_FENCING_TOKEN"]) == ("active", "5")
+    finally:
+        transport.close()
