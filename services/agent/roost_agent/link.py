@@ -126,6 +126,7 @@ class LinkClient:
         while True:
             await asyncio.sleep(self.period_s)
             if not self.instances.holds_leases():
+                tick = 0  # the first hello after a pause goes on both paths
                 continue
             self.seq += 1
             self._send_udp()

@@ -130,10 +130,13 @@ class LinkServer:
             self.rejected += 1
             return None
         self.received[path] += 1
+        now = time.monotonic()
         peer = self.peers.get(hello.host)
-        if peer is None or peer.mac != hello.mac:
-            peer = self.peers[hello.host] = _Peer(hello.mac)
-        peer.heard[path] = time.monotonic()
+        if peer is None or peer.mac != hello.mac or self._silent(peer, now):
+            # New, or back after every path was silent (it held no lease meanwhile, or it
+            # restarted): each path starts afresh, the others get their grace again.
+            peer = self.peers[hello.host] = _Peer(hello.mac, first=now)
+        peer.heard[path] = now
         grant = Grant(seq=hello.seq, path=hello.path, leases=self.grants_for(hello.host))
         return encode(grant)
 
@@ -156,6 +159,10 @@ class LinkServer:
             )
 
     # Path watch --------------------------------------------------------------------------------
+
+    def _silent(self, peer: _Peer, now: float) -> bool:
+        """True if no path of ``peer`` was heard within the path timeout."""
+        return all(now - peer.heard.get(p, peer.first) > self.path_timeout_s for p in PATHS)
 
     def wanted(self, now: float | None = None) -> set[tuple[str, str]]:
         """(host, path) pairs whose path is silent while the host's other path talks."""
