@@ -1,150 +1,28 @@
 """Service management end to end: the real service, host, config and fault services and a
 simulated fleet of real agents (with IPMI BMCs) running an active/standby group.
 
-Every test runs a watcher that looks at the service's *processes* every 5 ms (each instance
-writes its host, role and token to a file named by its pid; the watcher reads their kernel
-state) and at the service service's API every ~20 ms, and fails the test if it ever sees two
-active processes that are running (a frozen process is not counted: it does nothing until the
-fence kills it) or two ``enabled-active`` instances.
+Every test runs the watchers of :mod:`tests.support.sm` (the service's processes every 5 ms, the
+API every ~20 ms) and fails if either ever saw two actives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.nft import nft_table
-from tests.support.site import Site, open_site, where
+from tests.support.site import open_site, where
+from tests.support.sm import GROUP, Sm, Watch, declaration, group_state
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
-
-GROUP = "gw"
-# The instance: records who it is, then becomes `sleep` (same pid) until stopped.
-SCRIPT = 'echo "$ROOST_HOST $ROOST_ROLE ${{ROOST_FENCING_TOKEN:-}}" > "{dir}/$$"; exec sleep 100000'
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    host: str
-    role: str
-    token: int | None
-
-
-@dataclass
-class Watch:
-    """The group's processes, seen from the kernel, and everything wrong seen meanwhile."""
-
-    dir: Path
-    violations: list[str] = field(default_factory=list)
-    #: (monotonic time, host of the one running active process or None) at each change.
-    history: list[tuple[float, str | None]] = field(default_factory=list)
-
-    def procs(self) -> list[Proc]:
-        """Instances whose process is alive and not stopped (SIGSTOP) or a zombie."""
-        out = []
-        for f in self.dir.iterdir():
-            try:
-                state = Path(f"/proc/{f.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                host, role, *token = f.read_text().split()
-            except (OSError, ValueError, IndexError):
-                continue
-            if state not in ("T", "t", "Z", "X"):
-                out.append(Proc(int(f.name), host, role, int(token[0]) if token else None))
-        return out
-
-    def active(self) -> list[Proc]:
-        return [p for p in self.procs() if p.role == "active"]
-
-    async def run(self) -> None:
-        while True:
-            active = self.active()
-            if len(active) > 1:
-                self.violations.append(f"two running actives: {active}")
-            now = active[0].host if active else None
-            if not self.history or self.history[-1][1] != now:
-                self.history.append((time.monotonic(), now))
-            await asyncio.sleep(0.005)
-
-    def switches(self, since: float) -> list[str | None]:
-        """The active host after each change since ``since`` (None: no active then)."""
-        return [h for t, h in self.history if t >= since]
-
-    def longest_gap(self, since: float) -> float:
-        """Longest time without any running active process since ``since``."""
-        gap, started = 0.0, None
-        for t, h in self.history:
-            if t < since:
-                continue
-            if h is None and started is None:
-                started = t
-            elif h is not None and started is not None:
-                gap, started = max(gap, t - started), None
-        return gap
-
-
-@dataclass
-class Sm:
-    site: Site
-    watch: Watch
-    http: httpx.AsyncClient
-    api_violations: list[str] = field(default_factory=list)
-
-    async def instances(self) -> dict[str, Any]:
-        r = await self.http.get(f"/v1/service-groups/{GROUP}/instances")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    async def active_on(self, host: str, within: float = 20, token_above: int = 0) -> Proc:
-        """Wait for a running active process on ``host`` (and the API saying so)."""
-
-        def probe() -> Proc | None:
-            found = [
-                p for p in self.watch.active() if p.host == host and (p.token or 0) > token_above
-            ]
-            return found[0] if found else None
-
-        proc = await eventually(probe, timeout=within, what=f"an active process on {host}")
-        await eventually(
-            lambda: self._api_active(host), timeout=within, what=f"API: {host} enabled-active"
-        )
-        return proc
-
-    async def _api_active(self, host: str) -> bool:
-        doc = await self.instances()
-        return doc["active_host"] == host and any(
-            i["host"] == host and i["state"] == "enabled-active" for i in doc["instances"]
-        )
-
-    async def watch_api(self) -> None:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                doc = await self.instances()
-                active = {i["host"] for i in doc["instances"] if i["state"] == "enabled-active"}
-                if len(active) > 1:
-                    self.api_violations.append(f"API shows two actives: {doc}")
-            await asyncio.sleep(0.02)
-
-
-def declaration(procs: Path, max_restarts: int = 2) -> dict[str, Any]:
-    return {
-        "redundancy": {"model": "active-standby"},
-        "members": {"hosts": ["worker-0", "worker-1"]},
-        "preferred": ["worker-0"],
-        "failure_policy": {"max_restarts": max_restarts, "window_s": 60},
-        "services": [{"name": "gw", "start": ["/bin/sh", "-c", SCRIPT.format(dir=procs)]}],
-    }
 
 
 @pytest.fixture
@@ -162,7 +40,7 @@ async def sm(stack, tmp_path: Path) -> AsyncIterator[Sm]:
                 r = await http.put(f"/v1/service-groups/{GROUP}", json=declaration(procs))
                 assert r.status_code == 201, r.text
                 await s.active_on("worker-0")
-                await eventually(lambda: _group_state(s, "active"), timeout=20, what="group active")
+                await eventually(lambda: group_state(s, "active"), timeout=20, what="group active")
                 yield s
             finally:
                 for t in tasks:
@@ -170,10 +48,6 @@ async def sm(stack, tmp_path: Path) -> AsyncIterator[Sm]:
                 await asyncio.gather(*tasks, return_exceptions=True)
         assert not watch.violations, watch.violations[:3]
         assert not s.api_violations, s.api_violations[:3]
-
-
-async def _group_state(s: Sm, state: str) -> bool:
-    return (await s.instances())["state"] == state
 
 
 async def _alarm(fault: httpx.AsyncClient, alarm_id: str, entity: str) -> dict | None:
@@ -201,7 +75,7 @@ async def test_a_killed_active_restarts_in_place_and_k_plus_one_kills_fail_over(
     assert new.token == first.token + 1
     assert sm.watch.switches(since)[-1] == "worker-1"
     # The failed host gets the standby role again (a fresh process, never active).
-    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="standby back")
+    await eventually(lambda: group_state(sm, "active"), timeout=20, what="standby back")
     await eventually(
         lambda: [p.role for p in sm.watch.procs() if p.host == "worker-0"] == ["standby"],
         timeout=5,
@@ -231,7 +105,7 @@ async def test_a_frozen_active_host_is_fenced_and_the_standby_takes_over(sm: Sm)
     # worker-0 is power-cycled and comes back: as standby, never active again.
     async with site.client(site.host) as http:
         await where(http, "worker-0", lambda d: d["availability"] == "available", "back", 60)
-    await eventually(lambda: _group_state(sm, "active"), timeout=30, what="standby back")
+    await eventually(lambda: group_state(sm, "active"), timeout=30, what="standby back")
     want = {("worker-1", "active"), ("worker-0", "standby")}
     await eventually(
         lambda: {(p.host, p.role) for p in sm.watch.procs()} == want,
@@ -246,7 +120,7 @@ async def test_swact_switches_exactly_once_with_a_short_gap(sm: Sm):
     r = await sm.http.post(f"/v1/service-groups/{GROUP}/swact")
     assert r.status_code == 200, r.text
     new = await sm.active_on("worker-1", token_above=first.token)
-    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="old active standby")
+    await eventually(lambda: group_state(sm, "active"), timeout=20, what="old active standby")
     hosts = [h for h in sm.watch.switches(since) if h is not None]
     assert hosts == ["worker-1"], sm.watch.history  # one switch, no flapping
     gap = sm.watch.longest_gap(since)
@@ -315,7 +189,7 @@ async def test_operator_restart_lock_and_disable(sm: Sm):
     )
     r = await sm.http.post(f"/v1/service-groups/{GROUP}/members/worker-0/unlock")
     assert r.status_code == 200 and r.json()["locked_members"] == [], r.text
-    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="standby again")
+    await eventually(lambda: group_state(sm, "active"), timeout=20, what="standby again")
 
     r = await sm.http.post(f"/v1/service-groups/{GROUP}/disable")
     assert r.status_code == 200 and r.json()["admin"] == "disabled", r.text
@@ -323,4 +197,4 @@ async def test_operator_restart_lock_and_disable(sm: Sm):
     assert (await sm.instances())["state"] == "disabled"
     r = await sm.http.post(f"/v1/service-groups/{GROUP}/enable")
     assert r.status_code == 200 and r.json()["admin"] == "enabled", r.text
-    await eventually(lambda: _group_state(sm, "active"), timeout=20, what="active again")
+    await eventually(lambda: group_state(sm, "active"), timeout=20, what="active again")

@@ -62,14 +62,21 @@ async def _poll(site: Site) -> None:
 
 @contextlib.asynccontextmanager
 async def open_site(
-    stack: Any, tmp_path: Path, count: int = 2, *, service: bool = False, **service_env: str
+    stack: Any,
+    tmp_path: Path,
+    count: int = 2,
+    *,
+    service: bool = False,
+    host_env: dict[str, str] | None = None,
+    **service_env: str,
 ) -> AsyncIterator[Site]:
     """Config, host and fault services (+ the service service with ``service``) and a simulated
-    fleet of ``count`` hosts, every host unlocked-available."""
+    fleet of ``count`` hosts, every host unlocked-available. ``host_env`` adds to (or
+    overrides) the host service's fast test settings; ``service_env`` is the service service's."""
     key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
     fault = stack.start("fault")
     common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
-    host = stack.start("host", **common, **HOST_FAST)
+    host = stack.start("host", **common, **{**HOST_FAST, **(host_env or {})})
     config = stack.start(
         "config", **common, ROOST_HOST_SERVICE_URL=host.url, ROOST_CONFIG_GRACE_S="1"
     )
