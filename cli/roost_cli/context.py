@@ -3,7 +3,7 @@ client for the service it talks to (closed when the command ends)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import typer
 
@@ -11,6 +11,14 @@ from roost_cli.client import ServiceClient
 from roost_cli.config import OutputFormat, Settings
 
 Service = Literal["fault", "config", "host", "service"]
+
+
+def limit_option(maximum: int) -> Any:
+    """The ``--limit/-l N`` option of the list commands (1..``maximum``, one page); use as
+    ``Annotated[int | None, limit_option(maximum)] = None``."""
+    return typer.Option(
+        "--limit", "-l", min=1, max=maximum, help="Fetch at most N (one page).", metavar="N"
+    )
 
 
 def settings(ctx: typer.Context) -> Settings:

@@ -75,12 +75,7 @@ ACTIONS = {
 def host_timeline(
     ctx: typer.Context,
     host_id: HostId,
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            "--limit", "-l", min=1, max=LIMIT_MAX, help="Fetch at most N (one page).", metavar="N"
-        ),
-    ] = None,
+    limit: Annotated[int | None, context.limit_option(LIMIT_MAX)] = None,
 ) -> None:
     """Show a host's state transitions, oldest first: from, to, cause, reason, who."""
     body = context.client(ctx, "host").collect(

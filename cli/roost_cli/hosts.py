@@ -149,12 +149,7 @@ Subfunctions = Annotated[
     str | None,
     typer.Option(help="Comma-separated: controller,worker,storage,lowlatency."),
 ]
-HostsLimit = Annotated[
-    int | None,
-    typer.Option(
-        "--limit", "-l", min=1, max=HOSTS_LIMIT_MAX, help="Fetch at most N (one page).", metavar="N"
-    ),
-]
+HostsLimit = Annotated[int | None, context.limit_option(HOSTS_LIMIT_MAX)]
 
 
 # Hosts -----------------------------------------------------------------------------------------

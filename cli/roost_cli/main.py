@@ -131,10 +131,7 @@ def split_ids(values: Iterable[str]) -> list[str]:
     return out
 
 
-Limit = Annotated[
-    int | None,
-    typer.Option("--limit", "-l", min=1, max=2000, help="Fetch at most N (one page).", metavar="N"),
-]
+Limit = Annotated[int | None, context.limit_option(2000)]
 Query = Annotated[
     str | None,
     typer.Option("--query", "-q", help="Filters: 'field=value;field=value' (substring match)."),

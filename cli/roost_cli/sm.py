@@ -215,12 +215,7 @@ def _with_instances(group: dict[str, Any], collection: Mapping[str, Any]) -> dic
 
 def sm_list(
     ctx: typer.Context,
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            "--limit", "-l", min=1, max=LIMIT_MAX, help="Fetch at most N (one page).", metavar="N"
-        ),
-    ] = None,
+    limit: Annotated[int | None, context.limit_option(LIMIT_MAX)] = None,
 ) -> None:
     """List service groups by name: model, state, active host, each member's instance states."""
     client = context.client(ctx, "service")
