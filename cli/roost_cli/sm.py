@@ -402,33 +402,34 @@ def sm_group_delete(ctx: typer.Context, group: GroupName) -> None:
         render.message(f"Service group {group} deleted.")
 
 
-def _group_action(action: str, help_text: str) -> Callable[..., None]:
-    def command(ctx: typer.Context, group: GroupName) -> None:
-        body = context.client(ctx, "service").post(_group_path(group, f"/{action}"), None) or {}
-        if context.wants_json(ctx):
-            render.print_json(body)
-        else:
-            state = body.get("state")
-            render.message(f"Service group {group} {action}d (state: {state}).")
+def _post_action(ctx: typer.Context, path: str, done: str) -> None:
+    """POST ``path`` to the service service; print its answer, or ``done`` and the new state."""
+    body = context.client(ctx, "service").post(path, None) or {}
+    if context.wants_json(ctx):
+        render.print_json(body)
+    else:
+        render.message(f"{done} (state: {body.get('state')}).")
 
+
+def _named(command: Callable[..., None], action: str, help_text: str) -> Callable[..., None]:
     command.__doc__ = help_text
     command.__name__ = f"sm_{action}"
     return command
+
+
+def _group_action(action: str, help_text: str) -> Callable[..., None]:
+    def command(ctx: typer.Context, group: GroupName) -> None:
+        _post_action(ctx, _group_path(group, f"/{action}"), f"Service group {group} {action}d")
+
+    return _named(command, action, help_text)
 
 
 def _member_action(action: str, help_text: str) -> Callable[..., None]:
     def command(ctx: typer.Context, group: GroupName, host: HostName) -> None:
         path = _group_path(group, f"/members/{path_part(host.strip())}/{action}")
-        body = context.client(ctx, "service").post(path, None) or {}
-        if context.wants_json(ctx):
-            render.print_json(body)
-        else:
-            state = body.get("state")
-            render.message(f"{host} {action}ed in service group {group} (state: {state}).")
+        _post_action(ctx, path, f"{host} {action}ed in service group {group}")
 
-    command.__doc__ = help_text
-    command.__name__ = f"sm_{action}"
-    return command
+    return _named(command, action, help_text)
 
 
 COMMANDS: dict[str, Callable[..., None]] = {
