@@ -4,43 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from roost_shared.catalog import AlarmSet, Severity
 from roost_shared.events import Envelope
 from roost_sim.ports import free_port
-from tests.support.cli import Run, clean_env, run_cli
+from tests.support.cli import RoostRunner
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
-_UNSET = object()
 
+class Roost(RoostRunner):
+    """``roost --fault-url URL ...``; without a token when given ``token=None``."""
 
-@dataclass
-class Roost:
-    """Runs ``python -m roost_cli.main`` with a clean environment (no stray credentials)."""
-
-    url: str
-    token: str | None
-    home: Path
-
-    async def __call__(self, *args: str, token: Any = _UNSET, **env: str) -> Run:
-        chosen = self.token if token is _UNSET else token
-        clean = clean_env(self.home, **env)
-        if chosen is not None:
-            clean["ROOST_TOKEN"] = chosen
-        return await run_cli(["--fault-url", self.url, *args], clean)
-
-    async def ok(self, *args: str, **env: str) -> Run:
-        run = await self(*args, **env)
-        assert run.code == 0, run.err
-        assert run.err == ""
-        return run
+    url_flag = "--fault-url"
 
     async def raise_alarm(self, alarm_id: str, entity: str, severity: str, reason: str) -> dict:
         run = await self.ok(

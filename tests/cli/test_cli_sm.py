@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,16 @@ from tests.service.test_service_placement import (
     until_state,
 )
 from tests.service.test_service_placement import group as placed_group
-from tests.support.cli import Run, clean_env, run_cli
+from tests.support.cli import RoostRunner
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Roost:
-    """Runs ``python -m roost_cli.main --service-url URL ...`` with a clean environment."""
+class Roost(RoostRunner):
+    """``roost --service-url URL ...``."""
 
-    url: str
-    token: str
-    home: Path
-
-    async def __call__(self, *args: str, stdin: str | None = None, **env: str) -> Run:
-        env = clean_env(self.home, ROOST_TOKEN=self.token, **env)
-        return await run_cli(["--service-url", self.url, *args], env, stdin)
-
-    async def ok(self, *args: str, **kw: Any) -> Run:
-        run = await self(*args, **kw)
-        assert run.code == 0 and run.err == "", run.err
-        return run
-
-    async def js(self, *args: str, **kw: Any) -> Any:
-        return (await self.ok("--format", "json", *args, **kw)).json()
+    url_flag = "--service-url"
 
 
 def declaration(name: str = "gateway", **changes: Any) -> dict[str, Any]:

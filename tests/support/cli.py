@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -60,3 +60,41 @@ async def run_cli(args: list[str], env: dict[str, str], stdin: str | None = None
     out, err = await asyncio.wait_for(proc.communicate(data), timeout=30)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+_UNSET: Any = object()
+
+
+@dataclass
+class RoostRunner:
+    """Runs ``python -m roost_cli.main URL_FLAG URL ...`` with a clean environment (no stray
+    credentials); subclasses name the service's URL flag. ``token`` (overridable per call,
+    ``None`` for none) becomes ``ROOST_TOKEN``."""
+
+    url_flag: ClassVar[str]
+
+    url: str
+    token: str | None
+    home: Path
+
+    async def __call__(
+        self, *args: str, stdin: str | None = None, token: Any = _UNSET, **env: str
+    ) -> Run:
+        chosen = self.token if token is _UNSET else token
+        clean = clean_env(self.home, **env)
+        if chosen is not None:
+            clean["ROOST_TOKEN"] = chosen
+        return await run_cli([self.url_flag, self.url, *args], clean, stdin)
+
+    def allowed_err(self, args: tuple[str, ...], err: str) -> bool:
+        """Whether a successful run may still write ``err`` (by default nothing may)."""
+        return False
+
+    async def ok(self, *args: str, **kw: Any) -> Run:
+        run = await self(*args, **kw)
+        assert run.code == 0, run.err
+        assert run.err == "" or self.allowed_err(args, run.err), run.err
+        return run
+
+    async def js(self, *args: str, **kw: Any) -> Any:
+        return (await self.ok("--format", "json", *args, **kw)).json()
