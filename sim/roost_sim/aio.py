@@ -200,19 +200,8 @@ def register_hosts(fleet: Fleet, hosts: list[SimHost], admin_token: str) -> None
     """
     url = f"http://127.0.0.1:{SERVICE_PORTS['config']}/v1/hosts"
     headers = {"Authorization": f"Bearer {admin_token}"}
-    bmc_user, bmc_password = fleet.bmc_credentials()
     for host in hosts:
-        body = {
-            "hostname": host.hostname,
-            "personality": host.profile,
-            "mgmt_mac": host.mac,
-            "mgmt_ip": host.ip,
-            "bmc_type": "ipmi",
-            "bmc_address": "127.0.0.1",
-            "bmc_port": fleet.bmc_port(host),
-            "bmc_username": bmc_user,
-            "bmc_password": bmc_password,
-        }
+        body = fleet.inventory_record(host)
         try:
             response = httpx.post(url, json=body, headers=headers, timeout=10)
         except httpx.HTTPError as exc:

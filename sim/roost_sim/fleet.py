@@ -103,6 +103,22 @@ class Fleet:
         """The UDP port of the host's BMC on 127.0.0.1."""
         return self.bmc_first_port + host.index
 
+    def inventory_record(self, host: SimHost) -> dict[str, str | int]:
+        """The config service's ``POST /v1/hosts`` body for ``host``, with its BMC (127.0.0.1,
+        its port, the fleet's user and password)."""
+        user, password = self.bmc_credentials()
+        return {
+            "hostname": host.hostname,
+            "personality": host.profile,
+            "mgmt_mac": host.mac,
+            "mgmt_ip": host.ip,
+            "bmc_type": "ipmi",
+            "bmc_address": "127.0.0.1",
+            "bmc_port": self.bmc_port(host),
+            "bmc_username": user,
+            "bmc_password": password,
+        }
+
     def bmc_credentials(self) -> tuple[str, str]:
         """``(user, password)`` of every BMC of the fleet, from ``<state>/fleet/bmc.json``
         (made at first use, mode 0600)."""

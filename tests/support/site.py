@@ -101,20 +101,9 @@ async def open_site(
         bmc_control_port=free_port(),
         agent_env=agent_env,
     )
-    user, password = fleet.bmc_credentials()
     async with config.client(stack.tokens.admin) as http:
         for h in hosts:
-            body = {
-                "hostname": h.hostname,
-                "personality": h.profile,
-                "mgmt_mac": h.mac,
-                "mgmt_ip": h.ip,
-                "bmc_type": "ipmi",
-                "bmc_address": "127.0.0.1",
-                "bmc_port": fleet.bmc_port(h),
-                "bmc_username": user,
-                "bmc_password": password,
-            }
+            body = fleet.inventory_record(h)
             r = await http.post("/v1/hosts", json=body)
             assert r.status_code == 201, r.text
     s = Site(config, host, fault, fleet, supervisor, stack.tokens.admin, service=sm)
