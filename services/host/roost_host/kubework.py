@@ -93,6 +93,7 @@ class KubeRunner:
                 await self.db.in_transaction(
                     lambda s: self.ops.kube_done(s, host_uuid, request["id"], result)
                 )
+                self.ops.outbox.wake()  # its events now, not at the relay's next poll
                 return
             except Exception as exc:
                 delay = next(delays)
