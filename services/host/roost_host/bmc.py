@@ -1,10 +1,12 @@
 """IPMI to the hosts' BMCs: an asyncio client over pyghmi.
 
 pyghmi's ``Command`` is blocking, so every IPMI exchange runs in a thread of the pool's own
-executor. Around it, per BMC: a slot (``per_bmc`` calls at once, default 1: one session, whose
-commands pyghmi serialises anyway), a timeout per attempt, retries with exponential back-off for
-``unreachable``/``timeout`` only (never ``auth``: retrying wrong credentials locks accounts on
-real BMCs), and a circuit breaker; in total at most ``max_total`` calls at once.
+executor. Around it, per BMC and lane (power control, and sensor reads apart from it: two
+sessions, so a fence never waits behind an SDR read): a slot (``per_bmc`` calls at once,
+default 1: one session, whose commands pyghmi serialises anyway), a timeout per attempt,
+retries with exponential back-off for ``unreachable``/``timeout`` only (never ``auth``:
+retrying wrong credentials locks accounts on real BMCs), and a circuit breaker; in total at
+most ``max_total`` calls at once.
 
 Sessions are reused: one ``Command`` (one RMCP+ session, and its SDR cache for sensors) per BMC,
 replaced when pyghmi says it is no longer valid, after any failure, or when the credentials
@@ -45,6 +47,10 @@ TRANSIENT = frozenset({"unreachable", "timeout"})
 #: logins every poll (some lock the account). ``error`` (the BMC answered, e.g. "not supported
 #: in present state") is a working BMC.
 BREAKER_COUNTS = TRANSIENT | {"auth"}
+
+#: Lanes: each has its own slot and session on a BMC (sharing its breaker), so power control
+#: never queues behind a sensor read (measured: a fence waited ~0.7 s behind one).
+CONTROL, SENSORS = "control", "sensors"
 
 BmcErrorKind = Literal["unreachable", "auth", "timeout", "circuit-open", "error"]
 Health = Literal["ok", "warning", "critical", "failed"]
@@ -277,7 +283,8 @@ class BmcPool:
                 for r in c.get_sensor_data()
             ]
 
-        return await self._call(t, "sensors", work)
+        # Its own lane: reading a whole SDR takes a while, and a fence must not wait behind it.
+        return await self._call(t, "sensors", work, lane=SENSORS)
 
     async def power_states(
         self, targets: list[BmcTarget], *, timeout_s: float | None = None
@@ -333,7 +340,7 @@ class BmcPool:
 
     # Machinery ---------------------------------------------------------------------------
 
-    def _bmc(self, t: BmcTarget) -> _Bmc:
+    def _bmc(self, t: BmcTarget, lane: str = CONTROL) -> _Bmc:
         bmc = self._bmcs.get(t.key)
         if bmc is None:
             bmc = _Bmc(asyncio.Semaphore(self.per_bmc), self._new_breaker(), t.fingerprint)
@@ -342,12 +349,23 @@ class BmcPool:
             # New credentials from config: a fresh session, and the breaker forgets the
             # failures of the old ones (an operator fixing a password wants it tried now).
             bmc.fingerprint, bmc.command, bmc.breaker = t.fingerprint, None, self._new_breaker()
-        return bmc
+        if lane == CONTROL:
+            return bmc
+        # Another lane: its own slot and session, the same breaker (one BMC's health).
+        key = f"{t.key}#{lane}"
+        other = self._bmcs.get(key)
+        if other is None or other.fingerprint != t.fingerprint:
+            other = _Bmc(asyncio.Semaphore(self.per_bmc), bmc.breaker, t.fingerprint)
+            self._bmcs[key] = other
+        other.breaker = bmc.breaker
+        return other
 
     def _new_breaker(self) -> _Breaker:
         return _Breaker(self.breaker_failures, self.breaker_reset_s)
 
-    async def _call(self, t: BmcTarget, op: str, work: Callable[[Any], T]) -> T:
+    async def _call(
+        self, t: BmcTarget, op: str, work: Callable[[Any], T], lane: str = CONTROL
+    ) -> T:
         from tenacity import (
             AsyncRetrying,
             retry_if_exception,
@@ -355,7 +373,7 @@ class BmcPool:
             wait_exponential,
         )
 
-        bmc = self._bmc(t)
+        bmc = self._bmc(t, lane)
         started = time.monotonic()
         if not bmc.breaker.admit(started):
             err = BmcError("circuit-open", f"BMC {t.key} failed repeatedly; calls paused")
