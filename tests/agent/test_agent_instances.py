@@ -146,6 +146,16 @@ async def test_assign_restart_in_place_stale_role_change_and_remove(stack, agent
     assert '"instances": []' in (agent.state_dir / "instances.json").read_text()
     assert agent.metric("roost_agent_commands_total", type="service.instance.assign") == 4
 
+    # A delayed active assign from before the removal (token 5, not newer) is refused: an
+    # active taken away is not revived. A newer token runs.
+    seen = len(events.got)
+    await send(bus, agent.mac, assign(envs, "active", 5))
+    refused = await state(events, agent.mac, "stopped", seen, fencing_token=5)
+    assert "stale assign refused: removed" in refused["reason"], refused
+    assert not [e for e in events.of(CHANGED, agent.mac)[seen:] if e["data"]["state"] == "running"]
+    await send(bus, agent.mac, assign(envs, "active", 6))
+    await state(events, agent.mac, "healthy", seen, role="active", fencing_token=6)
+
 
 async def test_agent_restart_runs_its_instances_again(stack, agents, tmp_path):
     envs = tmp_path / "envs"

@@ -121,6 +121,8 @@ class Instances:
         self._report = report
         self._monitor: ProcessMonitor | None = None
         self._assigned: dict[str, InstanceAssign] = {}  # by instance id, as persisted
+        # Removed instances' last fencing tokens (persisted): older assigns are refused.
+        self._retired: dict[str, int] = {}
         self._ids: dict[str, str] = {}  # monitor name -> instance id
         self._notes: dict[str, str] = {}  # instance id -> why it is being stopped
         self._started = False
@@ -181,6 +183,20 @@ class Instances:
         """Handle ``service.instance.assign``; returns the outcome (for logs and metrics)."""
         key = command.instance_id
         current = self._assigned.get(key)
+        retired = self._retired.get(key)
+        token = command.fencing_token
+        if current is None and retired is not None and token is not None and token <= retired:
+            # Removed after running with token ``retired``: an active assign that is not newer
+            # is a delayed command from before the removal; starting it would revive an active
+            # that was taken away. (A standby carries no token: starting one is harmless.)
+            log.warning("refused assign of removed %s: token %s", key, command.fencing_token)
+            self._send(
+                command,
+                "stopped",
+                f"stale assign refused: removed after running with fencing token {retired}",
+                correlationid,
+            )
+            return "stale"
         if current is not None and is_stale(command.fencing_token, current.fencing_token):
             log.warning(
                 "refused stale assign of %s: token %s < %s",
@@ -220,6 +236,7 @@ class Instances:
             await self.monitor.stop(pmon_name(key))
             self._notes.pop(key, None)
         self._assigned[key] = command
+        self._retired.pop(key, None)
         self._save()
         self._run(command, correlationid)
         return "started" if current is None else "restarted"
@@ -349,6 +366,8 @@ class Instances:
             await self.monitor.stop(name)
         self._notes.pop(key, None)
         del self._assigned[key]
+        if current.fencing_token is not None:
+            self._retired[key] = max(current.fencing_token, self._retired.get(key, 0))
         self._lease_until.pop(key, None)
         self._down.discard(key)
         self._ids.pop(name, None)
@@ -495,6 +514,8 @@ class Instances:
         except (OSError, ValueError):
             log.exception("cannot read %s; starting no instances", self._path)
             return {}
+        retired = document.get("retired") or {}
+        self._retired = {k: v for k, v in retired.items() if isinstance(v, int)}
         assigned = {}
         for entry in document.get("instances", []):
             try:
@@ -506,7 +527,10 @@ class Instances:
         return assigned
 
     def _save(self) -> None:
-        document = {"instances": [a.model_dump(mode="json") for a in self._assigned.values()]}
+        document = {
+            "instances": [a.model_dump(mode="json") for a in self._assigned.values()],
+            "retired": self._retired,
+        }
         write_atomic(self._path, json.dumps(document, indent=2, sort_keys=True).encode())
 
 
