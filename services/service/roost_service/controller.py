@@ -46,7 +46,7 @@ from typing import Any
 from roost_service import alarms
 from roost_service.hosts import HostBook, describe, healthy
 from roost_service.lease import Lease, LeaseStore, utc_ms
-from roost_service.placement import agent_spec, instance_state, members
+from roost_service.placement import agent_spec, instance_state, members, report_matches
 from roost_service.placements import PlacementStore, instance_id
 from roost_service.store import GroupStore
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
@@ -230,10 +230,15 @@ class Controller:
             )
 
         model = group["redundancy"]["model"]
+        policy = group.get("failure_policy") or {}
+        degrade = policy.get("on_exhausted") == "degrade"
+        window_s = float(policy.get("window_s", 60.0))
         if disabled:
             decision = await self._release(name, "the group is disabled")
         elif model == "active-standby":
-            decision = await self._activity(name, in_service, failed_on, old, swact_to, hosts)
+            decision = await self._activity(
+                name, in_service, failed_on, old, swact_to, hosts, keep_on_failure=degrade
+            )
         elif model == "n":
             decision = Decision(desired={h: ("active", None) for h in in_service})
         else:
@@ -269,7 +274,12 @@ class Controller:
                 if want is not None and want[0] == "active" and still_active:
                     pass  # keep what it runs until the old active has stepped down
                 elif want is not None and host is not None:
-                    if (inst.get("role"), inst.get("token")) != want or inst["state"] == "initial":
+                    retry = _gave_up_long_ago(inst, reports.get(inst["instance_id"]), window_s)
+                    if (
+                        (inst.get("role"), inst.get("token")) != want
+                        or inst["state"] == "initial"
+                        or retry
+                    ):
                         inst["role"], inst["token"] = want
                         inst["assigned_at"] = now
                         out = active_cmds if want[0] == "active" else standby_cmds
@@ -292,7 +302,9 @@ class Controller:
                 inst["last_report"] = _brief(report)
                 instances.append(inst)
 
-        state, reason = _group_state(model, order, in_service, hosts, instances, start, decision)
+        state, reason = _group_state(
+            model, order, in_service, hosts, instances, start, decision, degrade
+        )
         if disabled:
             state, reason = "disabled", "disabled by the operator"
         elif locked and state != "active":
@@ -342,6 +354,7 @@ class Controller:
         old: dict[str, dict[str, Any]],
         swact_to: str | None,
         hosts: dict[str, dict[str, Any]],
+        keep_on_failure: bool = False,
     ) -> Decision:
         """The lease decision of an active-standby group (see the module docstring)."""
         lease: Lease | None = await self.leases.current(name, SLOT)
@@ -355,7 +368,7 @@ class Controller:
         waiting = False
         if held is not None:
             h = held.holder or ""
-            if h in in_service and not failed_on(h):
+            if h in in_service and (keep_on_failure or not failed_on(h)):
                 held = await self.leases.renew(name, SLOT, h, held.token, self.ttl_s)
             elif h in in_service:
                 await self.leases.release(name, SLOT, h, held.token)
@@ -522,6 +535,19 @@ def _healthy_standby(
     return None
 
 
+def _gave_up_long_ago(inst: dict[str, Any], report: dict[str, Any] | None, window_s: float) -> bool:
+    """True if the agent gave this assignment up (restarts exhausted) more than ``window_s``
+    ago: time to start it again (a fresh restart budget)."""
+    if inst.get("state") != "failed" or not report_matches(inst, report):
+        return False
+    assert report is not None
+    when = report.get("time")
+    if not isinstance(when, datetime):
+        return False
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - when).total_seconds() > window_s
+
+
 def _group_state(
     model: str,
     order: list[str],
@@ -530,6 +556,7 @@ def _group_state(
     instances: list[dict[str, Any]],
     start: list[str],
     decision: Decision,
+    degrade: bool = False,
 ) -> tuple[str, str]:
     """(state, reason): active, degraded (active, no standby), go-active, failed."""
     if model == "n-plus-m":
@@ -554,6 +581,15 @@ def _group_state(
         return "active", ""
     if active:
         return "degraded", f"active on {active[0]}, no healthy standby"
+    holder = decision.holder
+    mine = [i for i in instances if i["host"] == holder and i.get("role") == "active"]
+    if degrade and any(i["state"] == "enabled-active" for i in mine):
+        down = [i["service"] for i in mine if i["state"] == "failed"]
+        if down:
+            return "degraded", (
+                f"active on {holder} without {', '.join(down)} (restarts exhausted; "
+                "on_exhausted: degrade keeps the group here; retried after window_s)"
+            )
     failed = [i for i in instances if i["state"] == "failed" and i.get("role")]
     if decision.holder in decision.desired and not failed:
         return "go-active", f"starting the active instances on {decision.holder}"

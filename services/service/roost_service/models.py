@@ -88,7 +88,11 @@ class Members(_Strict):
 
 
 class OnExhausted(StrEnum):
-    """What the group becomes when a service keeps failing after its restarts (and failover)."""
+    """What a service that keeps failing after its restarts does to its group (sm's failure
+    impact): ``fail`` fails its instance, so the activity moves to the standby (failover);
+    ``degrade`` keeps the group active where it is, degraded, without that service (for a
+    service the group can live without, e.g. a metrics exporter). Either way the failed instance
+    is started again once ``window_s`` has passed since it gave up."""
 
     degrade = "degrade"
     fail = "fail"
@@ -96,12 +100,12 @@ class OnExhausted(StrEnum):
 
 class FailurePolicy(_Strict):
     """Restart a failed service in place up to ``max_restarts`` times within ``window_s``
-    seconds; one more failure in the window fails the instance over (``on_exhausted`` says
-    whether the group is then degraded or failed)."""
+    seconds; one more failure in the window exhausts it: ``on_exhausted`` says whether that
+    fails the instance over (``fail``, the default) or only degrades the group."""
 
     max_restarts: int = Field(3, ge=0, le=100)
     window_s: float = Field(60.0, gt=0, le=86_400)
-    on_exhausted: OnExhausted = OnExhausted.degrade
+    on_exhausted: OnExhausted = OnExhausted.fail
 
 
 class _Probe(_Strict):
