@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -96,8 +97,13 @@ async def freeze(sm: Sm, *, bmc_reachable: bool) -> float:
 
 
 async def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="roost-bench-sm-") as tmp:
+    # BENCH_KEEP=1 keeps the work directory (service and agent logs) for a look afterwards.
+    keep = bool(os.environ.get("BENCH_KEEP"))
+    tmp = tempfile.mkdtemp(prefix="roost-bench-sm-")
+    try:
         work = Path(tmp)
+        if keep:
+            log(f"keeping {work}")
         db, mongo_url = start_database(work)
         vhost = Vhost.create()
         stack = Stack(vhost, mongo_url, Tokens.create(work), work)
@@ -134,6 +140,9 @@ async def main() -> None:
                 svc.stop()
             vhost.delete()
             db.stop()
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def ms(values: list[float], p: float) -> float:
         return percentile(values, p) * 1000
@@ -157,4 +166,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up services on a kill
     asyncio.run(main())

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
+import signal
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support.site import Site
+from tests.support import nft
+from tests.support.site import Site, open_site, where
 from tests.support.waiting import eventually
 
 GROUP = "gw"
@@ -142,3 +148,141 @@ def declaration(procs: Path, max_restarts: int = 2) -> dict[str, Any]:
 
 async def group_state(s: Sm, state: str) -> bool:
     return (await s.instances())["state"] == state
+
+
+@contextlib.asynccontextmanager
+async def open_sm(stack: Any, tmp_path: Path, **site_options: Any) -> AsyncIterator[Sm]:
+    """A 3-host site with the service service; group ``gw`` active on worker-0, standby on
+    worker-1; both watchers running. Raises at the end if either ever saw two actives."""
+    procs = tmp_path / "procs"
+    procs.mkdir(parents=True)
+    async with open_site(stack, tmp_path, 3, service=True, **site_options) as site:
+        watch = Watch(procs)
+        async with site.client(site.service) as http:
+            s = Sm(site, watch, http)
+            tasks = [asyncio.create_task(watch.run()), asyncio.create_task(s.watch_api())]
+            try:
+                r = await http.put(f"/v1/service-groups/{GROUP}", json=declaration(procs))
+                assert r.status_code == 201, r.text
+                await s.active_on("worker-0")
+                await eventually(lambda: group_state(s, "active"), timeout=20, what="group active")
+                yield s
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        assert not watch.violations, watch.violations[:3]
+        assert not s.api_violations, s.api_violations[:3]
+
+
+# Randomized faults -------------------------------------------------------------------------------
+
+#: Fault kinds and their weights: mostly quick ones, a whole-host failure now and then.
+FAULTS: dict[str, int] = {
+    "kill-active": 25,  # SIGKILL the active process (restart in place; K+1 → failover)
+    "kill-standby": 15,
+    "swact": 20,
+    "hiccup": 15,  # freeze the active host for 50-250 ms: below detection, nothing may move
+    "cut-udp": 10,  # drop the active host's service-link datagrams for 0.5-4 s
+    "restart-agent": 10,  # clean restart of a random member's agent (SIGTERM; it comes back)
+    "freeze-host": 5,  # freeze the active host: fence, failover, power-cycle, back as standby
+}
+
+
+@dataclass
+class ChaosReport:
+    runs: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    #: The kind of each run, in order (pairs with ``recovery_s``).
+    order: list[str] = field(default_factory=list)
+    #: Seconds from each fault to the group active again with a ready standby.
+    recovery_s: list[float] = field(default_factory=list)
+
+
+async def chaos(s: Sm, runs: int, seed: int, log: Any = None) -> ChaosReport:
+    """``runs`` random faults (seeded), each followed by a wait for the group to be whole again
+    (active + standby, within 90 s: a liveness check). The watchers check, all along, that no
+    two actives ever run; the caller asserts on them."""
+    rng = random.Random(seed)
+    kinds, weights = zip(*FAULTS.items(), strict=True)
+    can_cut = nft.available()
+    report = ChaosReport()
+    for n in range(runs):
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "cut-udp" and not can_cut:
+            kind = "hiccup"
+        started = time.monotonic()
+        await _fault(s, kind, rng)
+        await _whole(s)
+        report.runs += 1
+        report.kinds[kind] += 1
+        report.order.append(kind)
+        report.recovery_s.append(time.monotonic() - started)
+        if log is not None:
+            log(f"run {n + 1}/{runs}: {kind}, whole again after {report.recovery_s[-1]:.2f}s")
+    return report
+
+
+async def _whole(s: Sm) -> None:
+    async def whole() -> bool:
+        procs = s.watch.procs()
+        roles = sorted(p.role for p in procs)
+        return roles == ["active", "standby"] and await group_state(s, "active")
+
+    await eventually(whole, timeout=90, interval=0.02, what="group active with a standby")
+
+
+async def _fault(s: Sm, kind: str, rng: random.Random) -> None:
+    site = s.site
+    active = (await eventually(s.watch.active, timeout=30, what="an active process"))[0]
+    if kind == "kill-active":
+        await _killed(s, [active.pid])
+    elif kind == "kill-standby":
+        await _killed(s, [p.pid for p in s.watch.procs() if p.role == "standby"])
+    elif kind == "swact":
+        r = await s.http.post(f"/v1/service-groups/{GROUP}/swact")
+        assert r.status_code in (200, 409), r.text
+    elif kind in ("hiccup", "freeze-host"):
+        host = active.host
+        pids = [site.agent_pid(host), *(p.pid for p in s.watch.procs() if p.host == host)]
+        for pid in pids:
+            _kill(pid, signal.SIGSTOP)
+        if kind == "hiccup":
+            await asyncio.sleep(rng.uniform(0.05, 0.25))  # the fault's length, not a wait
+            for pid in pids:
+                _kill(pid, signal.SIGCONT)
+        else:  # fenced by its BMC (killed), power-cycled, back
+            async with site.client(site.host) as http:
+                await where(http, host, lambda d: d["availability"] == "failed", "failed", 15)
+                await where(http, host, lambda d: d["availability"] == "available", "back", 90)
+    elif kind == "cut-udp":
+        worker = next(h for h in site.fleet.hosts() if h.hostname == active.host)
+        with nft.nft_table() as table:
+            table.drop_udp(int(site.service.env["ROOST_SM_LINK_PORT"]), saddr=worker.ip)
+            await asyncio.sleep(rng.uniform(0.5, 4.0))  # the fault's length, not a wait
+    elif kind == "restart-agent":
+        host = rng.choice(["worker-0", "worker-1"])
+        _kill(site.agent_pid(host), signal.SIGTERM)  # the fleet supervisor starts it again
+        await eventually(
+            lambda: _agent_back(site, host), timeout=30, what=f"{host}'s agent running again"
+        )
+
+
+async def _killed(s: Sm, pids: list[int]) -> None:
+    """SIGKILL ``pids`` and wait until the kernel says they are gone (a signal is delivered
+    asynchronously: a look right after ``kill`` may still see them running)."""
+    for pid in pids:
+        _kill(pid, signal.SIGKILL)
+    await eventually(
+        lambda: not {p.pid for p in s.watch.procs()} & set(pids), timeout=10, what="killed"
+    )
+
+
+def _agent_back(site: Site, host: str) -> bool:
+    proc = site.supervisor.procs[host]
+    return bool(proc.running and proc.proc is not None)
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
