@@ -192,6 +192,32 @@ async def test_placement_then_failover_on_failed_instance(stack):
     assert set(set_ids) <= {"400.001", "400.002"}
 
 
+async def test_degrade_policy_keeps_the_group_active_and_retries_after_the_window(stack):
+    svc, _bus, agents = await placed(stack)
+    c0, c1 = agents["controller-0"], agents["controller-1"]
+    policy = {"max_restarts": 2, "window_s": 1, "on_exhausted": "degrade"}
+    async with svc.client(stack.tokens.admin) as http:
+        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        r = await http.put("/v1/service-groups/gw", json=group(failure_policy=policy))
+        assert r.status_code == 201, r.text
+        await until_state(http, "active")
+        token = (await instances(http))["instances"][0]["token"] or 0
+        before = len(c1.assigns("active"))
+        # The active's api gives up: no failover, the group is degraded where it is.
+        await c1.report("gw.api.controller-1", "failed", "restarts exhausted")
+        body = await until_state(http, "degraded")
+        assert body["active_host"] == "controller-1"
+        assert "without api" in body["state_reason"] and "degrade" in body["state_reason"]
+        assert not c0.assigns("active"), "no failover under on_exhausted: degrade"
+        # After window_s it is started again, same role and token: the group is whole again.
+        await eventually(
+            lambda: len(c1.assigns("active")) > before, timeout=10, what="a retry of api"
+        )
+        retry = c1.assigns("active")[-1]["data"]
+        assert (retry["service"], retry["fencing_token"]) == ("api", max(token, 1))
+        await until_state(http, "active")
+
+
 async def test_host_failure_takes_over_only_after_lease_expiry(stack):
     svc, bus, agents = await placed(stack)
     async with svc.client(stack.tokens.admin) as http:
