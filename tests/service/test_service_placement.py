@@ -300,9 +300,12 @@ async def test_unknown_or_locked_hosts_are_not_placed(stack):
     assert all(not a.assigns() for a in agents.values())
 
 
-async def _hosts_known(http: httpx.AsyncClient, n: int = 2) -> bool:
+async def _hosts_known(
+    http: httpx.AsyncClient, n: int = 2, hosts: tuple[str, ...] = ("controller-0", "controller-1")
+) -> bool:
     # A scratch group shows what the service knows: its failure reason names each host.
-    r = await http.put("/v1/service-groups/probe", json=group(preferred=[]))
+    scratch = group(preferred=[], members={"hosts": list(hosts)})
+    r = await http.put("/v1/service-groups/probe", json=scratch)
     assert r.status_code in (200, 201), r.text
     body = await instances(http, "probe")
     known = [i for i in body["instances"] if "unknown" not in i["reason"]]
@@ -325,3 +328,97 @@ async def _state_is(http: httpx.AsyncClient, state: str) -> dict | None:
 
 async def _alarm(listener: Listener, alarm_id: str) -> bool:
     return any(e["data"]["alarm_id"] == alarm_id for e in listener.of("fault.alarm.set"))
+
+
+async def test_n_plus_m_keeps_n_active_and_fills_a_slot_from_the_standby(stack):
+    """2+1 on three hosts: two slots, each with its own lease and fencing token, one standby;
+    a failed instance or host gives its slot to the standby; never more than N actives."""
+    svc, bus, agents = await placed(stack, ROOST_ACTIVITY_TTL_S="1")
+    third = await FakeAgent(bus, "controller-2", "52:54:00:00:00:12").start()
+    record = HostRecord(
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, "controller-2")),
+        hostname="controller-2",
+        mgmt_mac=third.mac,
+        install_state="done",
+    )
+    await bus.publish([Envelope.of(record, type="config.host.added", source="roost/config")])
+    change = HostStateChanged(
+        uuid=record.uuid,
+        hostname="controller-2",
+        from_administrative="locked",
+        from_operational="disabled",
+        from_availability="online",
+        to_administrative="unlocked",
+        to_operational="enabled",
+        to_availability="available",
+        cause="test",
+        reason="test",
+        time=utcnow(),
+    )
+    await bus.publish([Envelope.of(change, source="roost/host")])
+    c0, c1 = agents["controller-0"], agents["controller-1"]
+    declared = group(
+        redundancy={"model": "n-plus-m", "active": 2, "standby": 1},
+        members={"hosts": ["controller-0", "controller-1", "controller-2"]},
+        preferred=["controller-0", "controller-1"],
+    )
+    peak: list[int] = []
+
+    async def count_actives() -> None:
+        while True:
+            body = await instances(http)
+            active = {i["host"] for i in body["instances"] if i["state"] == "enabled-active"}
+            peak.append(len(active))
+            await asyncio.sleep(0.01)
+
+    async with svc.client(stack.tokens.admin) as http:
+        three = ("controller-0", "controller-1", "controller-2")
+        await eventually(lambda: _hosts_known(http, 3, three), timeout=10, what="hosts learnt")
+        assert (await http.put("/v1/service-groups/gw", json=declared)).status_code == 201
+        watcher = asyncio.create_task(count_actives())
+        try:
+            body = await until_state(http, "active")
+            assert sorted(body["active_hosts"]) == ["controller-0", "controller-1"]
+            leases = {
+                lease["slot"]: lease
+                for lease in (await http.get("/v1/service-groups/gw/leases")).json()["leases"]
+            }
+            holders = {lease["holder"] for lease in leases.values()}
+            assert holders == {"controller-0", "controller-1"}
+            standby = [c["data"] for c in third.assigns()]
+            assert {a["role"] for a in standby} == {"standby"}
+            slot_of_c0 = next(s for s, lease in leases.items() if lease["holder"] == "controller-0")
+
+            # c0's db gives up: its slot goes to the standby with that slot's token + 1.
+            await c0.report("gw.db.controller-0", "failed", "restarts exhausted")
+            body = await eventually(
+                lambda: _state_with(http, "active", "controller-2"), timeout=10, what="c2 active"
+            )
+            assert sorted(body["active_hosts"]) == ["controller-1", "controller-2"]
+            new = (await http.get("/v1/service-groups/gw/leases")).json()["leases"]
+            moved = next(lease for lease in new if lease["slot"] == slot_of_c0)
+            assert moved["holder"] == "controller-2"
+            assert moved["token"] == leases[slot_of_c0]["token"] + 1
+            assert {a["data"]["fencing_token"] for a in third.assigns("active")} == {moved["token"]}
+
+            # controller-1's host fails: its slot is taken once the lease expired, by the
+            # standby (controller-0 again, given a fresh standby role meanwhile).
+            await set_state(bus, "controller-1", "unlocked", "disabled", "failed")
+            body = await eventually(
+                lambda: _state_with(http, "degraded", "controller-0", "no healthy standby"),
+                timeout=10,
+                what="controller-0 active in controller-1's slot, no standby left",
+            )
+            assert sorted(body["active_hosts"]) == ["controller-0", "controller-2"]
+        finally:
+            watcher.cancel()
+    assert peak and max(peak) <= 2, f"more than N=2 actives seen: {max(peak)}"
+    assert c1.assigns("active"), "controller-1 was active before its host failed"
+
+
+async def _state_with(
+    http: httpx.AsyncClient, state: str, active: str, reason: str = ""
+) -> dict | None:
+    body = await instances(http)
+    ok = body["state"] == state and active in body["active_hosts"]
+    return body if ok and reason in body["state_reason"] else None

@@ -30,7 +30,7 @@ failure policy. Groups can be PUT as JSON or YAML; bad declarations are refused 
 each field. Each activity slot has a lease with a monotonically increasing fencing token
 (`GET /v1/service-groups/{name}/leases`).
 
-Places `active-standby` and `n` groups on in-service member hosts (learnt from
+Places `active-standby`, `n-plus-m` and `n` groups on in-service member hosts (learnt from
 `config.host.*` and `host.state.changed`), grants the activity lease to one host and sends
 `service.instance.assign|remove` to the agents; fails over on a failed instance at once and on a
 failed host when the host service confirms its fence (else after the lease expired);
@@ -39,7 +39,7 @@ failed host when the host service confirms its fence (else after the lease expir
 
 The service link (UDP port 8198 and the bus) hands each agent the leases its actives hold; a
 path silent while the other works raises 400.005. Emits `service.group.created|updated|
-deleted`. Not yet: n-plus-m placement."""
+deleted`."""
 
 
 def build_app(settings: ServiceSettings | None = None) -> FastAPI:

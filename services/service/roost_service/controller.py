@@ -69,9 +69,10 @@ class Decision:
     """What one pass wants for a group: role and token per host, and why if nothing runs."""
 
     desired: dict[str, tuple[str, int | None]] = field(default_factory=dict)
-    holder: str | None = None
+    holder: str | None = None  # the first slot's holder (active-standby: the one)
     note: str = ""
-    expires_at: datetime | None = None
+    #: Active host -> the lease it holds (its slot, fencing token, expiry).
+    holders: dict[str, Lease] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,12 +87,18 @@ class Controller:
     deadline_s: float = 30.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # group -> (holder host, its leases): what the service link grants (rebuilt every pass).
-    _grants: dict[str, tuple[str, list[LinkLease]]] = field(default_factory=dict)
+    # group -> [(holder host, its leases)]: what the service link grants (rebuilt every pass).
+    _grants: dict[str, list[tuple[str, list[LinkLease]]]] = field(default_factory=dict)
 
     def grants_for(self, host: str) -> list[LinkLease]:
         """The activity leases ``host`` holds now (for the service link's grants)."""
-        return [lease for h, leases in self._grants.values() if h == host for lease in leases]
+        return [
+            lease
+            for holders in self._grants.values()
+            for h, leases in holders
+            if h == host
+            for lease in leases
+        ]
 
     def wake(self) -> None:
         """Ask for a pass soon (after a commit that changed what the controller reads)."""
@@ -233,16 +240,24 @@ class Controller:
         policy = group.get("failure_policy") or {}
         degrade = policy.get("on_exhausted") == "degrade"
         window_s = float(policy.get("window_s", 60.0))
+        slots = list(group.get("slots") or [])
         if disabled:
-            decision = await self._release(name, "the group is disabled")
-        elif model == "active-standby":
-            decision = await self._activity(
-                name, in_service, failed_on, old, swact_to, hosts, keep_on_failure=degrade
-            )
+            decision = await self._release(name, slots, "the group is disabled")
         elif model == "n":
             decision = Decision(desired={h: ("active", None) for h in in_service})
         else:
-            decision = Decision(note="n-plus-m placement is not built yet: nothing is placed")
+            standbys = 1 if model == "active-standby" else group["redundancy"].get("standby") or 0
+            decision = await self._activity(
+                name,
+                slots,
+                standbys,
+                in_service,
+                failed_on,
+                old,
+                swact_to,
+                hosts,
+                keep_on_failure=degrade,
+            )
 
         services = {s["name"]: s for s in group["services"]}
         involved = order + sorted({i["host"] for i in old.values()} - set(order))
@@ -252,8 +267,8 @@ class Controller:
         still_active = {
             h
             for h in involved
-            if model == "active-standby"
-            and h != decision.holder
+            if model != "n"
+            and h not in decision.holders
             and healthy(hosts.get(h))
             and any(
                 (r := reports.get(instance_id(name, svc, h))) is not None
@@ -283,7 +298,8 @@ class Controller:
                         inst["role"], inst["token"] = want
                         inst["assigned_at"] = now
                         out = active_cmds if want[0] == "active" else standby_cmds
-                        expires = decision.expires_at if want[0] == "active" else None
+                        lease = decision.holders.get(h)
+                        expires = lease.expires_at if lease and want[0] == "active" else None
                         out.append(self._assign(group, services[svc], inst, host, expires))
                 elif inst.get("role") is not None:
                     if host is not None and host.get("availability") != "failed":
@@ -302,8 +318,10 @@ class Controller:
                 inst["last_report"] = _brief(report)
                 instances.append(inst)
 
+        red = group["redundancy"]
+        want = (len(slots), 1 if model == "active-standby" else red.get("standby") or 0)
         state, reason = _group_state(
-            model, order, in_service, hosts, instances, start, decision, degrade
+            model, order, in_service, hosts, instances, start, decision, degrade, want
         )
         if disabled:
             state, reason = "disabled", "disabled by the operator"
@@ -323,6 +341,7 @@ class Controller:
             "instances": instances,
             "alarms": sorted(wanted),
             "holder": decision.holder,
+            "holders": sorted(decision.holders),
             "state": state,
             "state_reason": reason,
         }
@@ -349,6 +368,8 @@ class Controller:
     async def _activity(
         self,
         name: str,
+        slots: list[str],
+        standbys: int,
         in_service: list[str],
         failed_on: Any,
         old: dict[str, dict[str, Any]],
@@ -356,82 +377,105 @@ class Controller:
         hosts: dict[str, dict[str, Any]],
         keep_on_failure: bool = False,
     ) -> Decision:
-        """The lease decision of an active-standby group (see the module docstring)."""
-        lease: Lease | None = await self.leases.current(name, SLOT)
-        held = lease if lease is not None and lease.held_at(self.leases.clock()) else None
+        """The lease decision of an active-standby (one slot, one standby) or n-plus-m (N
+        slots, M standbys) group; see the module docstring. One host holds at most one slot."""
+        held: dict[str, Lease] = {}  # slot -> a lease still held (renewed, or waited out)
         excluded: set[str] = set()
-        note = ""
-        if held is not None and swact_to is not None:
-            await self.leases.release(name, SLOT, held.holder or "", held.token)
-            excluded.add(held.holder or "")
-            held = None
-        waiting = False
-        if held is not None:
-            h = held.holder or ""
-            if h in in_service and (keep_on_failure or not failed_on(h)):
-                held = await self.leases.renew(name, SLOT, h, held.token, self.ttl_s)
-            elif h in in_service:
-                await self.leases.release(name, SLOT, h, held.token)
+        notes: list[str] = []
+        for slot in slots:
+            lease = await self.leases.current(name, slot)
+            cur = lease if lease is not None and lease.held_at(self.leases.clock()) else None
+            if cur is None:
+                continue
+            h = cur.holder or ""
+            if swact_to is not None:
+                await self.leases.release(name, slot, h, cur.token)
                 excluded.add(h)
-                held = None
+            elif h in in_service and (keep_on_failure or not failed_on(h)):
+                renewed = await self.leases.renew(name, slot, h, cur.token, self.ttl_s)
+                if renewed is not None:
+                    held[slot] = renewed
+            elif h in in_service:
+                await self.leases.release(name, slot, h, cur.token)
+                excluded.add(h)
             elif (hosts.get(h) or {}).get("fenced") or (
                 healthy(hosts.get(h)) and h not in in_service
             ):
                 # Fenced through its BMC (nothing runs there any more), or healthy but locked
                 # out of the group / the group disabled (its agent is told to stop): no need to
                 # wait for the expiry.
-                await self.leases.release(name, SLOT, h, held.token)
+                await self.leases.release(name, slot, h, cur.token)
                 excluded.add(h)
-                held = None
                 log.warning("group %s: active host %s is out of the group; taking over", name, h)
             else:
-                waiting = True
-                note = (
+                held[slot] = cur  # out of service, not fenced: this slot waits for the expiry
+                notes.append(
                     f"active host {h} is out of service; a standby takes over when its activity "
-                    f"lease (token {held.token}) expires at {_clock(held.expires_at)}"
+                    f"lease (token {cur.token}) expires at {_clock(cur.expires_at)}"
                 )
-        if held is None and not waiting:
-            candidates = (
-                [swact_to]
-                if swact_to
-                else [h for h in in_service if h not in excluded and not failed_on(h)]
-            )
+        busy = {lease.holder for lease in held.values()}
+        if swact_to is not None:
+            candidates = [swact_to]
+        else:
+            eligible = [h for h in in_service if h not in excluded | busy and not failed_on(h)]
+            # A running standby takes over fastest; then member priority.
+            ready = [h for h in eligible if _runs(old, h, "standby")]
+            candidates = ready + [h for h in eligible if h not in ready]
+        for slot in slots:
+            if slot in held:
+                continue
             for c in candidates:
-                held = await self.leases.acquire(name, SLOT, c, self.ttl_s)
-                if held is not None:
+                if c in busy:
+                    continue
+                got = await self.leases.acquire(name, slot, c, self.ttl_s)
+                if got is not None:
+                    held[slot], _ = got, busy.add(c)
                     break
-            if held is None:
-                note = "no in-service member host can take the activity"
+            else:
+                notes.append("no in-service member host can take the activity")
         desired: dict[str, tuple[str, int | None]] = {}
-        holder = held.holder if held is not None else None
-        if held is not None and holder in in_service:
-            desired[holder] = ("active", held.token)
+        holders: dict[str, Lease] = {}
+        for slot in slots:
+            lease = held.get(slot)
+            if lease is not None and lease.holder in in_service:
+                desired[lease.holder] = ("active", lease.token)
+                holders[lease.holder] = lease
         others = [h for h in in_service if h not in desired]
-        kept = [h for h in others if any(i["host"] == h and i.get("role") for i in old.values())]
-        for h in (kept or others)[:1]:
+        kept = [h for h in others if _runs(old, h)]
+        for h in (kept + [o for o in others if o not in kept])[:standbys]:
             desired[h] = ("standby", None)
-        expires = held.expires_at if held is not None else None
-        return Decision(desired=desired, holder=holder, note=note, expires_at=expires)
+        first = next((held[s].holder for s in slots if s in held), None)
+        return Decision(
+            desired=desired, holder=first, note="; ".join(dict.fromkeys(notes)), holders=holders
+        )
 
-    async def _release(self, name: str, why: str) -> Decision:
+    async def _release(self, name: str, slots: list[str], why: str) -> Decision:
         """Give the activity up (a disabled group)."""
-        lease = await self.leases.current(name, SLOT)
-        if lease is not None and lease.held_at(self.leases.clock()):
-            await self.leases.release(name, SLOT, lease.holder or "", lease.token)
+        for slot in slots:
+            lease = await self.leases.current(name, slot)
+            if lease is not None and lease.held_at(self.leases.clock()):
+                await self.leases.release(name, slot, lease.holder or "", lease.token)
         return Decision(note=why)
 
     def _publish_grants(self, name: str, start: list[str], decision: Decision) -> None:
-        holder = decision.holder
-        want = decision.desired.get(holder or "")
-        if holder is None or want is None or want[0] != "active" or decision.expires_at is None:
+        grants = []
+        for host, lease in decision.holders.items():
+            if lease.expires_at is None:
+                continue
+            expires_ms = int(lease.expires_at.replace(tzinfo=UTC).timestamp() * 1000)
+            grants.append(
+                (
+                    host,
+                    [
+                        LinkLease(i=instance_id(name, s, host), k=lease.token, e=expires_ms)
+                        for s in start
+                    ],
+                )
+            )
+        if grants:
+            self._grants[name] = grants
+        else:
             self._grants.pop(name, None)
-            return
-        expires_ms = int(decision.expires_at.replace(tzinfo=UTC).timestamp() * 1000)
-        token = want[1] or 0
-        self._grants[name] = (
-            holder,
-            [LinkLease(i=instance_id(name, s, holder), k=token, e=expires_ms) for s in start],
-        )
 
     async def _forget(
         self, name: str, placement: dict[str, Any], hosts: dict[str, dict[str, Any]], now: datetime
@@ -535,6 +579,14 @@ def _healthy_standby(
     return None
 
 
+def _runs(old: dict[str, dict[str, Any]], host: str, role: str | None = None) -> bool:
+    """True if ``host`` has an instance of the group assigned (in ``role``, if given)."""
+    return any(
+        i["host"] == host and i.get("role") and (role is None or i["role"] == role)
+        for i in old.values()
+    )
+
+
 def _gave_up_long_ago(inst: dict[str, Any], report: dict[str, Any] | None, window_s: float) -> bool:
     """True if the agent gave this assignment up (restarts exhausted) more than ``window_s``
     ago: time to start it again (a fresh restart budget)."""
@@ -557,10 +609,10 @@ def _group_state(
     start: list[str],
     decision: Decision,
     degrade: bool = False,
+    want: tuple[int, int] = (1, 1),
 ) -> tuple[str, str]:
-    """(state, reason): active, degraded (active, no standby), go-active, failed."""
-    if model == "n-plus-m":
-        return "failed", decision.note
+    """(state, reason): active, degraded (active, short of standbys or of actives), go-active,
+    failed. ``want`` is (N actives, M standbys) for active-standby and n-plus-m."""
     if not in_service:
         why = "; ".join(describe(h, hosts.get(h)) for h in order) or "no member hosts"
         return "failed", f"no member host is in service ({why})"
@@ -576,11 +628,17 @@ def _group_state(
         if active:
             return "degraded", f"active on {len(active)} of {len(order)} member hosts"
         return "failed", "no member host runs the group yet"
+    n, m = want
     standby = [h for h in in_service if all_in(h, "enabled-standby")]
-    if active and standby:
+    if len(active) >= n and len(standby) >= m:
         return "active", ""
-    if active:
-        return "degraded", f"active on {active[0]}, no healthy standby"
+    if len(active) >= n:
+        on = ", ".join(active)
+        if m == 1:
+            return "degraded", f"active on {on}, no healthy standby"
+        return "degraded", f"active on {on}, {len(standby)} of {m} standbys healthy"
+    if active and n > 1:
+        return "degraded", f"active on {len(active)} of {n} ({', '.join(active)})"
     holder = decision.holder
     mine = [i for i in instances if i["host"] == holder and i.get("role") == "active"]
     if degrade and any(i["state"] == "enabled-active" for i in mine):
@@ -591,8 +649,8 @@ def _group_state(
                 "on_exhausted: degrade keeps the group here; retried after window_s)"
             )
     failed = [i for i in instances if i["state"] == "failed" and i.get("role")]
-    if decision.holder in decision.desired and not failed:
-        return "go-active", f"starting the active instances on {decision.holder}"
+    if decision.holders and set(decision.holders) <= set(decision.desired) and not failed:
+        return "go-active", f"starting the active instances on {', '.join(decision.holders)}"
     if failed:
         first = failed[0]
         return "failed", f"{first['service']} on {first['host']} failed: {first['reason']}"

@@ -280,7 +280,12 @@ class InstanceCollection(BaseModel):
     group: str
     state: str = Field(description="The group's state (see the group).")
     state_reason: str = ""
-    active_host: str | None = Field(None, description="The activity lease's holder.")
+    active_host: str | None = Field(
+        None, description="The activity lease's holder (n-plus-m: the first slot's)."
+    )
+    active_hosts: list[str] = Field(
+        default_factory=list, description="Every host holding an activity slot (n-plus-m: N)."
+    )
     instances: list[InstanceView]
 
     @classmethod
@@ -291,6 +296,7 @@ class InstanceCollection(BaseModel):
             state=p.get("state", GroupState.unplaced.value),
             state_reason=p.get("state_reason", ""),
             active_host=p.get("holder"),
+            active_hosts=p.get("holders", []),
             instances=[InstanceView.model_validate(i) for i in p.get("instances", [])],
         )
 
