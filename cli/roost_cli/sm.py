@@ -103,13 +103,19 @@ def host_states(instances: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def active_text(group: Mapping[str, Any]) -> str:
+    """The active host, or every slot holder of an n-plus-m group, or ``-``."""
+    hosts = group.get("active_hosts") or [group.get("active_host")]
+    return ", ".join(h for h in hosts if h) or "-"
+
+
 def render_list(groups: Sequence[Mapping[str, Any]]) -> None:
     rows = [
         [
             g.get("name"),
             model_text(g),
             g.get("state"),
-            g.get("active_host") or "-",
+            active_text(g),
             "\n".join(host_states(g.get("instances") or [])) or "-",
         ]
         for g in groups
@@ -143,7 +149,7 @@ def render_show(group: Mapping[str, Any]) -> None:
         ("failure policy", policy_text(group)),
         ("state", group.get("state")),
         ("state reason", group.get("state_reason")),
-        ("active host", group.get("active_host") or "-"),
+        ("active host", active_text(group)),
         ("version", group.get("version")),
         ("updated at", group.get("updated_at")),
     ]
@@ -206,6 +212,7 @@ def _with_instances(group: dict[str, Any], collection: Mapping[str, Any]) -> dic
         if collection.get(key):
             merged[key] = collection[key]
     merged["active_host"] = collection.get("active_host")
+    merged["active_hosts"] = list(collection.get("active_hosts") or [])
     merged["instances"] = list(collection.get("instances") or [])
     return merged
 
