@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -211,7 +214,16 @@ async def _nothing(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
 
 
 def serve(app: FastAPI, settings: RoostSettings) -> None:
-    """Run an app under uvicorn on uvloop (ARCHITECTURE.md: ~7x cheaper per datagram)."""
+    """Run an app under uvicorn on uvloop (ARCHITECTURE.md: ~7x cheaper per datagram).
+
+    Run as the ``standby`` of a service group (``ROOST_ROLE=standby``, set by the agent when
+    Roost's own services are managed by the service service, see
+    deploy/control-plane/README.md), the service serves nothing and runs none of its loops: it
+    waits to be stopped. The agent restarts it with ``ROOST_ROLE=active`` when its host takes
+    the activity, so exactly one copy of each singleton loop runs."""
+    if os.environ.get("ROOST_ROLE") == "standby":
+        _stand_by(settings)
+        return
     uvicorn.run(
         app,
         host=settings.bind_host,
@@ -221,3 +233,14 @@ def serve(app: FastAPI, settings: RoostSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def _stand_by(settings: RoostSettings) -> None:
+    """Wait for SIGTERM/SIGINT without serving (a warm standby costs one sleeping process)."""
+    configure_logging(settings.service, settings.log_level, settings.log_json)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("%s: standby (ROOST_ROLE=standby): not serving until made active", settings.service)
+    stop.wait()
+    log.info("%s: standby stopped", settings.service)

@@ -65,3 +65,17 @@ def test_dockerfiles_are_minimal_non_root_and_expose_their_port():
         pyproject = (ROOT / "services" / name / "pyproject.toml").read_text()
         assert f'{entry} = "roost_{name}.app:main"' in pyproject
         assert "secantus" not in pyproject.lower()
+
+
+def test_the_control_plane_group_is_a_valid_declaration_of_real_services():
+    from roost_service import logic
+    from roost_service.models import ServiceGroupSpec
+
+    doc = yaml.safe_load((ROOT / "deploy/control-plane/roost-control.yaml").read_text())
+    name = doc.pop("name")
+    spec = ServiceGroupSpec.model_validate(doc)
+    assert logic.check_group(name, spec) == []
+    for service in spec.services:
+        assert service.name in SERVICE_PORTS, service.name
+        assert service.start[0].endswith(f"roost-{service.name}")  # the package's script
+        assert f":{SERVICE_PORTS[service.name]}/readyz" in str(service.probe.url)
