@@ -262,9 +262,10 @@ async def _fault(s: Sm, kind: str, rng: random.Random) -> None:
             await asyncio.sleep(rng.uniform(0.5, 4.0))  # the fault's length, not a wait
     elif kind == "restart-agent":
         host = rng.choice(["worker-0", "worker-1"])
-        _kill(site.agent_pid(host), signal.SIGTERM)  # the fleet supervisor starts it again
+        old = site.agent_pid(host)
+        _kill(old, signal.SIGTERM)  # the fleet supervisor starts it again
         await eventually(
-            lambda: _agent_back(site, host), timeout=30, what=f"{host}'s agent running again"
+            lambda: _agent_back(site, host, old), timeout=30, what=f"{host}'s agent restarted"
         )
 
 
@@ -278,9 +279,10 @@ async def _killed(s: Sm, pids: list[int]) -> None:
     )
 
 
-def _agent_back(site: Site, host: str) -> bool:
+def _agent_back(site: Site, host: str, old_pid: int) -> bool:
+    """A new agent process runs for ``host`` (not the one stopped)."""
     proc = site.supervisor.procs[host]
-    return bool(proc.running and proc.proc is not None)
+    return bool(proc.running and proc.proc is not None and proc.proc.pid != old_pid)
 
 
 def _kill(pid: int, sig: int) -> None:
