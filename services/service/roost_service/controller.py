@@ -429,7 +429,8 @@ class Controller:
                     continue
                 got = await self.leases.acquire(name, slot, c, self.ttl_s)
                 if got is not None:
-                    held[slot], _ = got, busy.add(c)
+                    held[slot] = got
+                    busy.add(c)
                     break
             else:
                 notes.append("no in-service member host can take the activity")
