@@ -268,9 +268,16 @@ async def test_an_active_steps_down_when_no_grant_renews_its_lease_and_resumes_w
         await eventually(lambda: len(peer.hellos) >= n + 3, what="three more hellos")
         roles = [e["data"].get("role") for e in events.of(CHANGED, agent.mac)[seen:]]
         assert "active" not in roles, roles
-        peer.grant = Grant(seq=0, path="udp", leases=[Lease(i=INSTANCE, k=5, e=later)])
+        soon = int((datetime.now(UTC) + timedelta(seconds=2)).timestamp() * 1000)
+        peer.grant = Grant(seq=0, path="udp", leases=[Lease(i=INSTANCE, k=5, e=soon)])
         back = await state(events, agent.mac, "healthy", seen, role="active", fencing_token=5)
         env = await env_of(envs, back["pid"])
         assert (env["ROOST_ROLE"], env["ROOST_FENCING_TOKEN"]) == ("active", "5")
+
+        # Promoted, it is watched again: grants stop, it steps down again before the expiry.
+        peer.grant = None
+        seen = len(events.got)
+        await state(events, agent.mac, "running", seen, role="standby")
+        assert datetime.now(UTC).timestamp() * 1000 < soon, "stepped down after the expiry"
     finally:
         transport.close()

@@ -116,6 +116,7 @@ class Instances:
         self._lease_until: dict[str, float] = {}  # active instance id -> monotonic deadline
         self._down: set[str] = set()  # actives running as standby: their lease lapsed
         self._watch: asyncio.Task[None] | None = None
+        self._promotions: set[asyncio.Task[None]] = set()
         self.state_dir = state_dir
         self._path = state_dir / INSTANCES_FILE
         self._report = report
@@ -269,12 +270,17 @@ class Instances:
             ):
                 continue
             self._extend(lease.i, lease.e / 1000)
-            if lease.i in self._down and lease.i in self._lease_until:
+            if lease.i not in self._lease_until:
+                continue  # already expired (a late grant): nothing to extend
+            self._ensure_watch()  # the watch ends when no lease is held; this one is again
+            if lease.i in self._down:
                 self._down.discard(lease.i)
                 log.warning("%s: lease (token %s) granted again; active again", lease.i, lease.k)
-                asyncio.get_running_loop().create_task(
+                task = asyncio.get_running_loop().create_task(
                     self._restart_as(assignment, "lease granted again: active")
                 )
+                self._promotions.add(task)  # the loop keeps only weak references to tasks
+                task.add_done_callback(self._promotions.discard)
 
     def holds_leases(self) -> bool:
         """True while any assignment is watched by a lease (the link must keep talking)."""
