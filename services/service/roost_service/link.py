@@ -67,9 +67,9 @@ class _Hellos(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = self.link.hello(data, "udp")
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
+        answer = self.link.answer(data, "udp")
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer[0], addr)
 
 
 @dataclass
@@ -124,6 +124,12 @@ class LinkServer:
 
     def hello(self, data: bytes, path: str) -> bytes | None:
         """Record a hello heard on ``path``; the grant to send back (None if undecodable)."""
+        answer = self.answer(data, path)
+        return answer[0] if answer is not None else None
+
+    def answer(self, data: bytes, path: str) -> tuple[bytes, str] | None:
+        """Record a hello heard on ``path``: (the grant to send back, the sender's MAC), or
+        None if it cannot be decoded (counted)."""
         try:
             hello = decode_hello(data)
         except BadLinkMessage:
@@ -138,13 +144,13 @@ class LinkServer:
             peer = self.peers[hello.host] = _Peer(hello.mac, first=now)
         peer.heard[path] = now
         grant = Grant(seq=hello.seq, path=hello.path, leases=self.grants_for(hello.host))
-        return encode(grant)
+        return encode(grant), hello.mac
 
     async def _on_bus(self, message: AbstractIncomingMessage) -> None:
-        reply = self.hello(message.body, "bus")
-        if reply is None or self._exchange is None:
+        answer = self.answer(message.body, "bus")
+        if answer is None or self._exchange is None:
             return
-        peer_mac = decode_hello(message.body).mac
+        reply, peer_mac = answer
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self._exchange.publish(
