@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Make sure the command-line tools the tests drive are installed: ipmitool (talks to the
-# simulated BMCs, tests/sim) and nft (drops heartbeat packets, tests/host). Idempotent: does nothing when every tool is already there, and
+# simulated BMCs, tests/sim), nft (drops heartbeat packets, tests/host) and Debian's chromium
+# (the dashboard's browser tests drive it headless; Playwright never downloads one). Idempotent: does nothing when every tool is already there, and
 # runs `apt-get update` only when the package is not known to apt yet. Used by `make test`.
 set -euo pipefail
 
 missing=()
 command -v ipmitool >/dev/null || missing+=(ipmitool)
 command -v nft >/dev/null || missing+=(nftables)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
@@ -26,4 +28,4 @@ echo "installing ${missing[*]} (Debian packages) ..."
 log=$(mktemp)
 apt-get install -y -qq "${missing[@]}" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
 rm -f "$log"
-command -v ipmitool >/dev/null && command -v nft >/dev/null
+command -v ipmitool >/dev/null && command -v nft >/dev/null && [ -x /usr/bin/chromium ]

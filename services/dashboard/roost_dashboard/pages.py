@@ -1,0 +1,515 @@
+"""The pages: thin routes that call the service APIs with the operator's token and render.
+
+Each page gathers its sections concurrently; a section whose API fails shows a readable message
+in its place (the rest of the page still renders). A token an API refuses sends the browser to
+the login page. Mutations go through a confirmation page, then the same API call the CLI makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from roost_dashboard.clients import ApiError, Services, TokenRejected
+from roost_dashboard.live import Broadcaster, sse
+from roost_dashboard.settings import DashboardSettings
+from roost_shared.auth import Authenticator, Role
+
+T = TypeVar("T")
+
+COOKIE = "roost_token"
+SEVERITIES = ("critical", "major", "minor", "warning")
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+HOST_ACTIONS = ("lock", "unlock")
+EVENTS_PAGE = 50
+
+templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    enable_async=False,
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+class NeedLogin(Exception):
+    """No usable token: go to the login page (``reason`` is shown there)."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+
+@dataclass
+class Dashboard:
+    """What the routes need, built by the app's lifespan."""
+
+    settings: DashboardSettings
+    services: Services
+    authenticator: Authenticator
+    live: Broadcaster | None = None
+
+
+@dataclass
+class Operator:
+    token: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.admin
+
+
+def dash(request: Request) -> Dashboard:
+    return request.app.state.dashboard
+
+
+def operator(request: Request) -> Operator:
+    """The operator behind the request: the token in the cookie, its role as the tokens file
+    says (a token the APIs accept that the dashboard does not know is treated as a reader: the
+    APIs still decide)."""
+    token = request.cookies.get(COOKIE)
+    if not token:
+        raise NeedLogin()
+    principal = dash(request).authenticator.principal(token)
+    return Operator(token, principal.role if principal else Role.reader)
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    op: Operator | None = context.pop("op", None)
+    html = templates.get_template(name).render(
+        request=request,
+        op=op,
+        path=request.url.path,
+        notice=request.query_params.get("notice", ""),
+        problem=request.query_params.get("problem", ""),
+        **context,
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+@dataclass
+class Section:
+    """One API result for a page: the value, or the readable message of its failure."""
+
+    value: Any = None
+    error: str = ""
+    status: int | None = None
+
+
+async def section(call: Awaitable[T]) -> Section:
+    try:
+        return Section(await call)
+    except TokenRejected:
+        raise
+    except ApiError as exc:
+        return Section(error=exc.text, status=exc.status)
+
+
+async def sections(*calls: Awaitable[Any]) -> list[Section]:
+    return list(await asyncio.gather(*(section(c) for c in calls)))
+
+
+async def all_pages(
+    services: Services, service: str, path: str, key: str, token: str, **params: Any
+) -> list[dict[str, Any]]:
+    """Every item of a paged list (``limit`` + ``marker``, the last item's uuid)."""
+    items: list[dict[str, Any]] = []
+    marker = None
+    limit = params.pop("limit", 1000)
+    while True:
+        body = await services.get(service, path, token, limit=limit, marker=marker, **params)
+        batch = body.get(key, [])
+        items.extend(batch)
+        if not body.get("next") or not batch or len(batch) < limit:
+            return items
+        marker = batch[-1]["uuid"]
+
+
+def back(path: str, *, notice: str = "", problem: str = "") -> RedirectResponse:
+    query = f"notice={quote(notice)}" if notice else f"problem={quote(problem)}"
+    return RedirectResponse(f"{path}?{query}", status_code=303)
+
+
+# Login ------------------------------------------------------------------------------------------
+
+
+@router.get("/login")
+async def login_page(request: Request, reason: str = "") -> HTMLResponse:
+    return render(request, "login.html", reason=reason)
+
+
+@router.post("/login")
+async def login(request: Request, token: str = Form("")) -> Response:
+    token = token.strip()
+    if not token:
+        return render(request, "login.html", 400, reason="Paste a token to log in.")
+    d = dash(request)
+    try:
+        await d.services.get("fault", "/v1/alarms/summary", token)
+    except TokenRejected:
+        return render(request, "login.html", 401, reason="That token was refused.")
+    except ApiError as exc:
+        if d.authenticator.principal(token) is None:
+            return render(
+                request, "login.html", 503, reason=f"The token could not be checked. {exc.text}"
+            )
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=d.settings.cookie_secure,
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/login?reason=Logged+out.", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# Overview ---------------------------------------------------------------------------------------
+
+
+async def overview_data(d: Dashboard, op: Operator) -> dict[str, Any]:
+    hosts, summary, groups = await sections(
+        all_pages(d.services, "host", "/v1/hosts", "hosts", op.token),
+        d.services.get("fault", "/v1/alarms/summary", op.token),
+        all_pages(d.services, "service", "/v1/service-groups", "service_groups", op.token),
+    )
+    by_availability = Counter(h["availability"] for h in hosts.value or [])
+    by_admin = Counter(h["administrative"] for h in hosts.value or [])
+    troubled = [g for g in groups.value or [] if g.get("state") in ("degraded", "failed")]
+    return {
+        "hosts": hosts,
+        "by_availability": sorted(by_availability.items()),
+        "by_admin": sorted(by_admin.items()),
+        "summary": summary,
+        "groups": groups,
+        "group_states": sorted(Counter(g.get("state") for g in groups.value or []).items()),
+        "troubled": troubled,
+    }
+
+
+@router.get("/")
+async def overview(request: Request) -> HTMLResponse:
+    op = operator(request)
+    data = await overview_data(dash(request), op)
+    return render(request, "overview.html", op=op, **data)
+
+
+@router.get("/fragments/overview")
+async def overview_fragment(request: Request) -> HTMLResponse:
+    """The live part of the overview (the page's script fetches it after an event)."""
+    op = operator(request)
+    data = await overview_data(dash(request), op)
+    return render(request, "_overview_counts.html", op=op, **data)
+
+
+# Hosts ------------------------------------------------------------------------------------------
+
+
+@router.get("/hosts")
+async def hosts_page(request: Request) -> HTMLResponse:
+    op = operator(request)
+    d = dash(request)
+    hosts, config = await sections(
+        all_pages(d.services, "host", "/v1/hosts", "hosts", op.token),
+        all_pages(d.services, "config", "/v1/hosts", "hosts", op.token),
+    )
+    by_uuid = {h["uuid"]: h for h in config.value or []}
+    return render(request, "hosts.html", op=op, hosts=hosts, config=config, by_uuid=by_uuid)
+
+
+@router.get("/hosts/{ref}")
+async def host_page(request: Request, ref: str) -> HTMLResponse:
+    op = operator(request)
+    d = dash(request)
+    host, timeline, config, alarms = await sections(
+        d.services.get("host", f"/v1/hosts/{quote(ref)}", op.token),
+        d.services.get("host", f"/v1/hosts/{quote(ref)}/timeline", op.token, limit=100),
+        d.services.get("config", f"/v1/hosts/{quote(ref)}/config", op.token),
+        d.services.get(
+            "fault",
+            "/v1/alarms",
+            op.token,
+            **{"q.field": "entity_instance_id", "q.op": "eq", "q.value": f"host={ref}"},
+        ),
+    )
+    if config.status == 404:  # known to the host service only (e.g. not provisioned through config)
+        config = Section(error="", value=None)
+    return render(
+        request,
+        "host.html",
+        op=op,
+        ref=ref,
+        host=host,
+        timeline=timeline,
+        config=config,
+        alarms=alarms,
+        actions=HOST_ACTIONS,
+    )
+
+
+@router.get("/hosts/{ref}/confirm")
+async def host_confirm(request: Request, ref: str, action: str) -> Response:
+    op = operator(request)
+    if action not in HOST_ACTIONS:
+        return back(f"/hosts/{quote(ref)}", problem=f"Unknown action {action!r}.")
+    return render(
+        request,
+        "confirm.html",
+        op=op,
+        title=f"{action.capitalize()} {ref}?",
+        question=f"{action.capitalize()} host {ref}?",
+        explain=(
+            "Locking takes the host out of service (its workloads move away)."
+            if action == "lock"
+            else "Unlocking runs the in-test, then puts the host back in service."
+        ),
+        form_action=f"/hosts/{quote(ref)}/actions",
+        fields={"action": action},
+        confirm_label=f"Yes, {action} {ref}",
+        cancel=f"/hosts/{quote(ref)}",
+    )
+
+
+@router.post("/hosts/{ref}/actions")
+async def host_action(request: Request, ref: str, action: str = Form(...)) -> Response:
+    op = operator(request)
+    where = f"/hosts/{quote(ref)}"
+    if action not in HOST_ACTIONS:
+        return back(where, problem=f"Unknown action {action!r}.")
+    try:
+        await dash(request).services.post(
+            "host", f"/v1/hosts/{quote(ref)}/actions", op.token, {"action": action}
+        )
+    except TokenRejected:
+        raise
+    except ApiError as exc:
+        return back(where, problem=f"{action.capitalize()} failed. {exc.text}")
+    return back(where, notice=f"{action.capitalize()} requested for {ref}.")
+
+
+# Alarms and events ------------------------------------------------------------------------------
+
+
+@router.get("/alarms")
+async def alarms_page(request: Request, severity: str = "") -> HTMLResponse:
+    op = operator(request)
+    severity = severity if severity in SEVERITIES else ""
+    q = {"q.field": "severity", "q.op": "eq", "q.value": severity} if severity else {}
+    (alarms,) = await sections(
+        dash(request).services.get("fault", "/v1/alarms", op.token, limit=2000, **q)
+    )
+    return render(
+        request,
+        "alarms.html",
+        op=op,
+        alarms=alarms,
+        severity=severity,
+        severities=SEVERITIES,
+    )
+
+
+@router.get("/events")
+async def events_page(
+    request: Request, marker: str = "", kind: str = "", start: str = ""
+) -> HTMLResponse:
+    op = operator(request)
+    kind = kind if kind in ("alarms", "logs") else ""
+    params: dict[str, Any] = {"limit": EVENTS_PAGE, "marker": marker or None}
+    if kind:
+        params[kind] = "True"
+    d = dash(request)
+    (log,) = await sections(d.services.get("fault", "/v1/event_log", op.token, **params))
+    records = (log.value or {}).get("event_log", [])
+    more = bool((log.value or {}).get("next")) and len(records) == EVENTS_PAGE
+    return render(
+        request,
+        "events.html",
+        op=op,
+        log=log,
+        records=records,
+        kind=kind,
+        marker=marker,
+        next_marker=records[-1]["uuid"] if more else "",
+    )
+
+
+# Services and software --------------------------------------------------------------------------
+
+
+@router.get("/services")
+async def services_page(request: Request) -> HTMLResponse:
+    op = operator(request)
+    d = dash(request)
+    (groups,) = await sections(
+        all_pages(d.services, "service", "/v1/service-groups", "service_groups", op.token)
+    )
+    instances = await sections(
+        *(
+            d.services.get("service", f"/v1/service-groups/{quote(g['name'])}/instances", op.token)
+            for g in groups.value or []
+        )
+    )
+    rows = list(zip(groups.value or [], instances, strict=True))
+    return render(request, "services.html", op=op, groups=groups, rows=rows)
+
+
+@router.get("/services/{name}/confirm-swact")
+async def swact_confirm(request: Request, name: str) -> HTMLResponse:
+    op = operator(request)
+    return render(
+        request,
+        "confirm.html",
+        op=op,
+        title=f"Swact {name}?",
+        question=f"Switch activity of service group {name} to its standby?",
+        explain="The active instances stop and the standby host takes over.",
+        form_action=f"/services/{quote(name)}/swact",
+        fields={},
+        confirm_label=f"Yes, swact {name}",
+        cancel="/services",
+    )
+
+
+@router.post("/services/{name}/swact")
+async def swact(request: Request, name: str) -> Response:
+    op = operator(request)
+    try:
+        await dash(request).services.post(
+            "service", f"/v1/service-groups/{quote(name)}/swact", op.token
+        )
+    except TokenRejected:
+        raise
+    except ApiError as exc:
+        return back("/services", problem=f"Swact of {name} failed. {exc.text}")
+    return back("/services", notice=f"Swact of {name} requested.")
+
+
+@router.get("/software")
+async def software_page(request: Request) -> HTMLResponse:
+    return render(request, "software.html", op=operator(request))
+
+
+# Live -------------------------------------------------------------------------------------------
+
+
+@router.get("/events/stream")
+async def stream(request: Request) -> Response:
+    """Server-sent events: alarms raised/changed/cleared, host transitions, service groups."""
+    op = operator(request)
+    d = dash(request)
+    if d.authenticator.principal(op.token) is None:
+        await d.services.get("fault", "/v1/alarms/summary", op.token)  # 401 → login
+    assert d.live is not None
+    keepalive = d.settings.stream_keepalive_s
+
+    async def events():
+        async with d.live.subscribe() as queue:
+            yield "retry: 1000\nevent: hello\ndata: {}\n\n"
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), keepalive)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                if item["kind"] == "bye":
+                    return
+                yield sse(item)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+# Shaping bus events for browsers ---------------------------------------------------------------
+
+
+def shape(envelope: dict[str, Any]) -> dict[str, Any] | None:
+    kind = str(envelope.get("type", ""))
+    data = envelope.get("data") or {}
+    if kind.startswith("fault.alarm."):
+        verb = kind.rsplit(".", 1)[1]
+        item = {
+            "kind": "alarm",
+            "action": verb,
+            "uuid": data.get("uuid"),
+            "severity": data.get("severity"),
+            "rank": SEVERITY_RANK.get(data.get("severity", ""), 9),
+        }
+        if verb != "cleared":
+            row = {
+                **data,
+                "suppression_status": "suppressed" if data.get("suppressed") else "unsuppressed",
+            }
+            item["html"] = templates.get_template("_alarm_row.html").render(a=row)
+        return item
+    if kind == "host.state.changed":
+        return {
+            "kind": "host",
+            "uuid": data.get("uuid"),
+            "hostname": data.get("hostname"),
+            "administrative": data.get("to_administrative"),
+            "operational": data.get("to_operational"),
+            "availability": data.get("to_availability"),
+            "task": data.get("task", ""),
+            "cause": data.get("cause", ""),
+            "time": data.get("time"),
+        }
+    if kind.startswith("service.group."):
+        return {
+            "kind": "group",
+            "action": kind.rsplit(".", 1)[1],
+            "name": data.get("name"),
+            "state": data.get("state"),
+        }
+    return None
+
+
+def install(app: FastAPI) -> None:
+    """Routes, and the exception handlers that turn a refused token into the login page and any
+    other API failure into a readable page."""
+    app.include_router(router)
+
+    @app.exception_handler(NeedLogin)
+    async def _need_login(request: Request, exc: NeedLogin) -> Response:
+        reason = f"&reason={quote(exc.reason)}" if exc.reason else ""
+        return RedirectResponse(f"/login?next={quote(request.url.path)}{reason}", 303)
+
+    @app.exception_handler(TokenRejected)
+    async def _refused(request: Request, exc: TokenRejected) -> Response:
+        response = RedirectResponse(
+            "/login?reason=" + quote("Your token was refused (expired or revoked). Log in again."),
+            303,
+        )
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return render(request, "error.html", 502, message=exc.text)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+templates.filters["tojson_attr"] = to_json

@@ -1,0 +1,21 @@
+"""Dashboard settings: where the service APIs are (the CLI's variable names and defaults)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from roost_shared.settings import RoostSettings
+
+
+class DashboardSettings(RoostSettings):
+    service: str = "dashboard"
+    port: int = 8100
+    fault_url: str = Field("http://127.0.0.1:8102", description="ROOST_FAULT_URL")
+    config_url: str = Field("http://127.0.0.1:8101", description="ROOST_CONFIG_URL")
+    host_url: str = Field("http://127.0.0.1:8103", description="ROOST_HOST_URL")
+    service_url: str = Field("http://127.0.0.1:8104", description="ROOST_SERVICE_URL")
+    api_timeout_s: float = Field(5.0, description="Deadline of one call to a service API.")
+    cookie_secure: bool = Field(
+        False, description="Mark the token cookie Secure (set it when served over HTTPS)."
+    )
+    stream_keepalive_s: float = Field(15.0, description="Comment line on idle event streams.")

@@ -1,0 +1,145 @@
+"""The dashboard in a real browser (headless Debian Chromium) against real services: every page
+loads (screenshots saved), alarms appear and disappear live, a host is locked from its page,
+readers see no mutating controls, bad tokens land on the login page, API errors read well."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from playwright.async_api import expect
+
+from tests.dashboard.conftest import add_available_host, logged_in, start_console
+from tests.support.fault import alarm, clear
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+PAGES = {
+    "overview": "/",
+    "hosts": "/hosts",
+    "host": "/hosts/worker-0",
+    "alarms": "/alarms",
+    "events": "/events",
+    "services": "/services",
+    "software": "/software",
+}
+
+
+async def live(page) -> None:
+    """The page's event stream is open (events published after this reach it)."""
+    await expect(page.locator("body[data-live='1']")).to_have_count(1, timeout=10_000)
+
+
+async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser):
+    console = start_console(stack, tmp_path, full=True)
+    await add_available_host(console, "worker-0")
+    page = await logged_in(browser, console, stack.tokens.admin)
+    assert await page.locator("#role").text_content() == "admin"
+
+    # Every page loads, with no error banner, and is saved as a screenshot.
+    for name, path in PAGES.items():
+        response = await page.goto(f"{console.url}{path}")
+        assert response is not None and response.status == 200, name
+        await expect(page.locator("h1")).to_be_visible()
+        assert await page.locator(".problem").count() == 0, (
+            name,
+            await page.locator(".problem").all_text_contents(),
+        )
+        await page.screenshot(path=str(console.shots / f"{name}.png"), full_page=True)
+    print(f"screenshots in {console.shots}")
+
+    # An alarm raised on the bus appears without a reload within 1 s; cleared, it goes.
+    await page.goto(f"{console.url}/alarms")
+    await live(page)
+    await page.evaluate("window.__sameDocument = true")
+    bus = await stack.bus()
+    entity = f"host=worker-0.disk={uuid.uuid4().hex[:6]}"
+    row = page.locator("#alarms tbody tr", has_text=entity)
+    started = time.monotonic()
+    await bus.publish([alarm(entity, "100.104", "critical", reason_text="/var is 97% full")])
+    await expect(row).to_be_visible(timeout=5_000)
+    appeared = time.monotonic() - started
+    await expect(row.locator(".sev")).to_have_text("critical")
+    started = time.monotonic()
+    await bus.publish([clear(entity, "100.104")])
+    await expect(row).to_have_count(0, timeout=5_000)
+    gone = time.monotonic() - started
+    assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    print(f"alarm visible after {appeared * 1000:.0f} ms, gone after {gone * 1000:.0f} ms")
+    assert appeared <= 1.0 and gone <= 1.0
+
+    # Lock worker-0 from its page (with a confirmation); the hosts list open in another tab
+    # shows the new state without a reload.
+    watcher = await page.context.new_page()
+    await watcher.goto(f"{console.url}/hosts")
+    await live(watcher)
+    await watcher.evaluate("window.__sameDocument = true")
+    admin_cell = watcher.locator('[data-host="worker-0"] [data-field="administrative"]')
+    await expect(admin_cell).to_have_text("unlocked")
+
+    await page.goto(f"{console.url}/hosts/worker-0")
+    await page.get_by_role("button", name="Lock", exact=True).click()
+    await expect(page.locator("h1")).to_have_text("Lock worker-0?")
+    await page.screenshot(path=str(console.shots / "confirm-lock.png"))
+    await page.get_by_role("button", name="Yes, lock worker-0").click()
+    await expect(page.locator(".notice")).to_contain_text("Lock requested for worker-0")
+    await expect(page.locator('[data-field="administrative"]')).to_have_text("locked")
+    await expect(page.get_by_role("button", name="Unlock", exact=True)).to_be_visible()
+    await expect(page.get_by_role("button", name="Lock", exact=True)).to_have_count(0)
+    await page.screenshot(path=str(console.shots / "host-locked.png"), full_page=True)
+
+    await expect(admin_cell).to_have_text("locked", timeout=2_000)
+    await expect(
+        watcher.locator('[data-host="worker-0"] [data-field="availability"]')
+    ).to_have_text("online")
+    assert await watcher.evaluate("window.__sameDocument === true"), "the list was reloaded"
+
+
+async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
+    console = start_console(stack, tmp_path, full=False)
+    await add_available_host(console, "worker-0")
+
+    # A reader sees the host but no lock (or any mutating) control.
+    page = await logged_in(browser, console, stack.tokens.reader)
+    assert await page.locator("#role").text_content() == "reader"
+    await page.goto(f"{console.url}/hosts/worker-0")
+    await expect(page.locator('[data-field="administrative"]')).to_have_text("unlocked")
+    assert await page.get_by_role("button", name="Lock", exact=True).count() == 0
+    assert await page.locator(".actions").count() == 0
+    await page.screenshot(path=str(console.shots / "reader-host.png"), full_page=True)
+
+    # A garbage token at the login page is refused there, in words.
+    anon = await browser.new_context(viewport={"width": 1280, "height": 800})
+    p = await anon.new_page()
+    await p.goto(f"{console.url}/login")
+    await p.get_by_label("API token").fill("not-a-token")
+    await p.get_by_role("button", name="Log in").click()
+    await expect(p.locator("#login-reason")).to_have_text("That token was refused.")
+
+    # An expired (revoked, unknown) token in the cookie: every page goes to the login page
+    # with a readable reason, never a trace; no cookie at all: the login page too.
+    for path in ("/", "/alarms", "/hosts/worker-0", "/events/stream"):
+        await anon.add_cookies(
+            [{"name": "roost_token", "value": "expired-" + uuid.uuid4().hex, "url": console.url}]
+        )
+        await p.goto(f"{console.url}{path}")
+        assert p.url.startswith(f"{console.url}/login"), (path, p.url)
+        await expect(p.locator("#login-reason"), p.url).to_contain_text("refused")
+        assert not [c for c in await anon.cookies() if c["name"] == "roost_token"]
+        assert "Traceback" not in await p.content()
+    await anon.clear_cookies()
+    await p.goto(f"{console.url}/hosts")
+    assert p.url.startswith(f"{console.url}/login")
+    await p.screenshot(path=str(console.shots / "login-expired.png"))
+
+    # The fault service down: the alarms page says so in words; the hosts page still works.
+    console.fault.stop()
+    await page.goto(f"{console.url}/alarms")
+    problem = page.locator(".problem")
+    await expect(problem).to_contain_text("The fault service: cannot be reached")
+    assert "Traceback" not in await page.content()
+    await page.screenshot(path=str(console.shots / "alarms-fault-down.png"), full_page=True)
+    await page.goto(f"{console.url}/")
+    await expect(page.locator(".problem").first).to_contain_text("The fault service")
+    await expect(page.locator("#h-hosts")).to_be_visible()
