@@ -78,6 +78,12 @@ def service_env(name: str, installed: list[str], reader_token: str) -> dict[str,
             "ROOST_HOST_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['host']}",
             "ROOST_HOST_SERVICE_TOKEN": reader_token,
         }
+    if name == "dashboard":  # the APIs it calls (the operator's token comes from the browser)
+        return {
+            f"ROOST_{other.upper()}_URL": f"http://127.0.0.1:{SERVICE_PORTS[other]}"
+            for other in ("fault", "config", "host", "service")
+            if other in installed
+        }
     if name == "service" and "config" in installed:
         return {
             "ROOST_CONFIG_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['config']}",
@@ -236,6 +242,12 @@ def _print_banner(
     print("\nRoost is running (all-in-one):")
     for proc in services:
         port = SERVICE_PORTS[proc.name]
+        if proc.name == "dashboard":
+            print(
+                f"  dashboard  http://127.0.0.1:{port}   (web console: log in with a token from "
+                f"{credentials_path()})"
+            )
+            continue
         print(f"  {proc.name:<10} http://127.0.0.1:{port}   (docs: http://127.0.0.1:{port}/docs)")
     if fleet is not None:
         hosts = ", ".join(h.hostname for h in fleet.fleet.hosts())

@@ -1,0 +1,113 @@
+"""The dashboard's pure parts: bus events shaped for browsers, API errors in words, the live
+fan-out's bound, and what `make run` tells it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from roost_dashboard import pages
+from roost_dashboard.clients import ApiError, Services, TokenRejected
+from roost_dashboard.live import Broadcaster, sse
+from roost_dashboard.settings import DashboardSettings
+from roost_shared.metrics import Metrics
+from roost_sim.aio import service_env
+
+NOTICE = {
+    "uuid": "a1",
+    "alarm_id": "100.104",
+    "alarm_state": "set",
+    "entity_instance_id": "host=worker-1.filesystem=/var",
+    "entity_type_id": "host.filesystem",
+    "severity": "major",
+    "reason_text": "<b>/var</b> is 91% full",
+    "timestamp": "2026-01-01T00:00:00Z",
+}
+
+
+def test_an_alarm_notice_becomes_an_escaped_row_and_a_clear_a_removal():
+    item = pages.shape({"type": "fault.alarm.raised", "data": NOTICE})
+    assert item is not None and item["kind"] == "alarm" and item["action"] == "raised"
+    assert item["rank"] == 1 and 'id="alarm-a1"' in item["html"]
+    assert "&lt;b&gt;/var&lt;/b&gt;" in item["html"] and "<b>" not in item["html"]
+    cleared = pages.shape({"type": "fault.alarm.cleared", "data": NOTICE})
+    assert cleared is not None and cleared["action"] == "cleared" and "html" not in cleared
+
+
+def test_host_and_group_events_carry_the_new_states():
+    host = pages.shape(
+        {
+            "type": "host.state.changed",
+            "data": {
+                "uuid": "h1",
+                "hostname": "worker-0",
+                "to_administrative": "locked",
+                "to_operational": "disabled",
+                "to_availability": "online",
+                "cause": "lock requested",
+            },
+        }
+    )
+    assert host is not None
+    assert (host["hostname"], host["administrative"], host["availability"]) == (
+        "worker-0",
+        "locked",
+        "online",
+    )
+    group = pages.shape({"type": "service.group.updated", "data": {"name": "g", "state": "failed"}})
+    assert group == {"kind": "group", "action": "updated", "name": "g", "state": "failed"}
+    assert pages.shape({"type": "agent.inventory.reported", "data": {}}) is None
+    assert sse({"kind": "x", "v": 1}) == 'event: x\ndata: {"kind": "x", "v": 1}\n\n'
+
+
+def _services(handler) -> Services:
+    return Services(DashboardSettings(), httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+async def test_api_failures_become_sentences():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"detail": "invalid token"})
+
+    with pytest.raises(TokenRejected):
+        await _services(refuse).get("fault", "/v1/alarms", "t")
+
+    def conflict(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer t"
+        return httpx.Response(409, json={"title": "Conflict", "detail": "lock it first"})
+
+    with pytest.raises(ApiError) as err:
+        await _services(conflict).post("host", "/v1/hosts/w/actions", "t", {"action": "reboot"})
+    assert err.value.text == "The host service: lock it first" and err.value.status == 409
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(ApiError) as err:
+        await _services(down).get("service", "/v1/service-groups", "t")
+    assert "cannot be reached at http://127.0.0.1:8104" in err.value.text
+
+
+async def test_a_browser_that_falls_behind_is_told_to_reload():
+    class NoBus:
+        connection = None
+
+    b = Broadcaster(NoBus(), Metrics("dashboard-test"), pages.shape)  # type: ignore[arg-type]
+    async with b.subscribe() as q:
+        for i in range(q.maxsize + 3):
+            b.publish({"kind": "alarm", "n": i})
+        items = [q.get_nowait() for _ in range(q.qsize())]
+        assert items[-1] == {"kind": "reload"} and len(items) == q.maxsize
+    assert not b.subscribers
+    await asyncio.sleep(0)
+
+
+def test_make_run_points_the_dashboard_at_every_service():
+    env = service_env("dashboard", ["dashboard", "config", "fault", "host", "service"], "t")
+    assert env == {
+        "ROOST_FAULT_URL": "http://127.0.0.1:8102",
+        "ROOST_CONFIG_URL": "http://127.0.0.1:8101",
+        "ROOST_HOST_URL": "http://127.0.0.1:8103",
+        "ROOST_SERVICE_URL": "http://127.0.0.1:8104",
+    }
