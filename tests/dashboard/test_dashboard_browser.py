@@ -15,6 +15,11 @@ from tests.support.fault import alarm, clear
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
+GROUP = {
+    "redundancy": {"model": "active-standby"},
+    "members": {"hosts": ["worker-0", "worker-1"]},
+    "services": [{"name": "gw", "start": ["/bin/sleep", "600"]}],
+}
 PAGES = {
     "overview": "/",
     "hosts": "/hosts",
@@ -34,6 +39,9 @@ async def live(page) -> None:
 async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser):
     console = start_console(stack, tmp_path, full=True)
     await add_available_host(console, "worker-0")
+    async with console.service.client(stack.tokens.admin) as http:
+        r = await http.put("/v1/service-groups/gateway", json=GROUP)
+        assert r.status_code == 201, r.text
     page = await logged_in(browser, console, stack.tokens.admin)
     assert await page.locator("#role").text_content() == "admin"
 
@@ -48,6 +56,15 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
         )
         await page.screenshot(path=str(console.shots / f"{name}.png"), full_page=True)
     print(f"screenshots in {console.shots}")
+
+    # The group is listed with its hosts; a swact the service refuses (no healthy standby:
+    # no agent runs it) comes back as a readable message, not an error page.
+    await page.goto(f"{console.url}/services")
+    await expect(page.locator('[data-group="gateway"]')).to_contain_text("active-standby")
+    await page.get_by_role("button", name="Swact").click()
+    await page.get_by_role("button", name="Yes, swact gateway").click()
+    await expect(page.locator(".problem")).to_contain_text("Swact of gateway failed.")
+    await expect(page.locator(".problem")).to_contain_text("The service service:")
 
     # An alarm raised on the bus appears without a reload within 1 s; cleared, it goes.
     await page.goto(f"{console.url}/alarms")
@@ -132,6 +149,10 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await p.goto(f"{console.url}/hosts")
     assert p.url.startswith(f"{console.url}/login")
     await p.screenshot(path=str(console.shots / "login-expired.png"))
+
+    # A reader has no swact button either.
+    await page.goto(f"{console.url}/services")
+    assert await page.get_by_role("button", name="Swact").count() == 0
 
     # The fault service down: the alarms page says so in words; the hosts page still works.
     console.fault.stop()

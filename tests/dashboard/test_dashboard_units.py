@@ -111,3 +111,9 @@ def test_make_run_points_the_dashboard_at_every_service():
         "ROOST_HOST_URL": "http://127.0.0.1:8103",
         "ROOST_SERVICE_URL": "http://127.0.0.1:8104",
     }
+
+
+def test_after_login_only_a_local_path():
+    assert pages.local_path("/hosts/worker-0") == "/hosts/worker-0"
+    for bad in ("//evil.example/x", "https://evil.example/", "/login?next=/", "\\\\x", ""):
+        assert pages.local_path(bad) == "/"

@@ -143,27 +143,41 @@ def back(path: str, *, notice: str = "", problem: str = "") -> RedirectResponse:
 # Login ------------------------------------------------------------------------------------------
 
 
+def local_path(target: str) -> str:
+    """Where to go after logging in: a path of this site only (never another origin)."""
+    ok = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return target if ok and not target.startswith("/login") else "/"
+
+
 @router.get("/login")
-async def login_page(request: Request, reason: str = "") -> HTMLResponse:
-    return render(request, "login.html", reason=reason)
+async def login_page(request: Request, reason: str = "", next: str = "/") -> HTMLResponse:
+    return render(request, "login.html", reason=reason, next=local_path(next))
 
 
 @router.post("/login")
-async def login(request: Request, token: str = Form("")) -> Response:
+async def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
     token = token.strip()
     if not token:
-        return render(request, "login.html", 400, reason="Paste a token to log in.")
+        return render(
+            request, "login.html", 400, reason="Paste a token to log in.", next=local_path(next)
+        )
     d = dash(request)
     try:
         await d.services.get("fault", "/v1/alarms/summary", token)
     except TokenRejected:
-        return render(request, "login.html", 401, reason="That token was refused.")
+        return render(
+            request, "login.html", 401, reason="That token was refused.", next=local_path(next)
+        )
     except ApiError as exc:
         if d.authenticator.principal(token) is None:
             return render(
-                request, "login.html", 503, reason=f"The token could not be checked. {exc.text}"
+                request,
+                "login.html",
+                503,
+                reason=f"The token could not be checked. {exc.text}",
+                next=local_path(next),
             )
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(local_path(next), status_code=303)
     response.set_cookie(
         COOKIE,
         token,
