@@ -61,12 +61,18 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     # no agent runs it) comes back as a readable message, not an error page.
     await page.goto(f"{console.url}/services")
     await expect(page.locator('[data-group="gateway"]')).to_contain_text("active-standby")
-    await page.get_by_role("button", name="Swact").click()
+    await page.get_by_role("button", name="Swact gateway").click()
     await page.get_by_role("button", name="Yes, swact gateway").click()
     await expect(page.locator(".problem")).to_contain_text("Swact of gateway failed.")
     await expect(page.locator(".problem")).to_contain_text("The service service:")
 
-    # An alarm raised on the bus appears without a reload within 1 s; cleared, it goes.
+    # An alarm raised on the bus appears without a reload within 1 s; cleared, it goes. The
+    # overview open in another tab counts it.
+    overview = await page.context.new_page()
+    await overview.goto(f"{console.url}/")
+    await live(overview)
+    critical = overview.locator('#alarm-summary tr[data-severity="critical"] td.num').first
+    await expect(critical).to_have_text("0")
     await page.goto(f"{console.url}/alarms")
     await live(page)
     await page.evaluate("window.__sameDocument = true")
@@ -78,6 +84,7 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     await expect(row).to_be_visible(timeout=5_000)
     appeared = time.monotonic() - started
     await expect(row.locator(".sev")).to_have_text("critical")
+    await expect(critical).to_have_text("1", timeout=2_000)
     started = time.monotonic()
     await bus.publish([clear(entity, "100.104")])
     await expect(row).to_have_count(0, timeout=5_000)
@@ -85,6 +92,8 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
     print(f"alarm visible after {appeared * 1000:.0f} ms, gone after {gone * 1000:.0f} ms")
     assert appeared <= 1.0 and gone <= 1.0
+    await expect(critical).to_have_text("0")  # counted, then uncounted
+    await overview.close()
 
     # Lock worker-0 from its page (with a confirmation); the hosts list open in another tab
     # shows the new state without a reload.
@@ -99,7 +108,9 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     await page.get_by_role("button", name="Lock", exact=True).click()
     await expect(page.locator("h1")).to_have_text("Lock worker-0?")
     await page.screenshot(path=str(console.shots / "confirm-lock.png"))
-    await page.get_by_role("button", name="Yes, lock worker-0").click()
+    # Keyboard only: the confirmation has the focus; Enter confirms.
+    await expect(page.get_by_role("button", name="Yes, lock worker-0")).to_be_focused()
+    await page.keyboard.press("Enter")
     await expect(page.locator(".notice")).to_contain_text("Lock requested for worker-0")
     await expect(page.locator('[data-field="administrative"]')).to_have_text("locked")
     await expect(page.get_by_role("button", name="Unlock", exact=True)).to_be_visible()

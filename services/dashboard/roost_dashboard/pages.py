@@ -264,6 +264,13 @@ async def host_page(request: Request, ref: str) -> HTMLResponse:
             **{"q.field": "entity_instance_id", "q.op": "eq", "q.value": f"host={ref}"},
         ),
     )
+    if alarms.value:  # FM's eq is a substring match: host=worker-1 would find worker-10's
+        entity = f"host={(host.value or {}).get('hostname') or ref}"
+        alarms.value["alarms"] = [
+            a
+            for a in alarms.value.get("alarms", [])
+            if a["entity_instance_id"] == entity or a["entity_instance_id"].startswith(entity + ".")
+        ]
     if config.status == 404:  # known to the host service only (e.g. not provisioned through config)
         config = Section(error="", value=None)
     return render(
