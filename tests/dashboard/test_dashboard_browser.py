@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import httpx
 import pytest
 from playwright.async_api import expect
 
@@ -128,6 +129,11 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     console = start_console(stack, tmp_path, full=False)
     await add_available_host(console, "worker-0")
 
+    # Like every service: alive, ready, metrics (the reader's open event stream counted).
+    async with httpx.AsyncClient(base_url=console.url, timeout=5) as http:
+        assert (await http.get("/healthz")).json()["service"] == "dashboard"
+        assert (await http.get("/readyz")).status_code == 200
+
     # A reader sees the host but no lock (or any mutating) control.
     page = await logged_in(browser, console, stack.tokens.reader)
     assert await page.locator("#role").text_content() == "reader"
@@ -136,6 +142,9 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     assert await page.get_by_role("button", name="Lock", exact=True).count() == 0
     assert await page.locator(".actions").count() == 0
     await page.screenshot(path=str(console.shots / "reader-host.png"), full_page=True)
+    await live(page)
+    async with httpx.AsyncClient(base_url=console.url, timeout=5) as http:
+        assert "roost_live_streams 1.0" in (await http.get("/metrics")).text
 
     # A garbage token at the login page is refused there, in words.
     anon = await browser.new_context(viewport={"width": 1280, "height": 800})
