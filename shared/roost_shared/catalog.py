@@ -333,6 +333,12 @@ class InstanceChanged(_Strict):
     code: int | None = None
     signal: int | None = None
     time: datetime
+    command: str | None = Field(
+        None,
+        description="Id of the last assign/remove/restart command the agent applied to this "
+        "instance: the controller knows a report comes after its command (go-active waits for "
+        "the old active to acknowledge its step-down).",
+    )
 
 
 CATALOG: dict[str, type[BaseModel]] = {

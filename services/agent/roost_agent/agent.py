@@ -307,7 +307,7 @@ class Agent:
     ) -> None:
         correlationid = envelope.correlationid or envelope.id
         if isinstance(command, InstanceAssign):
-            outcome = await self.instances.assign(command, correlationid)
+            outcome = await self.instances.assign(command, correlationid, envelope.id)
             log.info(
                 "assign %s as %s (token %s): %s",
                 command.instance_id,
@@ -316,10 +316,10 @@ class Agent:
                 outcome,
             )
         elif isinstance(command, InstanceRestart):
-            outcome = await self.instances.restart(command, correlationid)
+            outcome = await self.instances.restart(command, correlationid, envelope.id)
             log.info("restart %s: %s", command.instance_id, outcome)
         else:
-            outcome = await self.instances.remove(command, correlationid)
+            outcome = await self.instances.remove(command, correlationid, envelope.id)
             log.info("remove %s: %s", command.instance_id, outcome)
         self._commands.labels(envelope.type, outcome).inc()
 

@@ -124,6 +124,8 @@ class Instances:
         self._assigned: dict[str, InstanceAssign] = {}  # by instance id, as persisted
         # Removed instances' last fencing tokens (persisted): older assigns are refused.
         self._retired: dict[str, int] = {}
+        # Id of the last command applied per instance (persisted), carried by its reports.
+        self._commands: dict[str, str] = {}
         self._ids: dict[str, str] = {}  # monitor name -> instance id
         self._notes: dict[str, str] = {}  # instance id -> why it is being stopped
         self._started = False
@@ -180,8 +182,12 @@ class Instances:
 
     # Commands --------------------------------------------------------------------------------
 
-    async def assign(self, command: InstanceAssign, correlationid: str | None = None) -> str:
-        """Handle ``service.instance.assign``; returns the outcome (for logs and metrics)."""
+    async def assign(
+        self, command: InstanceAssign, correlationid: str | None = None, command_id: str = ""
+    ) -> str:
+        """Handle ``service.instance.assign``; returns the outcome (for logs and metrics).
+        ``command_id`` (the command envelope's id) is carried by every later report of the
+        instance once the assign is applied (also when it changes nothing)."""
         key = command.instance_id
         current = self._assigned.get(key)
         retired = self._retired.get(key)
@@ -230,6 +236,7 @@ class Instances:
         self._hold_from(command, current)
         if running and _same(command, current) and was_down == (key in self._down):
             assert current is not None
+            self._applied(key, command_id)
             self._report_status(current, "", correlationid)
             return "unchanged"
         if current is not None and self._state(current) is not None:
@@ -238,22 +245,32 @@ class Instances:
             self._notes.pop(key, None)
         self._assigned[key] = command
         self._retired.pop(key, None)
+        self._applied(key, command_id, save=False)
         self._save()
         self._run(command, correlationid)
         return "started" if current is None else "restarted"
 
-    async def restart(self, command: InstanceRestart, correlationid: str | None = None) -> str:
+    async def restart(
+        self, command: InstanceRestart, correlationid: str | None = None, command_id: str = ""
+    ) -> str:
         """Handle ``service.instance.restart``: stop and start again, same role and token."""
         current = self._assigned.get(command.instance_id)
         if current is None:
             self._send(command, "stopped", "restart refused: not assigned on this host", None)
             return "unknown"
+        self._applied(command.instance_id, command_id)
         if self._state(current) is not None:
             self._notes[command.instance_id] = "restarted by the operator"
             await self.monitor.stop(pmon_name(command.instance_id))
             self._notes.pop(command.instance_id, None)
         self._run(current, correlationid)
         return "restarted"
+
+    def _applied(self, key: str, command_id: str, *, save: bool = True) -> None:
+        if command_id:
+            self._commands[key] = command_id
+            if save:
+                self._save()
 
     # Activity leases ---------------------------------------------------------------------------
 
@@ -354,13 +371,16 @@ class Instances:
         """The role the instance runs with now: standby while its lease lapsed."""
         return "standby" if assignment.instance_id in self._down else assignment.role
 
-    async def remove(self, command: InstanceRemove, correlationid: str | None = None) -> str:
+    async def remove(
+        self, command: InstanceRemove, correlationid: str | None = None, command_id: str = ""
+    ) -> str:
         """Handle ``service.instance.remove``: stop, report ``stopped``, forget."""
         key = command.instance_id
         current = self._assigned.get(key)
         if current is None:
-            self._send(command, "stopped", "not assigned on this host", correlationid)
+            self._send(command, "stopped", "not assigned on this host", correlationid, command_id)
             return "unknown"
+        self._applied(key, command_id, save=False)  # its stop reports acknowledge the remove
         name = pmon_name(key)
         state = self._state(current)
         if state is None:  # never ran (its spec was refused)
@@ -372,6 +392,7 @@ class Instances:
             await self.monitor.stop(name)
         self._notes.pop(key, None)
         del self._assigned[key]
+        self._commands.pop(key, None)
         if current.fencing_token is not None:
             self._retired[key] = max(current.fencing_token, self._retired.get(key, 0))
         self._lease_until.pop(key, None)
@@ -468,6 +489,7 @@ class Instances:
         state: str,
         reason: str,
         correlationid: str | None,
+        command_id: str | None = None,
     ) -> None:
         """Report an instance the monitor does not run (refused, or unknown)."""
         self._report(
@@ -482,6 +504,7 @@ class Instances:
                 state=state,
                 reason=reason,
                 time=datetime.now(UTC),
+                command=command_id or self._commands.get(command.instance_id),
             ),
             correlationid,
         )
@@ -507,6 +530,7 @@ class Instances:
             state=state,
             reason=reason,
             time=at,
+            command=self._commands.get(assignment.instance_id),
             **extra,
         )
 
@@ -522,6 +546,8 @@ class Instances:
             return {}
         retired = document.get("retired") or {}
         self._retired = {k: v for k, v in retired.items() if isinstance(v, int)}
+        commands = document.get("commands") or {}
+        self._commands = {k: v for k, v in commands.items() if isinstance(v, str)}
         assigned = {}
         for entry in document.get("instances", []):
             try:
@@ -536,6 +562,7 @@ class Instances:
         document = {
             "instances": [a.model_dump(mode="json") for a in self._assigned.values()],
             "retired": self._retired,
+            "commands": self._commands,
         }
         write_atomic(self._path, json.dumps(document, indent=2, sort_keys=True).encode())
 

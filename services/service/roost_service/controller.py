@@ -73,6 +73,9 @@ class Decision:
     note: str = ""
     #: Active host -> the lease it holds (its slot, fencing token, expiry).
     holders: dict[str, Lease] = field(default_factory=dict)
+    #: Host -> expiry of the lease released from it in this pass (its agent may hold the
+    #: activity until then if it never hears of the release).
+    released: dict[str, datetime | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,7 +201,11 @@ class Controller:
             )
             cmd: Destined = (env, COMMANDS_EXCHANGE, agent_key(hosts[host]["mgmt_mac"]))
 
+            # Its reports will carry this command's id: what the controller last sent it.
+            inst["command"] = env.id
+
             async def work(session: Session) -> None:
+                await self.placements.save(session, placement)
                 await self.outbox.add_to(session, [cmd])
 
             await self.db.in_transaction(work)
@@ -208,6 +215,9 @@ class Controller:
     # -- one group --------------------------------------------------------------------------
 
     async def _reconcile(self, name: str, swact_to: str | None = None) -> None:
+        # No grant for this group while its leases may change (a hello answered mid-pass must
+        # not carry a lease this pass releases); republished at the end of the pass.
+        self._grants.pop(name, None)
         group = await self.groups.find(name)
         placement = await self.placements.find(name) or {"_id": name, "instances": []}
         old = {i["instance_id"]: i for i in placement["instances"]}
@@ -261,22 +271,36 @@ class Controller:
 
         services = {s["name"]: s for s in group["services"]}
         involved = order + sorted({i["host"] for i in old.values()} - set(order))
-        # Go-standby before go-active (sm's order): while an in-service host other than the new
-        # holder still reports an active process, the holder's active assign waits (the report
-        # of its step-down wakes the next pass). A failed or fenced host is not waited for.
-        still_active = {
-            h
-            for h in involved
-            if model != "n"
-            and h not in decision.holders
-            and healthy(hosts.get(h))
-            and any(
-                (r := reports.get(instance_id(name, svc, h))) is not None
-                and r.get("role") == "active"
-                and r.get("state") not in ("stopped", "failed")
-                for svc in start
-            )
-        }
+
+        # Go-standby before go-active (sm's order): a new holder's active assign waits while
+        # another host may still run the activity: an old active whose step-down (standby
+        # assign or remove) its agent has not acknowledged yet, until the released lease's
+        # expiry (after which its agent has stepped down by itself), or one that reports an
+        # active process. A fenced host is not waited for. The acknowledgment is a report
+        # carrying the step-down command's id: after it, no grant can promote the old one.
+        def demoted(h: str) -> bool:
+            """Loses its active role in this pass."""
+            return _runs(old, h, "active") and decision.desired.get(h, ("",))[0] != "active"
+
+        still_active: set[str] = set()
+        if model != "n":
+            for h in involved:
+                host = hosts.get(h)
+                if h in decision.holders or (host or {}).get("fenced"):
+                    continue
+                mine = [current(h, svc) for svc in start]
+                pending = demoted(h) and _still_held(decision.released.get(h), now)
+                pending = pending or any(
+                    _demoting(i, reports.get(i["instance_id"]), now) for i in mine
+                )
+                reported = healthy(host) and any(
+                    (r := reports.get(i["instance_id"])) is not None
+                    and r.get("role") == "active"
+                    and r.get("state") not in ("stopped", "failed")
+                    for i in mine
+                )
+                if pending or reported:
+                    still_active.add(h)
         instances: list[dict[str, Any]] = []
         removes: list[Destined] = []
         standby_cmds: list[Destined] = []
@@ -295,20 +319,30 @@ class Controller:
                         or inst["state"] == "initial"
                         or retry
                     ):
+                        if inst.get("role") == "active" and want[0] != "active":
+                            inst["demoting"] = {"until": decision.released.get(h)}
                         inst["role"], inst["token"] = want
                         inst["assigned_at"] = now
                         out = active_cmds if want[0] == "active" else standby_cmds
                         lease = decision.holders.get(h)
                         expires = lease.expires_at if lease and want[0] == "active" else None
-                        out.append(self._assign(group, services[svc], inst, host, expires))
+                        cmd = self._assign(group, services[svc], inst, host, expires)
+                        inst["command"] = cmd[0].id
+                        out.append(cmd)
                 elif inst.get("role") is not None:
                     if host is not None and host.get("availability") != "failed":
-                        removes.append(self._remove(inst, host))
+                        cmd = self._remove(inst, host)
+                        inst["command"] = cmd[0].id
+                        removes.append(cmd)
                         inst["state"] = "disabling"
+                    if inst.get("role") == "active":
+                        inst["demoting"] = {"until": decision.released.get(h)}
                     inst["role"], inst["token"] = None, None
                 elif h not in order:
                     continue  # no longer a member and nothing runs there: forget it
                 report = reports.get(inst["instance_id"])
+                if inst.get("demoting") and not _demoting(inst, report, now):
+                    inst.pop("demoting")  # acknowledged, or its lease is over
                 inst["state"], inst["reason"] = instance_state(inst, report, host)
                 if inst["state"] == "disabled" and inst.get("role") is None and h in order:
                     if h not in in_service:
@@ -381,6 +415,7 @@ class Controller:
         slots, M standbys) group; see the module docstring. One host holds at most one slot."""
         held: dict[str, Lease] = {}  # slot -> a lease still held (renewed, or waited out)
         excluded: set[str] = set()
+        released: dict[str, datetime | None] = {}
         notes: list[str] = []
         for slot in slots:
             lease = await self.leases.current(name, slot)
@@ -391,6 +426,7 @@ class Controller:
             if swact_to is not None:
                 await self.leases.release(name, slot, h, cur.token)
                 excluded.add(h)
+                released[h] = cur.expires_at
             elif h in in_service and (keep_on_failure or not failed_on(h)):
                 renewed = await self.leases.renew(name, slot, h, cur.token, self.ttl_s)
                 if renewed is not None:
@@ -398,6 +434,7 @@ class Controller:
             elif h in in_service:
                 await self.leases.release(name, slot, h, cur.token)
                 excluded.add(h)
+                released[h] = cur.expires_at
             elif (hosts.get(h) or {}).get("fenced") or (
                 healthy(hosts.get(h)) and h not in in_service
             ):
@@ -406,6 +443,7 @@ class Controller:
                 # wait for the expiry.
                 await self.leases.release(name, slot, h, cur.token)
                 excluded.add(h)
+                released[h] = cur.expires_at
                 log.warning("group %s: active host %s is out of the group; taking over", name, h)
             else:
                 held[slot] = cur  # out of service, not fenced: this slot waits for the expiry
@@ -447,7 +485,11 @@ class Controller:
             desired[h] = ("standby", None)
         first = next((held[s].holder for s in slots if s in held), None)
         return Decision(
-            desired=desired, holder=first, note="; ".join(dict.fromkeys(notes)), holders=holders
+            desired=desired,
+            holder=first,
+            note="; ".join(dict.fromkeys(notes)),
+            holders=holders,
+            released=released,
         )
 
     async def _release(self, name: str, slots: list[str], why: str) -> Decision:
@@ -578,6 +620,30 @@ def _healthy_standby(
         if h != exclude and by_host.get(h) == services and healthy(hosts.get(h)):
             return h
     return None
+
+
+def _still_held(until: datetime | None, now: datetime) -> bool:
+    """True while a released lease (expiring ``until``) may still be believed by its agent."""
+    if until is None:
+        return False
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    return now < until
+
+
+def _demoting(inst: dict[str, Any], report: dict[str, Any] | None, now: datetime) -> bool:
+    """True while an old active's step-down is unacknowledged and its lease may still be held:
+    no report carries the step-down command's id with a non-active state yet."""
+    mark = inst.get("demoting")
+    if not mark:
+        return False
+    acked = (
+        report is not None
+        and inst.get("command") is not None
+        and report.get("command") == inst["command"]
+        and (report.get("role") != "active" or report.get("state") in ("stopped", "failed"))
+    )
+    return not acked and _still_held(mark.get("until"), now)
 
 
 def _runs(old: dict[str, dict[str, Any]], host: str, role: str | None = None) -> bool:
