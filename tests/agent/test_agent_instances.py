@@ -118,6 +118,7 @@ async def test_assign_restart_in_place_stale_role_change_and_remove(stack, agent
     command_id = await send(bus, agent.mac, assign(envs, "standby", 4))
     same = await events.wait_for(CHANGED, agent.mac, after=seen)
     assert same["correlationid"] == command_id
+    assert same["data"]["command"] == command_id  # reports name the last command applied
     assert (same["data"]["state"], same["data"]["pid"]) == ("healthy", pid)
 
     # A stale token: refused, reported with the state and token it keeps, nothing restarted.
