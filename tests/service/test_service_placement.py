@@ -23,7 +23,10 @@ from tests.service.test_service_api import Listener
 from tests.support.waiting import eventually
 
 HOSTS = {"controller-0": "52:54:00:00:00:10", "controller-1": "52:54:00:00:00:11"}
-UUIDS = {h: str(uuid.uuid5(uuid.NAMESPACE_DNS, h)) for h in HOSTS}
+
+
+def host_uuid(hostname: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, hostname))
 
 
 def group(**changes: Any) -> dict[str, Any]:
@@ -41,10 +44,15 @@ def group(**changes: Any) -> dict[str, Any]:
     return body
 
 
-async def learn(bus: Bus, hostname: str, states: tuple[str, str, str] | None) -> None:
+async def learn(
+    bus: Bus, hostname: str, states: tuple[str, str, str] | None, mac: str | None = None
+) -> None:
     """Tell the service about a host (config) and, if given, its states (host service)."""
     record = HostRecord(
-        uuid=UUIDS[hostname], hostname=hostname, mgmt_mac=HOSTS[hostname], install_state="done"
+        uuid=host_uuid(hostname),
+        hostname=hostname,
+        mgmt_mac=mac or HOSTS[hostname],
+        install_state="done",
     )
     await bus.publish([Envelope.of(record, type="config.host.added", source="roost/config")])
     if states is not None:
@@ -53,7 +61,7 @@ async def learn(bus: Bus, hostname: str, states: tuple[str, str, str] | None) ->
 
 async def set_state(bus: Bus, hostname: str, adm: str, op: str, avail: str) -> None:
     change = HostStateChanged(
-        uuid=UUIDS[hostname],
+        uuid=host_uuid(hostname),
         hostname=hostname,
         from_administrative="locked",
         from_operational="disabled",
@@ -335,27 +343,7 @@ async def test_n_plus_m_keeps_n_active_and_fills_a_slot_from_the_standby(stack):
     a failed instance or host gives its slot to the standby; never more than N actives."""
     svc, bus, agents = await placed(stack, ROOST_ACTIVITY_TTL_S="1")
     third = await FakeAgent(bus, "controller-2", "52:54:00:00:00:12").start()
-    record = HostRecord(
-        uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, "controller-2")),
-        hostname="controller-2",
-        mgmt_mac=third.mac,
-        install_state="done",
-    )
-    await bus.publish([Envelope.of(record, type="config.host.added", source="roost/config")])
-    change = HostStateChanged(
-        uuid=record.uuid,
-        hostname="controller-2",
-        from_administrative="locked",
-        from_operational="disabled",
-        from_availability="online",
-        to_administrative="unlocked",
-        to_operational="enabled",
-        to_availability="available",
-        cause="test",
-        reason="test",
-        time=utcnow(),
-    )
-    await bus.publish([Envelope.of(change, source="roost/host")])
+    await learn(bus, "controller-2", IN_SERVICE, mac=third.mac)
     c0, c1 = agents["controller-0"], agents["controller-1"]
     declared = group(
         redundancy={"model": "n-plus-m", "active": 2, "standby": 1},
