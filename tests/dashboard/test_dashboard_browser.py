@@ -12,7 +12,8 @@ import pytest
 from playwright.async_api import expect
 
 from tests.dashboard.conftest import add_available_host, logged_in, start_console
-from tests.support.fault import alarm, clear
+from tests.support.fault import alarm, clear, log
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -95,6 +96,28 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     assert appeared <= 1.0 and gone <= 1.0
     await expect(critical).to_have_text("0")  # counted, then uncounted
     await overview.close()
+
+    # The event log has both, found by entity; 60 customer logs page 50 then 10.
+    await page.goto(f"{console.url}/events")
+    await page.get_by_label("Entity contains").fill(entity)
+    await page.get_by_role("button", name="Show").click()
+    await expect(page.locator("#events tbody tr")).to_have_count(2)
+    await expect(page.locator("#events tbody tr").first).to_contain_text("clear")
+    await bus.publish([log(f"site=paging.n={i}", text=f"log {i}") for i in range(60)])
+    async with console.fault.client(stack.tokens.reader) as http:
+
+        async def logged() -> bool:
+            q = {"logs": "True", "q.field": "entity_instance_id", "q.value": "site=paging"}
+            r = await http.get("/v1/event_log", params={**q, "limit": 100})
+            return len(r.json()["event_log"]) == 60
+
+        await eventually(logged, what="60 customer logs written")
+    paged = page.locator("#events tbody tr", has_text="site=paging")
+    await page.goto(f"{console.url}/events?kind=logs&entity=site%3Dpaging")
+    await expect(paged).to_have_count(50)
+    await page.get_by_role("link", name="Older →").click()
+    await expect(paged).to_have_count(10)
+    await expect(page.get_by_role("link", name="Older →")).to_have_count(0)
 
     # Lock worker-0 from its page (with a confirmation); the hosts list open in another tab
     # shows the new state without a reload.

@@ -30,7 +30,16 @@ T = TypeVar("T")
 COOKIE = "roost_token"
 SEVERITIES = ("critical", "major", "minor", "warning")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
-HOST_ACTIONS = ("lock", "unlock")
+#: Host actions offered, with the administrative state each is offered in (the host service
+#: checks the rest: BMC present, power state) and what the confirmation says.
+HOST_ACTIONS = {
+    "lock": ("unlocked", "Locking takes the host out of service (its workloads move away)."),
+    "unlock": ("locked", "Unlocking runs the in-test, then puts the host back in service."),
+    "reboot": ("locked", "The host restarts; it stays locked."),
+    "reset": ("locked", "The BMC resets the host at once (no clean shutdown)."),
+    "power-off": ("locked", "The BMC powers the host off."),
+    "power-on": ("locked", "The BMC powers the host on."),
+}
 EVENTS_PAGE = 50
 
 templates = Environment(
@@ -133,6 +142,11 @@ async def all_pages(
         if not body.get("next") or not batch or len(batch) < limit:
             return items
         marker = batch[-1]["uuid"]
+
+
+def label(action: str) -> str:
+    """``power-off`` → ``Power off``."""
+    return action.replace("-", " ").capitalize()
 
 
 def back(path: str, *, notice: str = "", problem: str = "") -> RedirectResponse:
@@ -253,10 +267,12 @@ async def hosts_page(request: Request) -> HTMLResponse:
 async def host_page(request: Request, ref: str) -> HTMLResponse:
     op = operator(request)
     d = dash(request)
-    host, timeline, config, alarms = await sections(
+    host, timeline, config, inventory, sensors, alarms = await sections(
         d.services.get("host", f"/v1/hosts/{quote(ref)}", op.token),
         d.services.get("host", f"/v1/hosts/{quote(ref)}/timeline", op.token, limit=100),
         d.services.get("config", f"/v1/hosts/{quote(ref)}/config", op.token),
+        d.services.get("config", f"/v1/hosts/{quote(ref)}/inventory", op.token),
+        d.services.get("host", f"/v1/hosts/{quote(ref)}/sensors", op.token),
         d.services.get(
             "fault",
             "/v1/alarms",
@@ -271,8 +287,10 @@ async def host_page(request: Request, ref: str) -> HTMLResponse:
             for a in alarms.value.get("alarms", [])
             if a["entity_instance_id"] == entity or a["entity_instance_id"].startswith(entity + ".")
         ]
-    if config.status == 404:  # known to the host service only (e.g. not provisioned through config)
-        config = Section(error="", value=None)
+    # Not there (a host known to the host service only, no inventory reported yet): no error.
+    config, inventory, sensors = (
+        Section() if x.status == 404 else x for x in (config, inventory, sensors)
+    )
     return render(
         request,
         "host.html",
@@ -281,6 +299,8 @@ async def host_page(request: Request, ref: str) -> HTMLResponse:
         host=host,
         timeline=timeline,
         config=config,
+        inventory=inventory,
+        sensors=sensors,
         alarms=alarms,
         actions=HOST_ACTIONS,
     )
@@ -295,16 +315,12 @@ async def host_confirm(request: Request, ref: str, action: str) -> Response:
         request,
         "confirm.html",
         op=op,
-        title=f"{action.capitalize()} {ref}?",
-        question=f"{action.capitalize()} host {ref}?",
-        explain=(
-            "Locking takes the host out of service (its workloads move away)."
-            if action == "lock"
-            else "Unlocking runs the in-test, then puts the host back in service."
-        ),
+        title=f"{label(action)} {ref}?",
+        question=f"{label(action)} host {ref}?",
+        explain=HOST_ACTIONS[action][1],
         form_action=f"/hosts/{quote(ref)}/actions",
         fields={"action": action},
-        confirm_label=f"Yes, {action} {ref}",
+        confirm_label=f"Yes, {action.replace('-', ' ')} {ref}",
         cancel=f"/hosts/{quote(ref)}",
     )
 
@@ -322,18 +338,22 @@ async def host_action(request: Request, ref: str, action: str = Form(...)) -> Re
     except TokenRejected:
         raise
     except ApiError as exc:
-        return back(where, problem=f"{action.capitalize()} failed. {exc.text}")
-    return back(where, notice=f"{action.capitalize()} requested for {ref}.")
+        return back(where, problem=f"{label(action)} failed. {exc.text}")
+    return back(where, notice=f"{label(action)} requested for {ref}.")
 
 
 # Alarms and events ------------------------------------------------------------------------------
 
 
 @router.get("/alarms")
-async def alarms_page(request: Request, severity: str = "") -> HTMLResponse:
+async def alarms_page(request: Request, severity: str = "", suppressed: str = "") -> HTMLResponse:
     op = operator(request)
     severity = severity if severity in SEVERITIES else ""
-    q = {"q.field": "severity", "q.op": "eq", "q.value": severity} if severity else {}
+    q: dict[str, Any] = {}
+    if severity:
+        q |= {"q.field": "severity", "q.op": "eq", "q.value": severity}
+    if suppressed:
+        q["include_suppress"] = "True"
     (alarms,) = await sections(
         dash(request).services.get("fault", "/v1/alarms", op.token, limit=2000, **q)
     )
@@ -343,19 +363,23 @@ async def alarms_page(request: Request, severity: str = "") -> HTMLResponse:
         op=op,
         alarms=alarms,
         severity=severity,
+        suppressed=bool(suppressed),
         severities=SEVERITIES,
     )
 
 
 @router.get("/events")
 async def events_page(
-    request: Request, marker: str = "", kind: str = "", start: str = ""
+    request: Request, marker: str = "", kind: str = "", entity: str = ""
 ) -> HTMLResponse:
     op = operator(request)
     kind = kind if kind in ("alarms", "logs") else ""
+    entity = entity.strip()
     params: dict[str, Any] = {"limit": EVENTS_PAGE, "marker": marker or None}
     if kind:
         params[kind] = "True"
+    if entity:  # FM's eq on entity_instance_id matches a substring
+        params |= {"q.field": "entity_instance_id", "q.op": "eq", "q.value": entity}
     d = dash(request)
     (log,) = await sections(d.services.get("fault", "/v1/event_log", op.token, **params))
     records = (log.value or {}).get("event_log", [])
@@ -367,6 +391,7 @@ async def events_page(
         log=log,
         records=records,
         kind=kind,
+        entity=entity,
         marker=marker,
         next_marker=records[-1]["uuid"] if more else "",
     )
