@@ -33,6 +33,24 @@ PAGES = {
 }
 
 
+#: Basic accessibility and layout checks run in the page: every visible input and select has a
+#: label, every button and link a name, every table column header a scope, one h1, nothing wider
+#: than the window.
+A11Y = """() => {
+  const bad = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+    if (!el.labels || el.labels.length === 0) bad.push('unlabelled ' + (el.name || el.id));
+  for (const el of document.querySelectorAll('button, a'))
+    if (!(el.textContent.trim() || el.getAttribute('aria-label')))
+      bad.push('nameless ' + el.outerHTML);
+  for (const th of document.querySelectorAll('thead th'))
+    if (th.getAttribute('scope') !== 'col') bad.push('th without scope: ' + th.textContent);
+  if (document.querySelectorAll('h1').length !== 1) bad.push('not one h1');
+  if (document.documentElement.scrollWidth > window.innerWidth) bad.push('wider than the window');
+  return bad;
+}"""
+
+
 async def live(page) -> None:
     """The page's event stream is open (events published after this reach it)."""
     await expect(page.locator("body[data-live='1']")).to_have_count(1, timeout=10_000)
@@ -56,7 +74,13 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
             name,
             await page.locator(".problem").all_text_contents(),
         )
+        assert await page.evaluate(A11Y) == [], name
         await page.screenshot(path=str(console.shots / f"{name}.png"), full_page=True)
+        await page.set_viewport_size({"width": 768, "height": 1024})  # a tablet
+        tablet = await page.evaluate(A11Y)
+        await page.screenshot(path=str(console.shots / f"{name}-tablet.png"))
+        await page.set_viewport_size({"width": 1280, "height": 800})
+        assert tablet == [], f"{name} at tablet width: {tablet}"
     print(f"screenshots in {console.shots}")
 
     # The group is listed with its hosts; a swact the service refuses (no healthy standby:
