@@ -121,6 +121,18 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     await expect(critical).to_have_text("0")  # counted, then uncounted
     await overview.close()
 
+    # An alarm's details, and deleting it by hand (confirmed).
+    await page.goto(f"{console.url}/alarms")
+    await live(page)
+    await bus.publish([alarm("host=worker-0.nic=eth9", "100.113", "minor")])
+    await page.get_by_role("link", name="alarm 100.113 on host=worker-0.nic=eth9").click()
+    await expect(page.locator("#alarm-detail")).to_contain_text("host=worker-0.nic=eth9")
+    await page.screenshot(path=str(console.shots / "alarm.png"), full_page=True)
+    await page.get_by_role("button", name="Delete", exact=True).click()
+    await page.get_by_role("button", name="Yes, delete the alarm").click()
+    await expect(page.locator(".notice")).to_contain_text("deleted")
+    await expect(page.locator("#alarms tbody tr", has_text="nic=eth9")).to_have_count(0)
+
     # The event log has both, found by entity; 60 customer logs page 50 then 10.
     await page.goto(f"{console.url}/events")
     await page.get_by_label("Entity contains").fill(entity)

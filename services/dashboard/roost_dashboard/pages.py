@@ -368,6 +368,45 @@ async def alarms_page(request: Request, severity: str = "", suppressed: str = ""
     )
 
 
+@router.get("/alarms/{uuid}")
+async def alarm_page(request: Request, uuid: str) -> HTMLResponse:
+    op = operator(request)
+    (alarm,) = await sections(
+        dash(request).services.get("fault", f"/v1/alarms/{quote(uuid)}", op.token)
+    )
+    return render(request, "alarm.html", op=op, alarm=alarm, uuid=uuid)
+
+
+@router.get("/alarms/{uuid}/confirm-delete")
+async def alarm_delete_confirm(request: Request, uuid: str) -> HTMLResponse:
+    op = operator(request)
+    return render(
+        request,
+        "confirm.html",
+        op=op,
+        title="Delete this alarm?",
+        question=f"Clear alarm {uuid} by hand?",
+        explain="It leaves the active list and the event log records the clear. If its cause "
+        "remains, whatever raised it may raise it again.",
+        form_action=f"/alarms/{quote(uuid)}/delete",
+        fields={},
+        confirm_label="Yes, delete the alarm",
+        cancel=f"/alarms/{quote(uuid)}",
+    )
+
+
+@router.post("/alarms/{uuid}/delete")
+async def alarm_delete(request: Request, uuid: str) -> Response:
+    op = operator(request)
+    try:
+        await dash(request).services.call("fault", "DELETE", f"/v1/alarms/{quote(uuid)}", op.token)
+    except TokenRejected:
+        raise
+    except ApiError as exc:
+        return back(f"/alarms/{quote(uuid)}", problem=f"Delete failed. {exc.text}")
+    return back("/alarms", notice=f"Alarm {uuid} deleted.")
+
+
 @router.get("/events")
 async def events_page(
     request: Request, marker: str = "", kind: str = "", entity: str = ""
