@@ -4,6 +4,7 @@ readers see no mutating controls, bad tokens land on the login page, API errors 
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -175,6 +176,8 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     await expect(page.locator('[data-field="administrative"]')).to_have_text("locked")
     await expect(page.get_by_role("button", name="Unlock", exact=True)).to_be_visible()
     await expect(page.get_by_role("button", name="Lock", exact=True)).to_have_count(0)
+    chart = page.locator("#availability-chart")
+    await expect(chart).to_have_attribute("aria-label", re.compile(r"available, then online$"))
     await page.screenshot(path=str(console.shots / "host-locked.png"), full_page=True)
 
     await expect(admin_cell).to_have_text("locked", timeout=2_000)

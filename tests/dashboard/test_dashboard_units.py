@@ -4,6 +4,7 @@ fan-out's bound, and what `make run` tells it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -117,3 +118,25 @@ def test_after_login_only_a_local_path():
     assert pages.local_path("/hosts/worker-0") == "/hosts/worker-0"
     for bad in ("//evil.example/x", "https://evil.example/", "/login?next=/", "\\\\x", ""):
         assert pages.local_path(bad) == "/"
+
+
+def test_the_timeline_becomes_availability_segments_up_to_now():
+    def entry(t: str, availability: str) -> dict:
+        return {"time": f"2026-01-01T00:00:{t}Z", "to": {"availability": availability}}
+
+    now = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+    chart = pages.availability_chart(
+        [
+            entry("05", "available"),
+            entry("00", "online"),
+            entry("04", "intest"),
+            entry("08", "available"),
+        ],
+        now,
+    )
+    assert [(c["availability"], c["x"], c["width"]) for c in chart] == [
+        ("online", 0.0, 40.0),
+        ("intest", 40.0, 10.0),
+        ("available", 50.0, 50.0),
+    ]
+    assert pages.availability_chart([], now) == []

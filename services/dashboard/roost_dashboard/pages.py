@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -287,6 +288,7 @@ async def host_page(request: Request, ref: str) -> HTMLResponse:
             for a in alarms.value.get("alarms", [])
             if a["entity_instance_id"] == entity or a["entity_instance_id"].startswith(entity + ".")
         ]
+    chart = availability_chart((timeline.value or {}).get("timeline", []))
     # Not there (a host known to the host service only, no inventory reported yet): no error.
     config, inventory, sensors = (
         Section() if x.status == 404 else x for x in (config, inventory, sensors)
@@ -303,7 +305,32 @@ async def host_page(request: Request, ref: str) -> HTMLResponse:
         sensors=sensors,
         alarms=alarms,
         actions=HOST_ACTIONS,
+        chart=chart,
     )
+
+
+def availability_chart(entries: list[dict[str, Any]], now: datetime | None = None) -> list[dict]:
+    """The timeline as availability segments for a time bar: each ``{availability, start, end,
+    x, width}`` with x and width in percent of the span from the first entry to now."""
+    points = sorted(
+        (datetime.fromisoformat(e["time"].replace("Z", "+00:00")), e["to"]["availability"])
+        for e in entries
+    )
+    if not points:
+        return []
+    now = now or datetime.now(UTC)
+    span = max((now - points[0][0]).total_seconds(), 1e-3)
+    segments = []
+    for i, (start, availability) in enumerate(points):
+        end = points[i + 1][0] if i + 1 < len(points) else now
+        if segments and segments[-1]["availability"] == availability:
+            segments[-1]["end"] = end
+            continue
+        segments.append({"availability": availability, "start": start, "end": end})
+    for seg in segments:
+        seg["x"] = round((seg["start"] - points[0][0]).total_seconds() / span * 100, 3)
+        seg["width"] = round(max((seg["end"] - seg["start"]).total_seconds() / span * 100, 0.2), 3)
+    return segments
 
 
 @router.get("/hosts/{ref}/confirm")
