@@ -206,7 +206,11 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await page.screenshot(path=str(console.shots / "reader-host.png"), full_page=True)
     await live(page)
     async with httpx.AsyncClient(base_url=console.url, timeout=5) as http:
-        assert "roost_live_streams 1.0" in (await http.get("/metrics")).text
+
+        async def one_stream() -> bool:  # earlier pages' streams end when noticed
+            return "roost_live_streams 1.0" in (await http.get("/metrics")).text
+
+        await eventually(one_stream, what="the reader's one open event stream counted")
 
     # A garbage token at the login page is refused there, in words.
     anon = await browser.new_context(viewport={"width": 1280, "height": 800})
