@@ -112,6 +112,11 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     appeared = time.monotonic() - started
     await expect(row.locator(".sev")).to_have_text("critical")
     await expect(critical).to_have_text("1", timeout=2_000)
+    # Changed in place: the same row, now major.
+    await bus.publish([alarm(entity, "100.104", "major", reason_text="/var is 92% full")])
+    await expect(row.locator(".sev")).to_have_text("major", timeout=1_000)
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text("92% full")
     started = time.monotonic()
     await bus.publish([clear(entity, "100.104")])
     await expect(row).to_have_count(0, timeout=5_000)
@@ -134,11 +139,11 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     await expect(page.locator(".notice")).to_contain_text("deleted")
     await expect(page.locator("#alarms tbody tr", has_text="nic=eth9")).to_have_count(0)
 
-    # The event log has both, found by entity; 60 customer logs page 50 then 10.
+    # The event log has all three, found by entity; 60 customer logs page 50 then 10.
     await page.goto(f"{console.url}/events")
     await page.get_by_label("Entity contains").fill(entity)
     await page.get_by_role("button", name="Show").click()
-    await expect(page.locator("#events tbody tr")).to_have_count(2)
+    await expect(page.locator("#events tbody tr")).to_have_count(3)  # set, changed, clear
     await expect(page.locator("#events tbody tr").first).to_contain_text("clear")
     await bus.publish([log(f"site=paging.n={i}", text=f"log {i}") for i in range(60)])
     async with console.fault.client(stack.tokens.reader) as http:
@@ -185,6 +190,11 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
         watcher.locator('[data-host="worker-0"] [data-field="availability"]')
     ).to_have_text("online")
     assert await watcher.evaluate("window.__sameDocument === true"), "the list was reloaded"
+
+    # A host the list has not shown yet: the list reloads itself to show it.
+    await add_available_host(console, "worker-1")
+    new_host = watcher.locator('[data-host="worker-1"] [data-field="availability"]')
+    await expect(new_host).to_have_text("available", timeout=5_000)
 
 
 async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):

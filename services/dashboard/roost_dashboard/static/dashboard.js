@@ -51,7 +51,12 @@
     if (ev.hostname) selectors.push('[data-host="' + CSS.escape(ev.hostname) + '"]');
     if (ev.uuid) selectors.push('[data-host="' + CSS.escape(ev.uuid) + '"]', "#host-" + CSS.escape(ev.uuid));
     var seen = new Set();
-    document.querySelectorAll(selectors.join(",")).forEach(function (el) {
+    var matches = document.querySelectorAll(selectors.join(","));
+    if (matches.length === 0 && document.getElementById("hosts")) {
+      window.location.reload();  // a host this list has not shown yet
+      return;
+    }
+    matches.forEach(function (el) {
       if (seen.has(el)) return;
       seen.add(el);
       ["administrative", "operational", "availability"].forEach(function (field) {
