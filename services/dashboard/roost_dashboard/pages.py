@@ -8,7 +8,6 @@ the login page. Mutations go through a confirmation page, then the same API call
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -97,7 +96,6 @@ def operator(request: Request) -> Operator:
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     op: Operator | None = context.pop("op", None)
     html = templates.get_template(name).render(
-        request=request,
         op=op,
         path=request.url.path,
         notice=request.query_params.get("notice", ""),
@@ -618,10 +616,3 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return render(request, "error.html", 502, message=exc.text)
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=str)
-
-
-templates.filters["tojson_attr"] = to_json
