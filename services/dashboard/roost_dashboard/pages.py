@@ -402,6 +402,59 @@ async def alarm_page(request: Request, uuid: str) -> HTMLResponse:
     return render(request, "alarm.html", op=op, alarm=alarm, uuid=uuid)
 
 
+async def suppression_entry(d: Dashboard, op: Operator, alarm_id: str) -> dict[str, Any] | None:
+    body = await d.services.get("fault", "/v1/event_suppression", op.token)
+    return next((e for e in body["event_suppression"] if e["alarm_id"] == alarm_id), None)
+
+
+@router.get("/alarms/{uuid}/confirm-suppression")
+async def suppression_confirm(request: Request, uuid: str, alarm_id: str, to: str) -> Response:
+    op = operator(request)
+    if to not in ("suppressed", "unsuppressed"):
+        return back(f"/alarms/{quote(uuid)}", problem=f"Unknown suppression state {to!r}.")
+    verb = "Suppress" if to == "suppressed" else "Unsuppress"
+    return render(
+        request,
+        "confirm.html",
+        op=op,
+        title=f"{verb} alarm id {alarm_id}?",
+        question=f"{verb} every alarm and log with id {alarm_id}?",
+        explain=(
+            "They stay stored and counted apart, but leave the default lists."
+            if to == "suppressed"
+            else "They show in the default lists again."
+        ),
+        form_action=f"/alarms/{quote(uuid)}/suppression",
+        fields={"alarm_id": alarm_id, "to": to},
+        confirm_label=f"Yes, {verb.lower()} {alarm_id}",
+        cancel=f"/alarms/{quote(uuid)}",
+    )
+
+
+@router.post("/alarms/{uuid}/suppression")
+async def suppression(
+    request: Request, uuid: str, alarm_id: str = Form(...), to: str = Form(...)
+) -> Response:
+    op = operator(request)
+    d = dash(request)
+    where = f"/alarms/{quote(uuid)}"
+    if to not in ("suppressed", "unsuppressed"):
+        return back(where, problem=f"Unknown suppression state {to!r}.")
+    patch = [{"op": "replace", "path": "/suppression_status", "value": to}]
+    try:
+        entry = await suppression_entry(d, op, alarm_id)
+        if entry is None:
+            return back(where, problem=f"Alarm id {alarm_id} has no suppression entry.")
+        await d.services.call(
+            "fault", "PATCH", f"/v1/event_suppression/{quote(entry['uuid'])}", op.token, json=patch
+        )
+    except TokenRejected:
+        raise
+    except ApiError as exc:
+        return back(where, problem=f"Changing the suppression failed. {exc.text}")
+    return back(where, notice=f"Alarm id {alarm_id} is now {to}.")
+
+
 @router.get("/alarms/{uuid}/confirm-delete")
 async def alarm_delete_confirm(request: Request, uuid: str) -> HTMLResponse:
     op = operator(request)
