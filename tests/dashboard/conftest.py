@@ -43,7 +43,7 @@ class Console:
         return self.dashboard.url
 
 
-def start_console(stack: Any, tmp_path: Path, *, full: bool) -> Console:
+def start_console(stack: Any, tmp_path: Path, *, full: bool, **dashboard_env: str) -> Console:
     """fault + host (+ config and service with ``full``), then the dashboard pointed at them."""
     key = Fernet.generate_key().decode()
     fault = stack.start("fault")
@@ -57,7 +57,7 @@ def start_console(stack: Any, tmp_path: Path, *, full: bool) -> Console:
         config = stack.start("config", ROOST_SECRET_KEY=key, ROOST_HOST_SERVICE_URL=host.url)
         service = stack.start("service")  # members accepted as given (hosts known to host only)
         urls |= {"ROOST_CONFIG_URL": config.url, "ROOST_SERVICE_URL": service.url}
-    dashboard = stack.start("dashboard", **urls)
+    dashboard = stack.start("dashboard", **urls, **dashboard_env)
     shots = tmp_path / "screenshots"
     shots.mkdir(exist_ok=True)
     return Console(stack, fault, host, dashboard, config, service, shots)

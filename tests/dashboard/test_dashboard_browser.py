@@ -212,7 +212,7 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
 
 
 async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
-    console = start_console(stack, tmp_path, full=False)
+    console = start_console(stack, tmp_path, full=False, ROOST_ALARMS_PAGE_SIZE="3")
     await add_available_host(console, "worker-0")
 
     # Like every service: alive, ready, metrics (the reader's open event stream counted).
@@ -235,6 +235,25 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
             return "roost_live_streams 1.0" in (await http.get("/metrics")).text
 
         await eventually(one_stream, what="the reader's one open event stream counted")
+
+    # The alarm list pages (3 a page here): 4 alarms, most severe first, 3 then 1.
+    bus = await stack.bus()
+    sevs = ("critical", "major", "minor", "warning")
+    await bus.publish([alarm(f"host=worker-0.p={s}", "100.101", s) for s in sevs])
+    async with console.fault.client(stack.tokens.reader) as http:
+
+        async def four() -> bool:
+            return len((await http.get("/v1/alarms")).json()["alarms"]) == 4
+
+        await eventually(four, what="4 alarms raised")
+    await page.goto(f"{console.url}/alarms")
+    rows = page.locator("#alarms tbody tr")
+    await expect(rows).to_have_count(3)
+    await expect(rows.first).to_contain_text("critical")
+    await page.get_by_role("link", name="Next page →").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("warning")
+    await expect(page.get_by_role("link", name="Next page →")).to_have_count(0)
 
     # A garbage token at the login page is refused there, in words.
     anon = await browser.new_context(viewport={"width": 1280, "height": 800})

@@ -371,17 +371,21 @@ async def host_action(request: Request, ref: str, action: str = Form(...)) -> Re
 
 
 @router.get("/alarms")
-async def alarms_page(request: Request, severity: str = "", suppressed: str = "") -> HTMLResponse:
+async def alarms_page(
+    request: Request, severity: str = "", suppressed: str = "", marker: str = ""
+) -> HTMLResponse:
     op = operator(request)
+    d = dash(request)
     severity = severity if severity in SEVERITIES else ""
-    q: dict[str, Any] = {}
+    size = d.settings.alarms_page_size
+    q: dict[str, Any] = {"limit": size, "marker": marker or None}
     if severity:
         q |= {"q.field": "severity", "q.op": "eq", "q.value": severity}
     if suppressed:
         q["include_suppress"] = "True"
-    (alarms,) = await sections(
-        dash(request).services.get("fault", "/v1/alarms", op.token, limit=2000, **q)
-    )
+    (alarms,) = await sections(d.services.get("fault", "/v1/alarms", op.token, **q))
+    shown = (alarms.value or {}).get("alarms", [])
+    more = bool((alarms.value or {}).get("next")) and len(shown) == size
     return render(
         request,
         "alarms.html",
@@ -390,6 +394,8 @@ async def alarms_page(request: Request, severity: str = "", suppressed: str = ""
         severity=severity,
         suppressed=bool(suppressed),
         severities=SEVERITIES,
+        marker=marker,
+        next_marker=shown[-1]["uuid"] if more else "",
     )
 
 

@@ -18,4 +18,7 @@ class DashboardSettings(RoostSettings):
     cookie_secure: bool = Field(
         False, description="Mark the token cookie Secure (set it when served over HTTPS)."
     )
+    alarms_page_size: int = Field(
+        500, ge=1, le=2000, description="Alarms a page of the alarm list shows (most severe first)."
+    )
     stream_keepalive_s: float = Field(15.0, description="Comment line on idle event streams.")

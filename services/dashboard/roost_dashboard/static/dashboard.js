@@ -19,7 +19,7 @@
       var filter = table.getAttribute("data-filter");
       if (ev.action === "cleared" || (filter && filter !== ev.severity)) {
         if (old) old.remove();
-      } else if (ev.html) {
+      } else if (ev.html && (old || table.getAttribute("data-first-page") === "1")) {
         var tmp = document.createElement("tbody");
         tmp.innerHTML = ev.html.trim();
         var row = tmp.firstElementChild;
