@@ -88,6 +88,17 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
     # no agent runs it) comes back as a readable message, not an error page.
     await page.goto(f"{console.url}/services")
     await expect(page.locator('[data-group="gateway"]')).to_contain_text("active-standby")
+    # Declared again with a third member: the open page follows without a reload (the service
+    # service tells declaration changes on the bus; its state changes it does not).
+    await page.evaluate("window.__sameDocument = true")
+    await live(page)
+    async with console.service.client(stack.tokens.admin) as http:
+        wider = {**GROUP, "members": {"hosts": ["worker-0", "worker-1", "worker-2"]}}
+        r = await http.put("/v1/service-groups/gateway", json=wider)
+        assert r.status_code == 200, r.text
+    members = page.locator('[data-group="gateway"] [data-field="members"]')
+    await expect(members).to_have_text("worker-0, worker-1, worker-2", timeout=2_000)
+    assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
     await page.get_by_role("button", name="Swact gateway").click()
     await page.get_by_role("button", name="Yes, swact gateway").click()
     await expect(page.locator(".problem")).to_contain_text("Swact of gateway failed.")

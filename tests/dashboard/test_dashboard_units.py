@@ -59,6 +59,12 @@ def test_host_and_group_events_carry_the_new_states():
     )
     group = pages.shape({"type": "service.group.updated", "data": {"name": "g", "state": "failed"}})
     assert group == {"kind": "group", "action": "updated", "name": "g", "state": "failed"}
+    report = {"group": "g", "hostname": "worker-0", "state": "running"}
+    assert pages.shape({"type": "agent.instance.changed", "data": report}) == {
+        "kind": "instance",
+        "group": "g",
+        "host": "worker-0",
+    }
     assert pages.shape({"type": "agent.inventory.reported", "data": {}}) is None
     assert sse({"kind": "x", "v": 1}) == 'event: x\ndata: {"kind": "x", "v": 1}\n\n'
 

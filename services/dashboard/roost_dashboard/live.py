@@ -23,9 +23,10 @@ from roost_shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-#: What the pages follow: alarm notices from fault, host transitions, service group changes.
+#: What the pages follow: alarm notices from fault, host transitions, service group changes and
+#: the agents' instance reports (the services page fetches its table again).
 BINDINGS = ("fault.alarm.raised", "fault.alarm.changed", "fault.alarm.cleared")
-BINDINGS += ("host.state.changed", "service.group.*")
+BINDINGS += ("host.state.changed", "service.group.*", "agent.instance.changed")
 
 #: Turns an envelope (as JSON) into what browsers get (``{"kind", ...}``), or None to skip it.
 Shape = Callable[[dict[str, Any]], dict[str, Any] | None]

@@ -643,6 +643,8 @@ def shape(envelope: dict[str, Any]) -> dict[str, Any] | None:
             "cause": data.get("cause", ""),
             "time": data.get("time"),
         }
+    if kind == "agent.instance.changed":
+        return {"kind": "instance", "group": data.get("group"), "host": data.get("hostname")}
     if kind.startswith("service.group."):
         return {
             "kind": "group",

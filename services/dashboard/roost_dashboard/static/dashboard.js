@@ -77,7 +77,30 @@
     document.querySelectorAll('[data-group="' + CSS.escape(ev.name || "") + '"] [data-field="state"]').forEach(function (cell) {
       cell.replaceChildren(stateSpan(ev.state));
     });
+    refreshRegions("group");
     refreshOverview();
+  }
+
+  // Regions marked data-refresh-on="<kind>" are fetched again (this page's URL) after such an
+  // event and swapped in place: instance rows, reasons, active hosts follow without a reload.
+  var regionTimer = {};
+  function refreshRegions(kind) {
+    var regions = document.querySelectorAll('[data-refresh-on~="' + kind + '"]');
+    if (regions.length === 0 || regionTimer[kind]) return;
+    regionTimer[kind] = setTimeout(function () {
+      regionTimer[kind] = null;
+      fetch(window.location.href, { credentials: "same-origin" }).then(function (r) {
+        if (r.redirected || !r.ok) return null;
+        return r.text();
+      }).then(function (html) {
+        if (!html) return;
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        regions.forEach(function (region) {
+          var fresh = doc.getElementById(region.id);
+          if (fresh) region.replaceWith(fresh);
+        });
+      });
+    }, 300);
   }
 
   var pending = null;
@@ -105,6 +128,7 @@
   source.addEventListener("alarm", function (e) { onAlarm(JSON.parse(e.data)); });
   source.addEventListener("host", function (e) { onHost(JSON.parse(e.data)); });
   source.addEventListener("group", function (e) { onGroup(JSON.parse(e.data)); });
+  source.addEventListener("instance", function () { refreshRegions("group"); });
   source.addEventListener("reload", function () { window.location.reload(); });
   source.onerror = function () { say("reconnecting…"); document.body.removeAttribute("data-live"); };
 })();
