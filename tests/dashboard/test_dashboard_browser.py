@@ -283,8 +283,12 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
         await p.goto(f"{console.url}{path}")
         assert p.url.startswith(f"{console.url}/login"), (path, p.url)
         await expect(p.locator("#login-reason"), p.url).to_contain_text("refused")
+        assert "Traceback" not in await p.content()
         assert not [c for c in await anon.cookies() if c["name"] == "roost_token"]
         assert "Traceback" not in await p.content()
+    # Words in a link never reach the page: reasons are codes, outcomes one-time cookies.
+    await p.goto(f"{console.url}/login?reason=Send+your+token+to+evil.example")
+    assert await p.locator("#login-reason").count() == 0
     await anon.clear_cookies()
     await p.goto(f"{console.url}/hosts")
     assert p.url.startswith(f"{console.url}/login")

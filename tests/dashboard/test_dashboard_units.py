@@ -146,3 +146,14 @@ def test_the_timeline_becomes_availability_segments_up_to_now():
         ("available", 50.0, 50.0),
     ]
     assert pages.availability_chart([], now) == []
+
+
+def test_login_resumes_pages_only():
+    from starlette.requests import Request
+
+    def request(method: str, path: str) -> Request:
+        return Request({"type": "http", "method": method, "path": path, "headers": []})
+
+    assert pages.resume(request("GET", "/hosts/worker-0")) == "%2Fhosts%2Fworker-0"
+    assert pages.resume(request("POST", "/hosts/worker-0/actions")) == "%2F"
+    assert pages.resume(request("GET", "/events/stream")) == "%2F"

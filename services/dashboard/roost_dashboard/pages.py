@@ -8,13 +8,14 @@ the login page. Mutations go through a confirmation page, then the same API call
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -28,6 +29,12 @@ from roost_shared.auth import Authenticator, Role
 T = TypeVar("T")
 
 COOKIE = "roost_token"
+FLASH = "roost_flash"
+#: Why the login page is shown: codes in the URL, words from here (never words from a link).
+LOGIN_REASONS = {
+    "refused": "Your token was refused (expired or revoked). Log in again.",
+    "logged-out": "Logged out.",
+}
 SEVERITIES = ("critical", "major", "minor", "warning")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 #: Host actions offered, with the administrative state each is offered in (the host service
@@ -52,10 +59,7 @@ router = APIRouter(include_in_schema=False)
 
 
 class NeedLogin(Exception):
-    """No usable token: go to the login page (``reason`` is shown there)."""
-
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
+    """No token: go to the login page (and back to the page asked for after it)."""
 
 
 @dataclass
@@ -94,15 +98,32 @@ def operator(request: Request) -> Operator:
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page, with the message an action left for it (a one-time cookie, never the URL: a
+    link someone sends cannot put words on the operator's page)."""
     op: Operator | None = context.pop("op", None)
+    flash = _read_flash(request)
     html = templates.get_template(name).render(
         op=op,
         path=request.url.path,
-        notice=request.query_params.get("notice", ""),
-        problem=request.query_params.get("problem", ""),
+        notice=flash.get("notice", ""),
+        problem=flash.get("problem", ""),
         **context,
     )
-    return HTMLResponse(html, status_code=status)
+    response = HTMLResponse(html, status_code=status)
+    if FLASH in request.cookies:
+        response.delete_cookie(FLASH, path="/")
+    return response
+
+
+def _read_flash(request: Request) -> dict[str, str]:
+    raw = request.cookies.get(FLASH)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(unquote(raw))
+    except ValueError:
+        return {}
+    return {k: str(v) for k, v in value.items() if k in ("notice", "problem")}
 
 
 @dataclass
@@ -149,8 +170,13 @@ def label(action: str) -> str:
 
 
 def back(path: str, *, notice: str = "", problem: str = "") -> RedirectResponse:
-    query = f"notice={quote(notice)}" if notice else f"problem={quote(problem)}"
-    return RedirectResponse(f"{path}?{query}", status_code=303)
+    """Back to ``path`` after an action, with its outcome for the next page to show."""
+    response = RedirectResponse(path, status_code=303)
+    message = {"notice": notice} if notice else {"problem": problem}
+    response.set_cookie(
+        FLASH, quote(json.dumps(message)), max_age=60, httponly=True, samesite="strict", path="/"
+    )
+    return response
 
 
 # Login ------------------------------------------------------------------------------------------
@@ -164,7 +190,8 @@ def local_path(target: str) -> str:
 
 @router.get("/login")
 async def login_page(request: Request, reason: str = "", next: str = "/") -> HTMLResponse:
-    return render(request, "login.html", reason=reason, next=local_path(next))
+    words = LOGIN_REASONS.get(reason, "")
+    return render(request, "login.html", reason=words, next=local_path(next))
 
 
 @router.post("/login")
@@ -204,7 +231,7 @@ async def login(request: Request, token: str = Form(""), next: str = Form("/")) 
 
 @router.post("/logout")
 async def logout() -> Response:
-    response = RedirectResponse("/login?reason=Logged+out.", status_code=303)
+    response = RedirectResponse("/login?reason=logged-out", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
 
@@ -655,6 +682,15 @@ def shape(envelope: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def resume(request: Request) -> str:
+    """Where to come back after logging in: the page asked for (a page, not a form post, the
+    event stream or a fragment), URL-quoted."""
+    path = request.url.path
+    if request.method != "GET" or path.startswith(("/events/stream", "/fragments/")):
+        path = "/"
+    return quote(path, safe="")
+
+
 def install(app: FastAPI) -> None:
     """Routes, and the exception handlers that turn a refused token into the login page and any
     other API failure into a readable page."""
@@ -662,15 +698,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NeedLogin)
     async def _need_login(request: Request, exc: NeedLogin) -> Response:
-        reason = f"&reason={quote(exc.reason)}" if exc.reason else ""
-        return RedirectResponse(f"/login?next={quote(request.url.path)}{reason}", 303)
+        return RedirectResponse(f"/login?next={resume(request)}", 303)
 
     @app.exception_handler(TokenRejected)
     async def _refused(request: Request, exc: TokenRejected) -> Response:
-        response = RedirectResponse(
-            "/login?reason=" + quote("Your token was refused (expired or revoked). Log in again."),
-            303,
-        )
+        response = RedirectResponse(f"/login?reason=refused&next={resume(request)}", 303)
         response.delete_cookie(COOKIE, path="/")
         return response
 
