@@ -298,6 +298,14 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await page.goto(f"{console.url}/services")
     assert await page.get_by_role("button", name="Swact").count() == 0
 
+    # A page that does not exist: a page saying so (API clients still get problem+json).
+    response = await page.goto(f"{console.url}/no-such-page")
+    assert response is not None and response.status == 404
+    await expect(page.locator(".problem")).to_have_text("There is no such page.")
+    async with httpx.AsyncClient(base_url=console.url, timeout=5) as http:
+        r = await http.get("/no-such-page")
+        assert r.headers["content-type"].startswith("application/problem+json")
+
     # The fault service down: the alarms page says so in words; the hosts page still works.
     console.fault.stop()
     await page.goto(f"{console.url}/alarms")

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost_dashboard.clients import ApiError, Services, TokenRejected
 from roost_dashboard.live import Broadcaster, sse
@@ -709,3 +710,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return render(request, "error.html", 502, message=exc.text)
+
+    problem_handler = app.exception_handlers[StarletteHTTPException]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        """A page for browsers (404, 405, a form without a field), problem+json for the rest."""
+        if "text/html" not in request.headers.get("accept", ""):
+            return await problem_handler(request, exc)
+        words = {404: "There is no such page.", 405: "That is not something this page does."}
+        return render(
+            request,
+            "error.html",
+            exc.status_code,
+            message=words.get(exc.status_code, str(exc.detail)),
+        )
