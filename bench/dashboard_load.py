@@ -191,7 +191,9 @@ async def alarm_visible(bus: Bus, dashboard_url: str, admin: str) -> list[Result
     gone: list[float] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
         )
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
         await page.goto(f"{dashboard_url}/login")
