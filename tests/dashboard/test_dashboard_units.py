@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from roost_dashboard import pages
+from roost_dashboard import events, pages, web
 from roost_dashboard.clients import ApiError, Services, TokenRejected
 from roost_dashboard.live import Broadcaster, sse
 from roost_dashboard.settings import DashboardSettings
@@ -29,16 +29,16 @@ NOTICE = {
 
 
 def test_an_alarm_notice_becomes_an_escaped_row_and_a_clear_a_removal():
-    item = pages.shape({"type": "fault.alarm.raised", "data": NOTICE})
+    item = events.shape({"type": "fault.alarm.raised", "data": NOTICE})
     assert item is not None and item["kind"] == "alarm" and item["action"] == "raised"
     assert item["rank"] == 1 and 'id="alarm-a1"' in item["html"]
     assert "&lt;b&gt;/var&lt;/b&gt;" in item["html"] and "<b>" not in item["html"]
-    cleared = pages.shape({"type": "fault.alarm.cleared", "data": NOTICE})
+    cleared = events.shape({"type": "fault.alarm.cleared", "data": NOTICE})
     assert cleared is not None and cleared["action"] == "cleared" and "html" not in cleared
 
 
 def test_host_and_group_events_carry_the_new_states():
-    host = pages.shape(
+    host = events.shape(
         {
             "type": "host.state.changed",
             "data": {
@@ -57,15 +57,17 @@ def test_host_and_group_events_carry_the_new_states():
         "locked",
         "online",
     )
-    group = pages.shape({"type": "service.group.updated", "data": {"name": "g", "state": "failed"}})
+    group = events.shape(
+        {"type": "service.group.updated", "data": {"name": "g", "state": "failed"}}
+    )
     assert group == {"kind": "group", "action": "updated", "name": "g", "state": "failed"}
     report = {"group": "g", "hostname": "worker-0", "state": "running"}
-    assert pages.shape({"type": "agent.instance.changed", "data": report}) == {
+    assert events.shape({"type": "agent.instance.changed", "data": report}) == {
         "kind": "instance",
         "group": "g",
         "host": "worker-0",
     }
-    assert pages.shape({"type": "agent.inventory.reported", "data": {}}) is None
+    assert events.shape({"type": "agent.inventory.reported", "data": {}}) is None
     assert sse({"kind": "x", "v": 1}) == 'event: x\ndata: {"kind": "x", "v": 1}\n\n'
 
 
@@ -100,7 +102,7 @@ async def test_a_browser_that_falls_behind_is_told_to_reload():
     class NoBus:
         connection = None
 
-    b = Broadcaster(NoBus(), Metrics("dashboard-test"), pages.shape)  # type: ignore[arg-type]
+    b = Broadcaster(NoBus(), Metrics("dashboard-test"), (), events.shape)  # type: ignore[arg-type]
     async with b.subscribe() as q:
         for i in range(q.maxsize + 3):
             b.publish({"kind": "alarm", "n": i})
@@ -121,9 +123,9 @@ def test_make_run_points_the_dashboard_at_every_service():
 
 
 def test_after_login_only_a_local_path():
-    assert pages.local_path("/hosts/worker-0") == "/hosts/worker-0"
+    assert web.local_path("/hosts/worker-0") == "/hosts/worker-0"
     for bad in ("//evil.example/x", "https://evil.example/", "/login?next=/", "\\\\x", ""):
-        assert pages.local_path(bad) == "/"
+        assert web.local_path(bad) == "/"
 
 
 def test_the_timeline_becomes_availability_segments_up_to_now():
@@ -154,6 +156,6 @@ def test_login_resumes_pages_only():
     def request(method: str, path: str) -> Request:
         return Request({"type": "http", "method": method, "path": path, "headers": []})
 
-    assert pages.resume(request("GET", "/hosts/worker-0")) == "%2Fhosts%2Fworker-0"
-    assert pages.resume(request("POST", "/hosts/worker-0/actions")) == "%2F"
-    assert pages.resume(request("GET", "/events/stream")) == "%2F"
+    assert web.resume(request("GET", "/hosts/worker-0")) == "%2Fhosts%2Fworker-0"
+    assert web.resume(request("POST", "/hosts/worker-0/actions")) == "%2F"
+    assert web.resume(request("GET", "/events/stream")) == "%2F"

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from roost_dashboard import pages
+from roost_dashboard import events, pages, web
 from roost_dashboard.clients import Services
 from roost_dashboard.live import Broadcaster
 from roost_dashboard.settings import DashboardSettings
@@ -25,10 +25,8 @@ def build_app(settings: DashboardSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
         services = Services.create(settings)
-        live = Broadcaster(platform.bus, platform.metrics, pages.shape)
-        app.state.dashboard = pages.Dashboard(
-            settings, services, app.state.authenticator, live=live
-        )
+        live = Broadcaster(platform.bus, platform.metrics, events.BINDINGS, events.shape)
+        app.state.dashboard = web.Dashboard(settings, services, app.state.authenticator, live=live)
         await live.start()
         try:
             yield
@@ -38,7 +36,8 @@ def build_app(settings: DashboardSettings | None = None) -> FastAPI:
 
     app = create_app(settings, title="Roost dashboard", description=DESCRIPTION, start=start)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
-    pages.install(app)
+    app.include_router(pages.router)
+    web.install_handlers(app)
     return app
 
 

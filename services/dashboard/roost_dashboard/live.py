@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -23,11 +23,6 @@ from roost_shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-#: What the pages follow: alarm notices from fault, host transitions, service group changes and
-#: the agents' instance reports (the services page fetches its table again).
-BINDINGS = ("fault.alarm.raised", "fault.alarm.changed", "fault.alarm.cleared")
-BINDINGS += ("host.state.changed", "service.group.*", "agent.instance.changed")
-
 #: Turns an envelope (as JSON) into what browsers get (``{"kind", ...}``), or None to skip it.
 Shape = Callable[[dict[str, Any]], dict[str, Any] | None]
 
@@ -35,8 +30,9 @@ SUBSCRIBER_BACKLOG = 500
 
 
 class Broadcaster:
-    def __init__(self, bus: Bus, metrics: Metrics, shape: Shape) -> None:
+    def __init__(self, bus: Bus, metrics: Metrics, bindings: Sequence[str], shape: Shape) -> None:
         self.bus = bus
+        self.bindings = tuple(bindings)
         self.shape = shape
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._channel: AbstractChannel | None = None
@@ -52,7 +48,7 @@ class Broadcaster:
         assert self.bus.connection is not None
         self._channel = await self.bus.connection.channel()
         queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
-        for pattern in BINDINGS:
+        for pattern in self.bindings:
             await queue.bind(EVENTS_EXCHANGE, routing_key=pattern)
         await queue.consume(self._on_message, no_ack=True)
 
