@@ -327,6 +327,11 @@ class FleetSupervisor:
             started.append(proc.name)
         return started
 
+    def forgive(self, name: str) -> None:
+        """Forget ``name``'s recent exits: they were asked for (a planned agent restart), so
+        they must not count toward the crash-loop guard."""
+        self._restarts.pop(name, None)
+
     def _ensure_bmcs(self) -> None:
         """Start the BMC simulator, or restart it if it died; its BMCs keep their power."""
         if self.bmcs.proc.running or self.bmcs_failed:

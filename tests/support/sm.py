@@ -267,6 +267,7 @@ async def _fault(s: Sm, kind: str, rng: random.Random) -> None:
         await eventually(
             lambda: _agent_back(site, host, old), timeout=30, what=f"{host}'s agent restarted"
         )
+        site.supervisor.forgive(host)  # a planned restart, not a crash loop
 
 
 async def _killed(s: Sm, pids: list[int]) -> None:
