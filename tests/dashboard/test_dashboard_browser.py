@@ -65,6 +65,9 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
         assert r.status_code == 201, r.text
     page = await logged_in(browser, console, stack.tokens.admin)
     assert await page.locator("#role").text_content() == "admin"
+    (cookie,) = [c for c in await page.context.cookies() if c["name"] == "roost_token"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert await page.evaluate("document.cookie") == ""  # out of the page's scripts' reach
 
     # Every page loads, with no error banner, and is saved as a screenshot.
     for name, path in PAGES.items():
