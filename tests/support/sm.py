@@ -51,12 +51,16 @@ class Watch:
     history: list[tuple[float, str | None]] = field(default_factory=list)
 
     def procs(self) -> list[Proc]:
-        """Instances whose process is alive and not stopped (SIGSTOP) or a zombie."""
+        """Instances whose process can run: alive, not stopped (SIGSTOP), not a zombie, and
+        not dying (a SIGKILL pending: a frozen process killed by the fence is woken only to
+        exit, without running another instruction of its own)."""
         out = []
         for f in self.dir.iterdir():
             try:
                 state = Path(f"/proc/{f.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
                 host, role, *token = f.read_text().split()
+                if state not in ("T", "t", "Z", "X") and _sigkill_pending(int(f.name)):
+                    continue
             except (OSError, ValueError, IndexError):
                 continue
             if state not in ("T", "t", "Z", "X"):
@@ -70,7 +74,7 @@ class Watch:
         while True:
             active = self.active()
             if len(active) > 1:
-                self.violations.append(f"two running actives: {active}")
+                self.violations.append(f"two running actives at {time.monotonic():.3f}: {active}")
             now = active[0].host if active else None
             if not self.history or self.history[-1][1] != now:
                 self.history.append((time.monotonic(), now))
@@ -91,6 +95,15 @@ class Watch:
             elif h is not None and started is not None:
                 gap, started = max(gap, t - started), None
         return gap
+
+
+def _sigkill_pending(pid: int) -> bool:
+    """True if SIGKILL is pending for ``pid`` (thread or process-wide: SigPnd/ShdPnd)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    kill = 1 << (9 - 1)
+    return any(int(fields.get(k, "0").strip(), 16) & kill for k in ("SigPnd", "ShdPnd"))
 
 
 @dataclass
