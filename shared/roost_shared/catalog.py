@@ -257,6 +257,19 @@ class HostStateChanged(BaseModel):
 # Service management -------------------------------------------------------------------------
 
 
+class ServiceGroupChanged(BaseModel):
+    """``service.group.changed``: a group's state changed (service service's controller):
+    ``active``, ``go-active``, ``degraded``, ``failed``, ``disabled``, with the reason and the
+    hosts holding its activity. (``service.group.updated`` is a new declaration.)"""
+
+    name: str
+    from_state: str | None = None
+    to_state: str
+    reason: str = ""
+    active_hosts: list[str] = Field(default_factory=list)
+    time: datetime
+
+
 class ServiceGroupRecord(BaseModel):
     """``service.group.created|updated|deleted``: a service group as others need to know it
     (service service). The full declaration is at ``GET /v1/service-groups/{name}``."""
@@ -368,6 +381,7 @@ CATALOG: dict[str, type[BaseModel]] = {
     "agent.instance.changed": InstanceChanged,
     # Commands (exchange roost.commands, routing key agent.<mac hex>).
     "config.apply": ConfigApply,
+    "service.group.changed": ServiceGroupChanged,
     "service.instance.assign": InstanceAssign,
     "service.instance.remove": InstanceRemove,
     "service.instance.restart": InstanceRestart,

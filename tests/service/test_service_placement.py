@@ -201,7 +201,8 @@ async def test_placement_then_failover_on_failed_instance(stack):
 
 
 async def test_degrade_policy_keeps_the_group_active_and_retries_after_the_window(stack):
-    svc, _bus, agents = await placed(stack)
+    svc, bus, agents = await placed(stack)
+    changes = await Listener.on(bus, "service.group.changed")
     c0, c1 = agents["controller-0"], agents["controller-1"]
     policy = {"max_restarts": 2, "window_s": 1, "on_exhausted": "degrade"}
     async with svc.client(stack.tokens.admin) as http:
@@ -224,6 +225,21 @@ async def test_degrade_policy_keeps_the_group_active_and_retries_after_the_windo
         retry = c1.assigns("active")[-1]["data"]
         assert (retry["service"], retry["fencing_token"]) == ("api", max(token, 1))
         await until_state(http, "active")
+    # Every state transition was announced (service.group.changed), in order.
+    await eventually(
+        lambda: (
+            [e["data"]["to_state"] for e in changes.of("service.group.changed")][-1:] == ["active"]
+        ),
+        what="the last transition announced",
+    )
+    states = [e["data"]["to_state"] for e in changes.of("service.group.changed")]
+    assert "degraded" in states and states.index("degraded") < len(states) - 1, states
+    degraded = next(
+        e["data"]
+        for e in changes.of("service.group.changed")
+        if e["data"]["to_state"] == "degraded"
+    )
+    assert degraded["active_hosts"] == ["controller-1"] and "without api" in degraded["reason"]
 
 
 async def test_host_failure_takes_over_only_after_lease_expiry(stack):

@@ -52,6 +52,7 @@ def shape(envelope: dict[str, Any]) -> dict[str, Any] | None:
             "kind": "group",
             "action": kind.rsplit(".", 1)[1],
             "name": data.get("name"),
-            "state": data.get("state"),
+            # service.group.changed carries a state transition; the declaration events a state
+            "state": data.get("to_state") or data.get("state"),
         }
     return None

@@ -50,7 +50,12 @@ from roost_service.placement import agent_spec, instance_state, members, report_
 from roost_service.placements import PlacementStore, instance_id
 from roost_service.store import GroupStore
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
-from roost_shared.catalog import InstanceAssign, InstanceRemove, InstanceRestart
+from roost_shared.catalog import (
+    InstanceAssign,
+    InstanceRemove,
+    InstanceRestart,
+    ServiceGroupChanged,
+)
 from roost_shared.commands import agent_key, command
 from roost_shared.db import Database, Session
 from roost_shared.events import Envelope
@@ -370,6 +375,16 @@ class Controller:
         ] + [
             Envelope.of(alarms.clear(a, name, now), source=SOURCE) for a in sorted(raised - wanted)
         ]
+        if placement.get("state") != state:
+            change = ServiceGroupChanged(
+                name=name,
+                from_state=placement.get("state"),
+                to_state=state,
+                reason=reason,
+                active_hosts=sorted(decision.holders),
+                time=now,
+            )
+            events.append(Envelope.of(change, source=SOURCE, subject=f"service-group={name}"))
         new = {
             "_id": name,
             "instances": instances,
