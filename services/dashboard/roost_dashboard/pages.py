@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +39,22 @@ from roost_dashboard.web import (
 )
 
 router = APIRouter(include_in_schema=False)
+
+
+# Actions ----------------------------------------------------------------------------------------
+
+
+async def act(work: Awaitable[Any], *, failed: tuple[str, str], done: tuple[str, str]) -> Response:
+    """Run one API action and go back to a page with its outcome: ``failed`` = (page, message)
+    with the API's reason appended, ``done`` = (page, message). A refused token propagates (to
+    the login page)."""
+    try:
+        await work
+    except TokenRejected:
+        raise
+    except ApiError as exc:
+        return back(failed[0], problem=f"{failed[1]} {exc.text}")
+    return back(done[0], notice=done[1])
 
 
 # Login ------------------------------------------------------------------------------------------
@@ -238,15 +255,13 @@ async def host_action(request: Request, ref: str, action: str = Form(...)) -> Re
     where = f"/hosts/{quote(ref)}"
     if action not in HOST_ACTIONS:
         return back(where, problem=f"Unknown action {action!r}.")
-    try:
-        await dash(request).services.post(
+    return await act(
+        dash(request).services.post(
             "host", f"/v1/hosts/{quote(ref)}/actions", op.token, {"action": action}
-        )
-    except TokenRejected:
-        raise
-    except ApiError as exc:
-        return back(where, problem=f"{label(action)} failed. {exc.text}")
-    return back(where, notice=f"{label(action)} requested for {ref}.")
+        ),
+        failed=(where, f"{label(action)} failed."),
+        done=(where, f"{label(action)} requested for {ref}."),
+    )
 
 
 # Alarms and events ------------------------------------------------------------------------------
@@ -364,13 +379,11 @@ async def alarm_delete_confirm(request: Request, uuid: str) -> HTMLResponse:
 @router.post("/alarms/{uuid}/delete")
 async def alarm_delete(request: Request, uuid: str) -> Response:
     op = operator(request)
-    try:
-        await dash(request).services.call("fault", "DELETE", f"/v1/alarms/{quote(uuid)}", op.token)
-    except TokenRejected:
-        raise
-    except ApiError as exc:
-        return back(f"/alarms/{quote(uuid)}", problem=f"Delete failed. {exc.text}")
-    return back("/alarms", notice=f"Alarm {uuid} deleted.")
+    return await act(
+        dash(request).services.call("fault", "DELETE", f"/v1/alarms/{quote(uuid)}", op.token),
+        failed=(f"/alarms/{quote(uuid)}", "Delete failed."),
+        done=("/alarms", f"Alarm {uuid} deleted."),
+    )
 
 
 @router.get("/events")
@@ -442,15 +455,11 @@ async def swact_confirm(request: Request, name: str) -> HTMLResponse:
 @router.post("/services/{name}/swact")
 async def swact(request: Request, name: str) -> Response:
     op = operator(request)
-    try:
-        await dash(request).services.post(
-            "service", f"/v1/service-groups/{quote(name)}/swact", op.token
-        )
-    except TokenRejected:
-        raise
-    except ApiError as exc:
-        return back("/services", problem=f"Swact of {name} failed. {exc.text}")
-    return back("/services", notice=f"Swact of {name} requested.")
+    return await act(
+        dash(request).services.post("service", f"/v1/service-groups/{quote(name)}/swact", op.token),
+        failed=("/services", f"Swact of {name} failed."),
+        done=("/services", f"Swact of {name} requested."),
+    )
 
 
 @router.get("/software")
