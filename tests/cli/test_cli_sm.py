@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from roost_sim.ports import free_port
-from tests.service.test_service_placement import (
-    _active_on,
-    _hosts_known,
+from tests.service.placing import (
+    active_on,
+    hosts_known,
     placed,
     until_state,
 )
-from tests.service.test_service_placement import group as placed_group
+from tests.service.placing import group as placed_group
 from tests.support.cli import RoostRunner
 from tests.support.waiting import eventually
 
@@ -159,7 +159,7 @@ async def test_placed_group_list_show_swact_and_actions(stack, tmp_path: Path) -
     svc, _, agents = await placed(stack)
     roost = Roost(svc.url, stack.tokens.admin, tmp_path)
     async with svc.client(stack.tokens.admin) as http:
-        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        await eventually(lambda: hosts_known(http), timeout=10, what="hosts learnt")
         path = write_yaml(tmp_path / "gw.yaml", {"name": "gw", **placed_group()})
         assert (await roost.ok("sm-group-add", path)).out.startswith("Service group gw created")
         await until_state(http, "active")
@@ -190,7 +190,7 @@ async def test_placed_group_list_show_swact_and_actions(stack, tmp_path: Path) -
 
         swact = await roost.ok("sm-swact", "gw")
         assert swact.out.strip() == "Service group gw: active host is now controller-0."
-        await eventually(lambda: _active_on(http, "controller-0"), timeout=10, what="swact")
+        await eventually(lambda: active_on(http, "controller-0"), timeout=10, what="swact")
         await until_state(http, "active")
 
         # Without a healthy standby: one line with the service's reason.
@@ -230,7 +230,7 @@ async def test_restart_lock_and_enable(stack, tmp_path: Path) -> None:
         disable_route = await _route_exists(http, "/v1/service-groups/nosuch/disable")
         if not (restart_route or lock_route or disable_route):
             pytest.skip("restart, lock/unlock and disable/enable are not built yet")
-        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        await eventually(lambda: hosts_known(http), timeout=10, what="hosts learnt")
         path = write_yaml(tmp_path / "gw.yaml", {"name": "gw", **placed_group()})
         await roost.ok("sm-group-add", path)
         await until_state(http, "active")

@@ -7,146 +7,27 @@ locked hosts. The instances API is read continuously: never two ``enabled-active
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 
-from roost_shared.bus import Bus
-from roost_shared.catalog import HostRecord, HostStateChanged
-from roost_shared.events import Envelope, utcnow
 from tests.service.fake_agent import FakeAgent
+from tests.service.placing import (
+    HOSTS,
+    IN_SERVICE,
+    active_on,
+    group,
+    hosts_known,
+    instances,
+    learn,
+    placed,
+    roles,
+    set_state,
+    until_state,
+    watching,
+)
 from tests.service.test_service_api import Listener
 from tests.support.waiting import eventually
-
-HOSTS = {"controller-0": "52:54:00:00:00:10", "controller-1": "52:54:00:00:00:11"}
-
-
-def host_uuid(hostname: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_DNS, hostname))
-
-
-def group(**changes: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "redundancy": {"model": "active-standby"},
-        "members": {"hosts": ["controller-0", "controller-1"]},
-        "preferred": ["controller-1"],
-        "failure_policy": {"max_restarts": 2, "window_s": 30},
-        "services": [
-            {"name": "api", "start": ["/usr/bin/api"], "depends_on": ["db"]},
-            {"name": "db", "start": ["/usr/bin/db", "--data", "/var/db"]},
-        ],
-    }
-    body.update(changes)
-    return body
-
-
-async def learn(
-    bus: Bus, hostname: str, states: tuple[str, str, str] | None, mac: str | None = None
-) -> None:
-    """Tell the service about a host (config) and, if given, its states (host service)."""
-    record = HostRecord(
-        uuid=host_uuid(hostname),
-        hostname=hostname,
-        mgmt_mac=mac or HOSTS[hostname],
-        install_state="done",
-    )
-    await bus.publish([Envelope.of(record, type="config.host.added", source="roost/config")])
-    if states is not None:
-        await set_state(bus, hostname, *states)
-
-
-async def set_state(bus: Bus, hostname: str, adm: str, op: str, avail: str) -> None:
-    change = HostStateChanged(
-        uuid=host_uuid(hostname),
-        hostname=hostname,
-        from_administrative="locked",
-        from_operational="disabled",
-        from_availability="online",
-        to_administrative=adm,
-        to_operational=op,
-        to_availability=avail,
-        cause="test",
-        reason="test",
-        time=utcnow(),
-    )
-    await bus.publish([Envelope.of(change, source="roost/host")])
-
-
-IN_SERVICE = ("unlocked", "enabled", "available")
-
-
-class Watch:
-    """Reads the instances API continuously; records every read's active instances."""
-
-    def __init__(self, http: httpx.AsyncClient, name: str) -> None:
-        self.http, self.name = http, name
-        self.reads = 0
-        self.double: list[dict[str, Any]] = []
-        self.actives: list[str | None] = []
-
-    async def run(self) -> None:
-        while True:
-            r = await self.http.get(f"/v1/service-groups/{self.name}/instances")
-            body = r.json()
-            self.reads += 1
-            hosts = {i["host"] for i in body["instances"] if i["state"] == "enabled-active"}
-            if len(hosts) > 1:
-                self.double.append(body)
-            active = next(iter(hosts)) if hosts else None
-            if not self.actives or self.actives[-1] != active:
-                self.actives.append(active)
-            await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def watching(http: httpx.AsyncClient, name: str) -> AsyncIterator[Watch]:
-    watch = Watch(http, name)
-    task = asyncio.create_task(watch.run())
-    try:
-        yield watch
-        # A few more looks after the scenario ended (a fast one may take only a few reads).
-        target = watch.reads + 3
-        await eventually(
-            lambda: asyncio.sleep(0, watch.reads >= target), timeout=5, what="more reads"
-        )
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    assert watch.reads >= 4
-    assert not watch.double, f"two enabled-active instances seen: {watch.double[0]}"
-
-
-async def instances(http: httpx.AsyncClient, name: str = "gw") -> dict[str, Any]:
-    r = await http.get(f"/v1/service-groups/{name}/instances")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def roles(body: dict[str, Any]) -> dict[tuple[str, str], tuple[str | None, str]]:
-    return {(i["host"], i["service"]): (i["role"], i["state"]) for i in body["instances"]}
-
-
-async def placed(stack, **env: str):
-    """The service, two in-service hosts with fake agents, group ``gw`` placed and active."""
-    svc = stack.start("service", **env)
-    bus = await stack.bus()
-    agents = {h: await FakeAgent(bus, h, mac).start() for h, mac in HOSTS.items()}
-    for h in HOSTS:
-        await learn(bus, h, IN_SERVICE)
-    return svc, bus, agents
-
-
-async def until_state(http: httpx.AsyncClient, state: str, within: float = 10.0) -> dict:
-    async def probe() -> dict | None:
-        body = await instances(http)
-        return body if body["state"] == state else None
-
-    return await eventually(probe, timeout=within, what=f"group state {state}")
 
 
 async def test_placement_then_failover_on_failed_instance(stack):
@@ -155,7 +36,7 @@ async def test_placement_then_failover_on_failed_instance(stack):
     c0, c1 = agents["controller-0"], agents["controller-1"]
     async with svc.client(stack.tokens.admin) as http:
         await eventually(
-            lambda: _hosts_known(http), timeout=10, what="hosts learnt (a group to place)"
+            lambda: hosts_known(http), timeout=10, what="hosts learnt (a group to place)"
         )
         assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
         async with watching(http, "gw") as watch:
@@ -182,7 +63,7 @@ async def test_placement_then_failover_on_failed_instance(stack):
             # The active db exhausts its restarts: the standby takes over with a bigger token.
             await c1.report("gw.db.controller-1", "failed", "restarts exhausted")
             body = await eventually(
-                lambda: _active_on(http, "controller-0"), timeout=10, what="failover"
+                lambda: active_on(http, "controller-0"), timeout=10, what="failover"
             )
             new = [c["data"] for c in c0.assigns("active")]
             assert len(new) == 2 and {a["fencing_token"] for a in new} == {lease["token"] + 1}
@@ -206,7 +87,7 @@ async def test_degrade_policy_keeps_the_group_active_and_retries_after_the_windo
     c0, c1 = agents["controller-0"], agents["controller-1"]
     policy = {"max_restarts": 2, "window_s": 1, "on_exhausted": "degrade"}
     async with svc.client(stack.tokens.admin) as http:
-        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        await eventually(lambda: hosts_known(http), timeout=10, what="hosts learnt")
         r = await http.put("/v1/service-groups/gw", json=group(failure_policy=policy))
         assert r.status_code == 201, r.text
         await until_state(http, "active")
@@ -245,7 +126,7 @@ async def test_degrade_policy_keeps_the_group_active_and_retries_after_the_windo
 async def test_host_failure_takes_over_only_after_lease_expiry(stack):
     svc, bus, agents = await placed(stack)
     async with svc.client(stack.tokens.admin) as http:
-        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        await eventually(lambda: hosts_known(http), timeout=10, what="hosts learnt")
         assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
         async with watching(http, "gw"):
             await until_state(http, "active")
@@ -258,7 +139,7 @@ async def test_host_failure_takes_over_only_after_lease_expiry(stack):
             assert "expires at" in body["state_reason"], body
             lease = (await http.get("/v1/service-groups/gw/leases")).json()["leases"][0]
             expires = datetime.fromisoformat(lease["expires_at"]).replace(tzinfo=UTC)
-            await eventually(lambda: _active_on(http, "controller-0"), timeout=10, what="takeover")
+            await eventually(lambda: active_on(http, "controller-0"), timeout=10, what="takeover")
             taken = agents["controller-0"].assigns("active")
             assert len(taken) == 2
             assert {c["data"]["fencing_token"] for c in taken} == {lease["token"] + 1}
@@ -275,7 +156,7 @@ async def test_swact_switches_once_and_is_refused_without_standby(stack):
         svc.client(stack.tokens.admin) as http,
         svc.client(stack.tokens.reader) as ro,
     ):
-        await eventually(lambda: _hosts_known(http), timeout=10, what="hosts learnt")
+        await eventually(lambda: hosts_known(http), timeout=10, what="hosts learnt")
         assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
         async with watching(http, "gw") as watch:
             await until_state(http, "active")
@@ -283,7 +164,7 @@ async def test_swact_switches_once_and_is_refused_without_standby(stack):
             token = (await http.get("/v1/service-groups/gw/leases")).json()["leases"][0]["token"]
             r = await http.post("/v1/service-groups/gw/swact")
             assert r.status_code == 200, r.text
-            await eventually(lambda: _active_on(http, "controller-0"), timeout=10, what="swact")
+            await eventually(lambda: active_on(http, "controller-0"), timeout=10, what="swact")
             await until_state(http, "active")
             assert len(c0.assigns("active")) == 2  # db, api: one switch
             assert {c["data"]["fencing_token"] for c in c0.assigns("active")} == {token + 1}
@@ -310,7 +191,7 @@ async def test_unknown_or_locked_hosts_are_not_placed(stack):
     await learn(bus, "controller-0", ("locked", "disabled", "online"))
     alarms = await Listener.on(bus, "fault.alarm.*")
     async with svc.client(stack.tokens.admin) as http:
-        await eventually(lambda: _hosts_known(http, 1), timeout=10, what="host learnt")
+        await eventually(lambda: hosts_known(http, 1), timeout=10, what="host learnt")
         assert (await http.put("/v1/service-groups/gw", json=group())).status_code == 201
         body = await until_state(http, "failed")
         reason = body["state_reason"]
@@ -322,27 +203,6 @@ async def test_unknown_or_locked_hosts_are_not_placed(stack):
         assert r.status_code == 409
         await eventually(lambda: _alarm(alarms, "400.001"), timeout=10, what="400.001")
     assert all(not a.assigns() for a in agents.values())
-
-
-async def _hosts_known(
-    http: httpx.AsyncClient, n: int = 2, hosts: tuple[str, ...] = ("controller-0", "controller-1")
-) -> bool:
-    # A scratch group shows what the service knows: its failure reason names each host.
-    scratch = group(preferred=[], members={"hosts": list(hosts)})
-    r = await http.put("/v1/service-groups/probe", json=scratch)
-    assert r.status_code in (200, 201), r.text
-    body = await instances(http, "probe")
-    known = [i for i in body["instances"] if "unknown" not in i["reason"]]
-    if len({i["host"] for i in known}) >= n:
-        assert (await http.delete("/v1/service-groups/probe")).status_code == 204
-        return True
-    return False
-
-
-async def _active_on(http: httpx.AsyncClient, host: str) -> dict | None:
-    body = await instances(http)
-    mine = [i for i in body["instances"] if i["host"] == host]
-    return body if mine and all(i["state"] == "enabled-active" for i in mine) else None
 
 
 async def _state_is(http: httpx.AsyncClient, state: str) -> dict | None:
@@ -377,7 +237,7 @@ async def test_n_plus_m_keeps_n_active_and_fills_a_slot_from_the_standby(stack):
 
     async with svc.client(stack.tokens.admin) as http:
         three = ("controller-0", "controller-1", "controller-2")
-        await eventually(lambda: _hosts_known(http, 3, three), timeout=10, what="hosts learnt")
+        await eventually(lambda: hosts_known(http, 3, three), timeout=10, what="hosts learnt")
         assert (await http.put("/v1/service-groups/gw", json=declared)).status_code == 201
         watcher = asyncio.create_task(count_actives())
         try:
