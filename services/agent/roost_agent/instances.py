@@ -67,8 +67,6 @@ log = logging.getLogger(__name__)
 
 ROLE_ENV = "ROOST_ROLE"
 HOST_ENV = "ROOST_HOST"  # the host's name (simulated hosts share one kernel hostname)
-#: How often held leases are checked for expiry (only while some active instance has one).
-LEASE_CHECK_S = 0.05
 INSTANCES_FILE = "instances.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -117,6 +115,7 @@ class Instances:
         self._down: set[str] = set()  # actives running as standby: their lease lapsed
         self._watch: asyncio.Task[None] | None = None
         self._promotions: set[asyncio.Task[None]] = set()
+        self._lease_added = asyncio.Event()
         self.state_dir = state_dir
         self._path = state_dir / INSTANCES_FILE
         self._report = report
@@ -328,6 +327,8 @@ class Instances:
     def _extend(self, key: str, expires_epoch_s: float) -> None:
         deadline = time.monotonic() + (expires_epoch_s - time.time()) - self.margin_s
         if deadline > max(time.monotonic(), self._lease_until.get(key, 0.0)):
+            if key not in self._lease_until:
+                self._lease_added.set()  # maybe earlier than what the watch sleeps towards
             self._lease_until[key] = deadline
 
     def _ensure_watch(self) -> None:
@@ -337,9 +338,16 @@ class Instances:
             )
 
     async def _watch_leases(self) -> None:
-        """Step down every active whose lease deadline passed unheard."""
+        """Step down every active whose lease deadline passed unheard. Sleeps until the
+        earliest deadline (extensions only move deadlines later; a new lease wakes it), so an
+        active host wakes for this about once per lease term, not on a fixed tick."""
         while self._lease_until:
-            await asyncio.sleep(LEASE_CHECK_S)
+            self._lease_added.clear()
+            earliest = min(self._lease_until.values())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._lease_added.wait(), max(0.0, earliest - time.monotonic())
+                )
             now = time.monotonic()
             for key, deadline in list(self._lease_until.items()):
                 if now < deadline:
