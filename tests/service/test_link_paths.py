@@ -20,7 +20,10 @@ def server() -> LinkServer:
 
 
 def hello(link: LinkServer, path: str, host: str = "worker-0") -> bytes | None:
-    return link.hello(encode(Hello(mac="02:00:00:00:00:01", host=host, seq=1, path=path)), path)
+    """A hello heard on ``path``; the grant the server answers with (None if undecodable)."""
+    data = encode(Hello(mac="02:00:00:00:00:01", host=host, seq=1, path=path))
+    answer = link.answer(data, path)
+    return answer[0] if answer is not None else None
 
 
 def test_a_hello_is_answered_with_the_hosts_leases_and_garbage_is_counted():
@@ -28,7 +31,7 @@ def test_a_hello_is_answered_with_the_hosts_leases_and_garbage_is_counted():
     grant = decode_grant(hello(link, "udp") or b"")
     assert grant.leases == [LEASE] and grant.path == "udp"
     assert decode_grant(hello(link, "bus", host="worker-1") or b"").leases == []
-    assert link.hello(b"not json", "udp") is None and link.rejected == 1
+    assert link.answer(b"not json", "udp") is None and link.rejected == 1
     assert link.received == {"udp": 1, "bus": 1}
 
 

@@ -122,11 +122,6 @@ class LinkServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._channel.close(), 5)
 
-    def hello(self, data: bytes, path: str) -> bytes | None:
-        """Record a hello heard on ``path``; the grant to send back (None if undecodable)."""
-        answer = self.answer(data, path)
-        return answer[0] if answer is not None else None
-
     def answer(self, data: bytes, path: str) -> tuple[bytes, str] | None:
         """Record a hello heard on ``path``: (the grant to send back, the sender's MAC), or
         None if it cannot be decoded (counted)."""
