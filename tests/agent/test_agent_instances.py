@@ -18,7 +18,7 @@ from roost_shared.catalog import InstanceAssign, InstanceRemove
 from roost_shared.commands import agent_key, command
 from roost_shared.smlink import Grant, Hello, Lease, decode_hello, encode
 from roost_sim.ports import free_udp_port
-from tests.support.agents import Events, listen
+from tests.support.agents import AgentUnderTest, Events, listen
 from tests.support.waiting import eventually
 
 CHANGED = "agent.instance.changed"
@@ -80,13 +80,25 @@ async def gone(pid: int) -> bool:
     return not alive(pid)
 
 
-async def test_assign_restart_in_place_stale_role_change_and_remove(stack, agents, tmp_path):
-    envs = tmp_path / "envs"
-    envs.mkdir()
+async def announced(stack, agents, **env: str) -> tuple[Bus, Events, AgentUnderTest]:
+    """A producer's bus, a listener on it, and one more agent (``env``) that has announced."""
     bus = await stack.bus()
     events = await listen(bus)
-    agent = agents()
+    agent = agents(**env)
     await events.wait_for(ANNOUNCED, agent.mac)
+    return bus, events, agent
+
+
+def envs_dir(tmp_path: Path) -> Path:
+    """Where the test services write their environments (``spec``)."""
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    return envs
+
+
+async def test_assign_restart_in_place_stale_role_change_and_remove(stack, agents, tmp_path):
+    envs = envs_dir(tmp_path)
+    bus, events, agent = await announced(stack, agents)
 
     # Assigned: starting, running, healthy, each with its role and token; the process has both.
     command_id = await send(bus, agent.mac, assign(envs, "standby", 4))
@@ -159,12 +171,8 @@ async def test_assign_restart_in_place_stale_role_change_and_remove(stack, agent
 
 
 async def test_agent_restart_runs_its_instances_again(stack, agents, tmp_path):
-    envs = tmp_path / "envs"
-    envs.mkdir()
-    bus = await stack.bus()
-    events = await listen(bus)
-    agent = agents()
-    await events.wait_for(ANNOUNCED, agent.mac)
+    envs = envs_dir(tmp_path)
+    bus, events, agent = await announced(stack, agents)
     await send(bus, agent.mac, assign(envs, "active", 9))
     first = await state(events, agent.mac, "healthy", 0)
 
@@ -181,10 +189,7 @@ async def test_agent_restart_runs_its_instances_again(stack, agents, tmp_path):
 async def test_invalid_spec_fails_naming_the_field_and_expired_assign_is_ignored(
     stack, agents, tmp_path
 ):
-    bus = await stack.bus()
-    events = await listen(bus)
-    agent = agents()
-    await events.wait_for(ANNOUNCED, agent.mac)
+    bus, events, agent = await announced(stack, agents)
     bad = InstanceAssign(
         group="gw",
         service="gateway",
@@ -230,18 +235,15 @@ class _LinkPeer(asyncio.DatagramProtocol):
 async def test_an_active_steps_down_when_no_grant_renews_its_lease_and_resumes_when_granted(
     stack, agents, tmp_path
 ):
-    envs = tmp_path / "envs"
-    envs.mkdir()
+    envs = envs_dir(tmp_path)
     loop = asyncio.get_running_loop()
     transport, peer = await loop.create_datagram_endpoint(
         _LinkPeer, local_addr=("127.0.0.1", free_udp_port())
     )
     port = transport.get_extra_info("sockname")[1]
     try:
-        bus = await stack.bus()
-        events = await listen(bus)
-        agent = agents(ROOST_SM_LINK_ADDR=f"127.0.0.1:{port}", ROOST_LEASE_MARGIN_S="0.3")
-        await events.wait_for(ANNOUNCED, agent.mac)
+        link = {"ROOST_SM_LINK_ADDR": f"127.0.0.1:{port}", "ROOST_LEASE_MARGIN_S": "0.3"}
+        bus, events, agent = await announced(stack, agents, **link)
         expires = datetime.now(UTC) + timedelta(seconds=1.5)
         lease = assign(envs, "active", 5).model_copy(update={"lease_expires_at": expires})
         await send(bus, agent.mac, lease)
