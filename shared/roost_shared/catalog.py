@@ -354,6 +354,96 @@ class InstanceChanged(_Strict):
     )
 
 
+# Software (the software service and the agents) -------------------------------------------------
+
+SOFTWARE_HOST_STATES = (
+    "idle",
+    "downloading",
+    "installing",
+    "rebooting",
+    "activating",
+    "installed",
+    "failed",
+    "rolling-back",
+    "rolled-back",
+)
+
+
+class SoftwareInstall(_Strict):
+    """Command ``software.install``: download a release archive, verify every file against
+    ``files``, run its ``install`` hook, reboot when ``reboot_required`` (the agent restarts the
+    node itself; the host is locked), run ``activate`` and make it the running release. Agents
+    apply it idempotently: a host already running ``version`` only reports again."""
+
+    release_id: str
+    version: str
+    url: str = Field(description="Where to GET the archive (carries a short-lived ticket).")
+    archive_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    files: dict[str, str] = Field(description="sha256 of every file, from the signed metadata.")
+    install_hook: str | None = None
+    activate_hook: str | None = None
+    rollback_hook: str | None = None
+    reboot_required: bool = False
+
+
+class SoftwareRollback(_Strict):
+    """Command ``software.rollback``: run ``release_id``'s rollback hook and make the release
+    the host ran before it the running one again (a reboot if ``reboot_required``)."""
+
+    release_id: str
+    reboot_required: bool = False
+
+
+class SoftwareReported(_Strict):
+    """``agent.software.reported``: what a host runs and where its last software action is;
+    sent when the agent starts and at every step of an install or rollback."""
+
+    mgmt_mac: str = Field(pattern=MAC_PATTERN)
+    hostname: str | None = None
+    boot_id: str
+    running_release: str | None = Field(None, description="None: the base software.")
+    running_version: str
+    release_id: str | None = Field(None, description="The release the last action was about.")
+    state: str = Field(description="One of SOFTWARE_HOST_STATES.")
+    pending_reboot: bool = False
+    error: str | None = Field(None, max_length=2000)
+    disk_free_mb: int = Field(ge=0)
+    command: str | None = Field(None, description="Id of the command this report answers.")
+    time: datetime
+
+
+class SoftwareReleaseChanged(BaseModel):
+    """``software.release.changed``: a release was uploaded, changed state or was deleted."""
+
+    id: str
+    version: str
+    state: str = Field(description="available, deploying, deployed, removing, unavailable, deleted")
+
+
+class SoftwareHostChanged(BaseModel):
+    """``software.host.changed``: a host's deploy state for the current deployment."""
+
+    hostname: str
+    release_id: str | None
+    state: str = Field(description="pending, installing, installed, failed")
+    running_version: str | None = None
+    reason: str = ""
+
+
+class StrategyChanged(BaseModel):
+    """``software.strategy.changed``: an update strategy's state or progress moved."""
+
+    uuid: str
+    release_id: str
+    state: str
+    stage: int | None = Field(None, description="Index of the stage in progress.")
+    stages: int
+    steps_done: int
+    steps_total: int
+    current: str = Field("", description="The step in progress, in words.")
+    reason: str = ""
+
+
 CATALOG: dict[str, type[BaseModel]] = {
     # Commands-as-events that any producer publishes; the fault service consumes them.
     "fault.alarm.set": AlarmSet,
@@ -385,6 +475,13 @@ CATALOG: dict[str, type[BaseModel]] = {
     "service.instance.assign": InstanceAssign,
     "service.instance.remove": InstanceRemove,
     "service.instance.restart": InstanceRestart,
+    # Software: commands to agents, their reports, what the software service tells everyone.
+    "software.install": SoftwareInstall,
+    "software.rollback": SoftwareRollback,
+    "agent.software.reported": SoftwareReported,
+    "software.release.changed": SoftwareReleaseChanged,
+    "software.host.changed": SoftwareHostChanged,
+    "software.strategy.changed": StrategyChanged,
 }
 
 _TYPE_BY_MODEL: dict[type[BaseModel], str] = {
