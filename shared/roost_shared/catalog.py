@@ -424,7 +424,7 @@ class SoftwareHostChanged(BaseModel):
     """``software.host.changed``: a host's deploy state for the current deployment."""
 
     hostname: str
-    release_id: str | None
+    release_id: str | None = None
     state: str = Field(description="pending, installing, installed, failed")
     running_version: str | None = None
     reason: str = ""

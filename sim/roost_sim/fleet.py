@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from roost_agent.software import REBOOT_EXIT_CODE
 from roost_sim.bmc import CONTROL_PORT as BMC_CONTROL_PORT
 from roost_sim.bmc import FIRST_PORT as BMC_FIRST_PORT
 from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
@@ -315,6 +316,13 @@ class FleetSupervisor:
         now = time.monotonic()
         for name, proc in self.procs.items():
             if proc.running or name in self.given_up or name in self.powered_off:
+                continue
+            if proc.returncode == REBOOT_EXIT_CODE:
+                # The agent asked for it (a software update's simulated reboot): started again
+                # at once (a new process: a new boot id), not counted as a crash.
+                print(f"roost: {proc.name} rebooted for a software update; starting", flush=True)
+                proc.start()
+                started.append(proc.name)
                 continue
             recent = [t for t in self._restarts.get(name, []) if t > now - 60]
             if len(recent) >= RESTARTS_PER_MINUTE:

@@ -14,6 +14,9 @@
   (``service.instance.assign`` / ``service.instance.remove``, :mod:`roost_agent.instances`) and
   publishes every process transition as ``agent.instance.changed`` through a small queue
   (:mod:`roost_agent.reports`) that keeps them while the broker is away.
+* It installs and rolls back software releases (``software.install`` / ``software.rollback``,
+  :mod:`roost_agent.software`) in a task of their own, reporting every step (and its state at
+  every announce) as ``agent.software.reported`` through a queue of the same kind.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shlex
+import signal
 import socket
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -36,6 +42,7 @@ from roost_agent.inventory import digest, read_inventory
 from roost_agent.link import LinkClient
 from roost_agent.reports import Reporter
 from roost_agent.settings import AgentSettings
+from roost_agent.software import REBOOT_EXIT_CODE, Ctx, RebootFailed, SoftwareManager
 from roost_agent.state import AgentState, write_atomic
 from roost_agent.tally import Tally
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus, Consumer, Delivery
@@ -48,6 +55,9 @@ from roost_shared.catalog import (
     InstanceRemove,
     InstanceRestart,
     InventoryReported,
+    SoftwareInstall,
+    SoftwareReported,
+    SoftwareRollback,
 )
 from roost_shared.commands import agent_key, expired
 from roost_shared.events import Envelope
@@ -120,6 +130,22 @@ class Agent:
             report=self._report_instance,
             margin_s=settings.lease_margin_s,
         )
+        # Software reports have a queue of their own (the same kind): an install waits for it
+        # to drain before rebooting, whatever the instances are reporting meanwhile.
+        self.software_reports = Reporter(self._publish_once, limit=100)
+        self.software = SoftwareManager(
+            mgmt_mac=settings.mgmt_mac,
+            hostname=settings.hostname,
+            state_dir=settings.state_dir,
+            boot_id=self.boot_id,
+            base_version=settings.base_version,
+            hook_timeout_s=settings.hook_timeout_s,
+            emit=self._report_software,
+            reboot=self._reboot,
+        )
+        #: Set when the agent asked to be started again (a simulated reboot): the process
+        #: exits with it after a clean stop.
+        self.exit_code: int | None = None
         self.link = LinkClient(
             self.instances,
             mac=settings.mgmt_mac,
@@ -150,9 +176,12 @@ class Agent:
     def start_instances(self) -> None:
         """Start the assigned service instances persisted by a previous run (after reaping what
         it left); needs no broker, so the app calls it before connecting: services come back
-        with the host, not with the bus. Idempotent."""
+        with the host, not with the bus. Idempotent. Also resumes a software action a previous
+        run left in its journal (finishing it after its reboot, or rolling it back)."""
         self.reports.start()
         self.instances.start()
+        self.software_reports.start()
+        self.software.start()
 
     async def start_link(self) -> None:
         """Open the service link's UDP path (no broker needed). Idempotent."""
@@ -175,6 +204,7 @@ class Agent:
         self.bus.connection.reconnect_callbacks.add(self._on_reconnect)
         await self.announce()
         self.reports.kick()  # what was queued before the broker answered
+        self.software_reports.kick()
         self._spawn(self._watch_inventory(), "inventory")
         log.info(
             "agent %s (%s) ready: queue %s, applied version %d",
@@ -196,9 +226,17 @@ class Agent:
         await self.link.stop()
         # A clean stop ends the services too (SIGTERM, then SIGKILL): they would die with the
         # agent anyway (PR_SET_PDEATHSIG). Their assignments stay on disk for the next start.
+        await self.software.stop()  # an action in progress stays in its journal
         await self.instances.stop()
         await self.reports.close(flush_s=1.0)
+        await self.software_reports.close(flush_s=1.0)
         self._write_metrics()
+        if self.exit_code is not None:
+            # A simulated reboot: the process ends here with REBOOT_EXIT_CODE (its supervisor
+            # starts it again, with a new boot id). The app would close the bus after this.
+            await self.bus.close()
+            log.warning("exiting with %d to be started again (reboot)", self.exit_code)
+            raise SystemExit(self.exit_code)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=f"{self.queue}:{name}")
@@ -210,6 +248,7 @@ class Agent:
         # task of our own rather than inside the connection's recovery.
         log.warning("reconnected to the broker; announcing again")
         self.reports.kick()
+        self.software_reports.kick()
         self._spawn(self._announce_logged(), "re-announce")
 
     async def _announce_logged(self) -> None:
@@ -242,6 +281,7 @@ class Agent:
         self._inventory_digest = digest(inventory)
         self._announces.inc()
         self._inventory_reports.inc()
+        self.software.report_current()  # the software service learns what every host runs
 
     async def _watch_inventory(self) -> None:
         while True:
@@ -277,6 +317,12 @@ class Agent:
                 await self._config_apply(envelope, delivery.payload)
             elif isinstance(delivery.payload, InstanceAssign | InstanceRemove | InstanceRestart):
                 await self._instance_command(envelope, delivery.payload)
+            elif isinstance(delivery.payload, SoftwareInstall | SoftwareRollback):
+                # Runs in a task of its own: a long install does not hold up instance commands.
+                ctx = Ctx(envelope.id, envelope.correlationid or envelope.id)
+                outcome = self.software.handle(ctx, delivery.payload)
+                log.info("%s %s: %s", envelope.type, delivery.payload.release_id, outcome)
+                self._commands.labels(envelope.type, outcome).inc()
             else:
                 log.warning("ignored command %s %s: not for agents", envelope.type, envelope.id)
                 self._commands.labels(envelope.type, "ignored").inc()
@@ -326,6 +372,50 @@ class Agent:
     def _report_instance(self, changed: InstanceChanged, correlationid: str | None) -> None:
         # Called from process monitor callbacks: queue only, never wait for the broker.
         self.reports.put(changed.instance_id, self._envelope_of(changed, correlationid))
+
+    # Software --------------------------------------------------------------------------------
+
+    def _report_software(self, report: SoftwareReported, correlationid: str | None) -> None:
+        # Queued (never waits for the broker), kept and retried while the broker is away.
+        self.software_reports.put("software", self._envelope_of(report, correlationid))
+
+    async def _software_reports_flushed(self, timeout_s: float) -> bool:
+        """Wait until every queued software report is confirmed by the broker."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                # Reporter's idle event: set once nothing is pending or being published.
+                await self.software_reports._idle.wait()
+                return True
+        return False
+
+    async def _reboot(self) -> None:
+        """Reboot the node once the ``rebooting`` report is on the broker: with
+        ``reboot_command``, or (unset: simulation, containers) by stopping as on SIGTERM and
+        exiting with REBOOT_EXIT_CODE. Raises :class:`RebootFailed`."""
+        if not await self._software_reports_flushed(self.settings.publish_retry_s):
+            log.warning("rebooting without the broker's confirm of the rebooting report")
+        command = self.settings.reboot_command
+        if not command:
+            log.warning(
+                "reboot required: stopping, to be started again (exit %d)", REBOOT_EXIT_CODE
+            )
+            self.exit_code = REBOOT_EXIT_CODE
+            os.kill(os.getpid(), signal.SIGTERM)  # the app stops the agent as on SIGTERM
+            return
+        log.warning("reboot required: running %s", command)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *shlex.split(command),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, stderr = await asyncio.wait_for(proc.communicate(), self.settings.hook_timeout_s)
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise RebootFailed(f"{command}: {exc or type(exc).__name__}") from None
+        if proc.returncode != 0:
+            tail = stderr.decode(errors="replace").strip()[-500:]
+            raise RebootFailed(f"{command} exited with {proc.returncode}: {tail}")
 
     # Publishing ------------------------------------------------------------------------------
 

@@ -72,7 +72,21 @@ class AgentSettings(RoostSettings):
     apply_hooks: Path | None = Field(
         None, description="Directory of executables run as HOOK VERSION PATH after a config write."
     )
-    hook_timeout_s: float = Field(120.0, gt=0)
+    hook_timeout_s: float = Field(
+        120.0, gt=0, description="Per configuration hook and per software release hook."
+    )
+    # Software updates (roost_agent.software).
+    base_version: str = Field(
+        "1.0.0",
+        pattern=r"^\d+(\.\d+){0,3}$",
+        description="The software version of a host on which no release was ever installed.",
+    )
+    reboot_command: str | None = Field(
+        None,
+        description="How a release that needs a reboot reboots the node (e.g. 'systemctl "
+        "reboot'); unset (simulation, containers): the agent stops as on SIGTERM and exits "
+        "with roost_agent.software.REBOOT_EXIT_CODE for its supervisor to start it again.",
+    )
     inventory_poll_s: float = Field(60.0, gt=0, description="How often inventory is re-read.")
     publish_retry_s: float = Field(
         300.0, ge=0, description="How long a publish is retried while the broker is unreachable."
