@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from roost_sim.credentials import credentials_path, ensure_credentials
+from roost_sim.credentials import credentials_path, ensure_credentials, ensure_release_keys
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
 from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
@@ -69,10 +69,14 @@ def installed_services() -> list[str]:
     return [n for n in SERVICE_PORTS if importlib.util.find_spec(f"roost_{n}") is not None]
 
 
-def service_env(name: str, installed: list[str], reader_token: str) -> dict[str, str]:
+def service_env(
+    name: str, installed: list[str], reader_token: str, admin_token: str | None = None
+) -> dict[str, str]:
     """What one service needs to know about the others: config asks the host service whether
     a host is unlocked before deleting it; the service service asks config whether a group's
-    member hosts exist (a reader token suffices for both)."""
+    member hosts exist (a reader token suffices for both); the software service reads hosts,
+    alarms and personalities and locks, unlocks and swacts for its strategies (an admin
+    token: its actions are audited under the token's name)."""
     if name == "config" and "host" in installed:
         return {
             "ROOST_HOST_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['host']}",
@@ -84,6 +88,15 @@ def service_env(name: str, installed: list[str], reader_token: str) -> dict[str,
             for other in ("fault", "config", "host", "service")
             if other in installed
         }
+    if name == "software":
+        env = {
+            f"ROOST_{other.upper()}_URL": f"http://127.0.0.1:{SERVICE_PORTS[other]}"
+            for other in ("host", "service", "fault", "config")
+            if other in installed
+        }
+        if admin_token is not None:
+            env["ROOST_PEER_TOKEN"] = admin_token
+        return env
     if name == "service" and "config" in installed:
         return {
             "ROOST_CONFIG_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['config']}",
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     state: Path = args.state_dir.resolve()
     logs = state / "logs"
     creds, tokens_file = ensure_credentials(state)
+    ensure_release_keys(state)  # roost software pack --key state/release-signing.pem
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             python_module(f"roost_{name}.app"),
             env={
                 **env,
-                **service_env(name, installed, creds.reader_token),
+                **service_env(name, installed, creds.reader_token, creds.admin_token),
                 "ROOST_PORT": str(port),
             },
             log_path=logs / f"{name}.log",
@@ -262,6 +276,11 @@ def _print_banner(
     print(f"  broker     {redacted_amqp}")
     print(f"  state      {state}   (logs in {state / 'logs'})")
     print(f"  tokens     {credentials_path()}   (the roost CLI reads them)")
+    if (state / "release-signing.pem").exists():
+        print(
+            f"  releases   signing key {state / 'release-signing.pem'}   (roost software pack DIR "
+            "-o R.tar.gz --key ...; the service accepts it)"
+        )
     print("Try: .venv/bin/roost alarm-list    Stop: Ctrl-C\n", flush=True)
 
 

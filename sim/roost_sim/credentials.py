@@ -1,7 +1,12 @@
-"""All-in-one credentials: API tokens made at the first ``make run``.
+"""All-in-one credentials: API tokens made at the first ``make run``, and a release signing key.
 
 Services read only token digests (``<state>/auth/tokens.json``); the CLI and the dashboard read
 the plain tokens from the user's config (``$XDG_CONFIG_HOME/roost/credentials.json``, mode 0600).
+
+The release signing key pair is made once in the state directory: the private key
+``release-signing.pem`` (mode 0600; ``roost software pack DIR -o R.tar.gz --key
+state/release-signing.pem``) and the public key ``release-keys.pub``, which the software service
+reads as the site's accepted keys (its default ``release_keys_file``).
 """
 
 from __future__ import annotations
@@ -45,3 +50,38 @@ def ensure_credentials(state_dir: Path) -> tuple[Credentials, Path]:
         {"admin": (Role.admin, creds.admin_token), "reader": (Role.reader, creds.reader_token)},
     )
     return creds, tokens_file
+
+
+RELEASE_SIGNING_KEY = "release-signing.pem"
+RELEASE_PUBLIC_KEYS = "release-keys.pub"
+
+
+def ensure_release_keys(state_dir: Path) -> Path | None:
+    """Make the all-in-one release signing key pair once (kept across runs); the private key's
+    path, or ``None`` when ``cryptography`` is not installed (no software service either)."""
+    private = state_dir / RELEASE_SIGNING_KEY
+    public = state_dir / RELEASE_PUBLIC_KEYS
+    if private.exists():
+        if not public.exists():
+            from roost_shared.releases import public_key_of
+
+            public.write_text(
+                f"# make run's release signing key\n{public_key_of(private.read_text())}\n"
+            )
+        return private
+    try:
+        from roost_shared.releases import generate_key
+
+        pem, key = generate_key()
+    except ImportError:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(pem)
+    if public.exists():  # keys added by the operator stay; make run's is appended
+        with public.open("a") as f:
+            f.write(f"# make run's release signing key\n{key}\n")
+    else:
+        public.write_text(f"# make run's release signing key\n{key}\n")
+    return private

@@ -1,6 +1,7 @@
 """A simulated site for end-to-end tests: the real config, host and fault services (and,
-when asked, the service service), a fleet of real agent processes with IPMI BMCs, every host
-unlocked and available. What ``make run`` brings up, in a test's own vhost and databases."""
+when asked, the service service and the software service), a fleet of real agent processes
+with IPMI BMCs, every host unlocked and available. What ``make run`` brings up, in a test's
+own vhost and databases."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 from cryptography.fernet import Fernet
 
+from roost_shared.releases import generate_key
 from roost_sim.fleet import Fleet, FleetSupervisor
 from roost_sim.ports import free_port, free_udp_port, udp_port_block
 from tests.support.waiting import eventually
@@ -40,6 +42,10 @@ class Site:
     supervisor: FleetSupervisor
     token: str
     service: Any = None
+    #: The software service (``open_site(software=True)``) and the private key (PEM) of the
+    #: release signing key it accepts (None when it accepts unsigned releases).
+    software: Any = None
+    release_key: str | None = None
     #: While set, the fleet does not restart exited agents (a host that takes a while to boot).
     paused: bool = False
 
@@ -67,12 +73,18 @@ async def open_site(
     count: int = 2,
     *,
     service: bool = False,
+    software: bool = False,
+    unsigned_releases: bool = False,
     host_env: dict[str, str] | None = None,
+    software_env: dict[str, str] | None = None,
     **service_env: str,
 ) -> AsyncIterator[Site]:
-    """Config, host and fault services (+ the service service with ``service``) and a simulated
-    fleet of ``count`` hosts, every host unlocked-available. ``host_env`` adds to (or
-    overrides) the host service's fast test settings; ``service_env`` is the service service's."""
+    """Config, host and fault services (+ the service service with ``service``, the software
+    service with ``software``) and a simulated fleet of ``count`` hosts, every host
+    unlocked-available. ``host_env`` adds to (or overrides) the host service's fast test
+    settings; ``service_env`` is the service service's, ``software_env`` the software
+    service's. The software service calls its peers with the site's admin token and accepts
+    releases signed by ``Site.release_key`` (or, with ``unsigned_releases``, unsigned ones)."""
     key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
     fault = stack.start("fault")
     common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
@@ -92,6 +104,23 @@ async def open_site(
             **service_env,
         )
         agent_env["ROOST_SM_LINK_ADDR"] = f"127.0.0.1:{link_port}"
+    sw = None
+    release_key = None
+    if software:
+        peers = {
+            "ROOST_HOST_URL": host.url,
+            "ROOST_FAULT_URL": fault.url,
+            "ROOST_CONFIG_URL": config.url,
+            "ROOST_PEER_TOKEN": stack.tokens.admin,
+        }
+        if sm is not None:
+            peers["ROOST_SERVICE_URL"] = sm.url
+        if unsigned_releases:
+            peers["ROOST_ALLOW_UNSIGNED_RELEASES"] = "true"
+        else:
+            release_key, public = generate_key()
+            peers["ROOST_RELEASE_PUBLIC_KEYS"] = f'["{public}"]'
+        sw = stack.start("software", **{**peers, **(software_env or {})})
     fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(count))
     hosts = fleet.seed(count)  # controller-0, worker-0, worker-1, ...
     supervisor = FleetSupervisor(
@@ -106,7 +135,17 @@ async def open_site(
             body = fleet.inventory_record(h)
             r = await http.post("/v1/hosts", json=body)
             assert r.status_code == 201, r.text
-    s = Site(config, host, fault, fleet, supervisor, stack.tokens.admin, service=sm)
+    s = Site(
+        config,
+        host,
+        fault,
+        fleet,
+        supervisor,
+        stack.tokens.admin,
+        service=sm,
+        software=sw,
+        release_key=release_key,
+    )
     task = asyncio.create_task(_poll(s))
     try:
         async with s.client(host) as http:

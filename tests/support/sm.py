@@ -164,12 +164,14 @@ async def group_state(s: Sm, state: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def open_sm(stack: Any, tmp_path: Path, **site_options: Any) -> AsyncIterator[Sm]:
-    """A 3-host site with the service service; group ``gw`` active on worker-0, standby on
-    worker-1; both watchers running. Raises at the end if either ever saw two actives."""
+async def open_sm(
+    stack: Any, tmp_path: Path, count: int = 3, **site_options: Any
+) -> AsyncIterator[Sm]:
+    """A ``count``-host site with the service service; group ``gw`` active on worker-0, standby
+    on worker-1; both watchers running. Raises at the end if either ever saw two actives."""
     procs = tmp_path / "procs"
     procs.mkdir(parents=True)
-    async with open_site(stack, tmp_path, 3, service=True, **site_options) as site:
+    async with open_site(stack, tmp_path, count, service=True, **site_options) as site:
         watch = Watch(procs)
         async with site.client(site.service) as http:
             s = Sm(site, watch, http)

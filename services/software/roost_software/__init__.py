@@ -1,0 +1,1 @@
+"""Roost software service: releases, deployment, update strategies."""
