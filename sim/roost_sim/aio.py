@@ -85,7 +85,7 @@ def service_env(
     if name == "dashboard":  # the APIs it calls (the operator's token comes from the browser)
         return {
             f"ROOST_{other.upper()}_URL": f"http://127.0.0.1:{SERVICE_PORTS[other]}"
-            for other in ("fault", "config", "host", "service")
+            for other in ("fault", "config", "host", "service", "software")
             if other in installed
         }
     if name == "software":

@@ -36,6 +36,7 @@ class Console:
     dashboard: Any
     config: Any = None
     service: Any = None
+    software: Any = None
     shots: Path | None = None
 
     @property
@@ -43,13 +44,17 @@ class Console:
         return self.dashboard.url
 
 
-def start_console(stack: Any, tmp_path: Path, *, full: bool, **dashboard_env: str) -> Console:
-    """fault + host (+ config and service with ``full``), then the dashboard pointed at them."""
+def start_console(
+    stack: Any, tmp_path: Path, *, full: bool, software: bool = False, **dashboard_env: str
+) -> Console:
+    """fault + host (+ config and service with ``full``; + software with ``full`` or
+    ``software``), then the dashboard pointed at them. Without software the dashboard is not
+    told where it is (ROOST_SOFTWARE_URL unset: "not configured")."""
     key = Fernet.generate_key().decode()
     fault = stack.start("fault")
     host = stack.start("host", ROOST_SECRET_KEY=key, ROOST_FAULT_URL=fault.url, **HOST_FAST)
     urls = {"ROOST_FAULT_URL": fault.url, "ROOST_HOST_URL": host.url}
-    config = service = None
+    config = service = sw = None
     # Not started: a port nothing listens on (never a `make run` on this machine).
     nowhere = f"http://127.0.0.1:{free_port()}"
     urls |= {"ROOST_CONFIG_URL": nowhere, "ROOST_SERVICE_URL": nowhere}
@@ -57,10 +62,21 @@ def start_console(stack: Any, tmp_path: Path, *, full: bool, **dashboard_env: st
         config = stack.start("config", ROOST_SECRET_KEY=key, ROOST_HOST_SERVICE_URL=host.url)
         service = stack.start("service")  # members accepted as given (hosts known to host only)
         urls |= {"ROOST_CONFIG_URL": config.url, "ROOST_SERVICE_URL": service.url}
+    if full or software:
+        peers = {"ROOST_HOST_URL": host.url, "ROOST_FAULT_URL": fault.url}
+        if full:
+            peers |= {"ROOST_SERVICE_URL": service.url, "ROOST_CONFIG_URL": config.url}
+        sw = stack.start(
+            "software",
+            ROOST_ALLOW_UNSIGNED_RELEASES="true",
+            ROOST_PEER_TOKEN=stack.tokens.admin,
+            **peers,
+        )
+        urls["ROOST_SOFTWARE_URL"] = sw.url
     dashboard = stack.start("dashboard", **urls, **dashboard_env)
     shots = tmp_path / "screenshots"
     shots.mkdir(exist_ok=True)
-    return Console(stack, fault, host, dashboard, config, service, shots)
+    return Console(stack, fault, host, dashboard, config, service, sw, shots)
 
 
 async def add_available_host(console: Console, hostname: str) -> dict[str, Any]:

@@ -301,6 +301,17 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await page.goto(f"{console.url}/services")
     assert await page.get_by_role("button", name="Swact").count() == 0
 
+    # No software service configured (ROOST_SOFTWARE_URL unset): the software page and the
+    # overview's update card say so, as a sentence, not an error.
+    response = await page.goto(f"{console.url}/software")
+    assert response is not None and response.status == 200
+    await expect(page.locator("#software-not-configured")).to_contain_text("not configured")
+    assert await page.locator(".problem").count() == 0
+    await page.goto(f"{console.url}/")
+    await expect(page.locator("#update-card")).to_contain_text(
+        "The software service is not configured"
+    )
+
     # A page that does not exist: a page saying so (API clients still get problem+json).
     response = await page.goto(f"{console.url}/no-such-page")
     assert response is not None and response.status == 404

@@ -159,3 +159,120 @@ def test_login_resumes_pages_only():
     assert web.resume(request("GET", "/hosts/worker-0")) == "%2Fhosts%2Fworker-0"
     assert web.resume(request("POST", "/hosts/worker-0/actions")) == "%2F"
     assert web.resume(request("GET", "/events/stream")) == "%2F"
+
+
+STRATEGY = {
+    "uuid": "s1",
+    "release": "roost-1.1.0",
+    "version": "1.1.0",
+    "state": "apply-failed",
+    "controller_apply_type": "serial",
+    "worker_apply_type": "parallel",
+    "max_parallel_worker_hosts": 2,
+    "default_instance_action": "migrate",
+    "alarm_restrictions": "strict",
+    "stop_on_failure": True,
+    "reason": "worker-0: <b>no space</b>",
+    "current_stage": 1,
+    "steps_done": 3,
+    "steps_total": 5,
+    "created_at": "2026-01-01T00:00:00.123456Z",
+    "started_at": "2026-01-01T00:00:01Z",
+    "finished_at": None,
+    "stages": [
+        {
+            "index": 0,
+            "name": "deploy-start",
+            "hosts": [],
+            "state": "done",
+            "reason": "",
+            "steps": [{"name": "start-deploy", "hosts": [], "state": "done", "reason": ""}],
+        },
+        {
+            "index": 1,
+            "name": "workers",
+            "hosts": ["worker-0", "worker-1"],
+            "state": "failed",
+            "reason": "install failed",
+            "steps": [
+                {"name": "lock", "hosts": ["worker-0"], "state": "done", "reason": ""},
+                {"name": "install", "hosts": ["worker-0"], "state": "in-progress", "reason": ""},
+                {"name": "unlock", "hosts": ["worker-0"], "state": "failed", "reason": "no"},
+            ],
+        },
+    ],
+}
+
+
+def test_software_events_carry_what_the_pages_patch():
+    data = {
+        "uuid": "s1",
+        "release_id": "roost-1.1.0",
+        "state": "applying",
+        "stage": 1,
+        "stages": 3,
+        "steps_done": 4,
+        "steps_total": 9,
+        "current": "workers worker-0: lock",
+        "reason": "",
+    }
+    item = events.shape({"type": "software.strategy.changed", "data": data})
+    assert item is not None and item["kind"] == "strategy"
+    assert (item["release"], item["steps_done"], item["steps_total"], item["current"]) == (
+        "roost-1.1.0",
+        4,
+        9,
+        "workers worker-0: lock",
+    )
+    host = events.shape(
+        {
+            "type": "software.host.changed",
+            "data": {"hostname": "worker-0", "release_id": "r", "state": "installed"},
+        }
+    )
+    assert host is not None and (host["kind"], host["hostname"]) == ("swhost", "worker-0")
+    release = events.shape(
+        {"type": "software.release.changed", "data": {"id": "r", "version": "1", "state": "x"}}
+    )
+    assert release is not None and release["kind"] == "release"
+    assert "software.strategy.changed" in events.BINDINGS
+
+
+def test_the_step_in_progress_in_words_as_the_software_service_says_it():
+    assert pages.current_step(STRATEGY) == "workers worker-0, worker-1: install"
+    assert pages.current_step({**STRATEGY, "current_stage": None}) == ""
+    assert pages.current_step(None) == ""
+
+
+async def test_an_unset_software_url_is_not_configured_not_an_error_trace():
+    services = Services.create(DashboardSettings(software_url=None))
+    try:
+        assert not services.configured("software")
+        with pytest.raises(ApiError) as caught:
+            await services.get("software", "/v1/strategy", "t")
+        assert caught.value.text == "The software service is not configured (ROOST_SOFTWARE_URL)."
+    finally:
+        await services.close()
+
+
+def test_the_strategy_marks_failures_and_offers_readers_no_controls():
+    from roost_shared.auth import Role
+
+    def rendered(role: Role) -> str:
+        return web.templates.get_template("_software_strategy.html").render(
+            op=web.Operator("t", role),
+            strategy=web.Section(STRATEGY),
+            current=pages.current_step(STRATEGY),
+            strategy_actions={k: v[0] for k, v in pages.STRATEGY_ACTIONS.items()},
+        )
+
+    admin = rendered(Role.admin)
+    assert 'value="3"' in admin and 'max="5"' in admin
+    assert admin.count('class="step-row failed"') == 1 and 'class="stage failed current"' in admin
+    assert "&lt;b&gt;no space&lt;/b&gt;" in admin and "<b>" not in admin
+    assert "2026-01-01 00:00:00" in admin and "(up to 2 at a time)" in admin
+    assert 'action="/software/strategy/confirm"' in admin
+    # apply-failed: Apply (resume) offered, Abort hidden
+    assert 'data-when-strategy="applying" hidden' in admin
+    reader = rendered(Role.reader)
+    assert "/software/strategy/confirm" not in reader and "<button" not in reader

@@ -33,6 +33,17 @@ class TokenRejected(ApiError):
     """The API answered 401: the token is unknown, revoked or expired."""
 
 
+class NotConfigured(ApiError):
+    """The dashboard was not told where this service is (its ``ROOST_*_URL`` is unset)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(service, f"is not configured (ROOST_{service.upper()}_URL is not set)")
+
+    @property
+    def text(self) -> str:
+        return f"The {self.service} service is not configured (ROOST_{self.service.upper()}_URL)."
+
+
 def _detail(response: httpx.Response) -> str:
     """problem+json's ``detail`` (or ``title``), else the status line."""
     try:
@@ -60,8 +71,14 @@ class Services:
     async def close(self) -> None:
         await self.http.aclose()
 
+    def configured(self, service: str) -> bool:
+        return bool(getattr(self.settings, f"{service}_url"))
+
     def base(self, service: str) -> str:
-        return str(getattr(self.settings, f"{service}_url")).rstrip("/")
+        url = getattr(self.settings, f"{service}_url")
+        if not url:
+            raise NotConfigured(service)
+        return str(url).rstrip("/")
 
     async def call(
         self,
@@ -73,7 +90,7 @@ class Services:
         params: dict[str, Any] | None = None,
         json: Any = None,
     ) -> Any:
-        url = f"{self.base(service)}{path}"
+        url = f"{self.base(service)}{path}"  # NotConfigured before any request
         try:
             response = await self.http.request(
                 method,

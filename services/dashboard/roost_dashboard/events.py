@@ -8,10 +8,12 @@ from typing import Any
 
 from roost_dashboard.web import SEVERITY_RANK, templates
 
-#: What the pages follow: alarm notices from fault, host transitions, service group changes and
-#: the agents' instance reports (the services page fetches its table again).
+#: What the pages follow: alarm notices from fault, host transitions, service group changes,
+#: the agents' instance reports (the services page fetches its table again) and the software
+#: service's strategy progress, per-host deploy states and releases.
 BINDINGS = ("fault.alarm.raised", "fault.alarm.changed", "fault.alarm.cleared")
 BINDINGS += ("host.state.changed", "service.group.*", "agent.instance.changed")
+BINDINGS += ("software.strategy.changed", "software.host.changed", "software.release.changed")
 
 
 def shape(envelope: dict[str, Any]) -> dict[str, Any] | None:
@@ -47,6 +49,36 @@ def shape(envelope: dict[str, Any]) -> dict[str, Any] | None:
         }
     if kind == "agent.instance.changed":
         return {"kind": "instance", "group": data.get("group"), "host": data.get("hostname")}
+    if kind == "software.strategy.changed":
+        # Everything the progress bar, state and current step show: pages patch them at once.
+        return {
+            "kind": "strategy",
+            "uuid": data.get("uuid"),
+            "release": data.get("release_id"),
+            "state": data.get("state"),
+            "stage": data.get("stage"),
+            "stages": data.get("stages"),
+            "steps_done": data.get("steps_done"),
+            "steps_total": data.get("steps_total"),
+            "current": data.get("current", ""),
+            "reason": data.get("reason", ""),
+        }
+    if kind == "software.host.changed":
+        return {
+            "kind": "swhost",
+            "hostname": data.get("hostname"),
+            "release": data.get("release_id"),
+            "state": data.get("state"),
+            "running_version": data.get("running_version"),
+            "reason": data.get("reason", ""),
+        }
+    if kind == "software.release.changed":
+        return {
+            "kind": "release",
+            "id": data.get("id"),
+            "version": data.get("version"),
+            "state": data.get("state"),
+        }
     if kind.startswith("service.group."):
         return {
             "kind": "group",

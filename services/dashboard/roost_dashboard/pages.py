@@ -112,11 +112,15 @@ async def logout() -> Response:
 
 
 async def overview_data(d: Dashboard, op: Operator) -> dict[str, Any]:
-    hosts, summary, groups = await sections(
+    software = d.services.configured("software")
+    hosts, summary, groups, update = await sections(
         all_pages(d.services, "host", "/v1/hosts", "hosts", op.token),
         d.services.get("fault", "/v1/alarms/summary", op.token),
         all_pages(d.services, "service", "/v1/service-groups", "service_groups", op.token),
+        d.services.get("software", "/v1/strategy", op.token) if software else _nothing(),
     )
+    if update.status == 404:  # no strategy: no update in progress
+        update = Section()
     by_availability = Counter(h["availability"] for h in hosts.value or [])
     by_admin = Counter(h["administrative"] for h in hosts.value or [])
     troubled = [g for g in groups.value or [] if g.get("state") in ("degraded", "failed")]
@@ -128,7 +132,15 @@ async def overview_data(d: Dashboard, op: Operator) -> dict[str, Any]:
         "groups": groups,
         "group_states": sorted(Counter(g.get("state") for g in groups.value or []).items()),
         "troubled": troubled,
+        "software_configured": software,
+        "update": update,
+        "update_current": current_step(update.value),
+        "update_shown": UPDATE_SHOWN,
     }
+
+
+async def _nothing() -> None:
+    return None
 
 
 @router.get("/")
@@ -415,7 +427,7 @@ async def events_page(
     )
 
 
-# Services and software --------------------------------------------------------------------------
+# Services ----------------------------------------------------------------------------------
 
 
 @router.get("/services")
@@ -462,9 +474,116 @@ async def swact(request: Request, name: str) -> Response:
     )
 
 
+# Software ---------------------------------------------------------------------------------------
+
+#: Strategy actions offered: the strategy states each is offered in, and what the confirmation
+#: says (the software service checks again).
+STRATEGY_ACTIONS = {
+    "apply": (
+        ("ready-to-apply", "aborted", "apply-failed"),
+        "The strategy runs stage by stage: hosts are locked, updated and unlocked in turn "
+        "(an aborted or failed one resumes from its first step not done).",
+    ),
+    "abort": (
+        ("applying",),
+        "The stage in flight finishes (its hosts come back in service), then the strategy stops.",
+    ),
+}
+#: Strategy states the overview's update card shows (otherwise: no update in progress).
+UPDATE_SHOWN = ("applying", "aborting", "apply-failed")
+SOFTWARE_PARTS = ("strategy", "deploy", "releases")
+
+
+def current_step(strategy: dict[str, Any] | None) -> str:
+    """The step in progress in words, as the software service's progress events say it:
+    ``<stage> <hosts>: <step>``."""
+    if not strategy or strategy.get("current_stage") is None:
+        return ""
+    stages = strategy.get("stages") or []
+    index = strategy["current_stage"]
+    if not 0 <= index < len(stages):
+        return ""
+    stage = stages[index]
+    step = next((s for s in stage.get("steps", []) if s.get("state") == "in-progress"), None)
+    hosts = ", ".join(stage.get("hosts") or [])
+    words = stage.get("name", "") + (f" {hosts}" if hosts else "")
+    return words + (f": {step['name']}" if step else "")
+
+
+async def software_data(d: Dashboard, op: Operator, parts: tuple[str, ...]) -> dict[str, Any]:
+    """What the software page (or one of its live parts) shows."""
+    if not d.services.configured("software"):
+        return {"configured": False}
+    calls: dict[str, Awaitable[Any]] = {}
+    if "strategy" in parts:
+        calls["strategy"] = d.services.get("software", "/v1/strategy", op.token)
+    if "deploy" in parts:
+        calls["deploy"] = d.services.get("software", "/v1/deploy", op.token)
+        calls["sw_hosts"] = d.services.get("software", "/v1/hosts", op.token)
+    if "releases" in parts:
+        calls["releases"] = all_pages(d.services, "software", "/v1/releases", "releases", op.token)
+    got = dict(zip(calls, await sections(*calls.values()), strict=True))
+    for key in ("strategy", "deploy"):  # none is not an error
+        if key in got and got[key].status == 404:
+            got[key] = Section()
+    strategy = got.get("strategy", Section()).value
+    return {
+        "configured": True,
+        **got,
+        "current": current_step(strategy),
+        "strategy_actions": {k: v[0] for k, v in STRATEGY_ACTIONS.items()},
+        "update_shown": UPDATE_SHOWN,
+    }
+
+
 @router.get("/software")
 async def software_page(request: Request) -> HTMLResponse:
-    return render(request, "software.html", op=operator(request))
+    op = operator(request)
+    data = await software_data(dash(request), op, SOFTWARE_PARTS)
+    return render(request, "software.html", op=op, **data)
+
+
+@router.get("/fragments/software/{part}")
+async def software_fragment(request: Request, part: str) -> Response:
+    """One live part of the software page (its script fetches it after an event)."""
+    op = operator(request)
+    if part not in SOFTWARE_PARTS:
+        return Response(status_code=404)
+    data = await software_data(dash(request), op, (part,))
+    if not data["configured"]:
+        return Response(status_code=404)
+    return render(request, f"_software_{part}.html", op=op, **data)
+
+
+@router.get("/software/strategy/confirm")
+async def strategy_confirm(request: Request, action: str) -> Response:
+    op = operator(request)
+    if action not in STRATEGY_ACTIONS:
+        return back("/software", problem=f"Unknown action {action!r}.")
+    return render(
+        request,
+        "confirm.html",
+        op=op,
+        title=f"{label(action)} the update strategy?",
+        question=f"{label(action)} the software update strategy?",
+        explain=STRATEGY_ACTIONS[action][1],
+        form_action="/software/strategy/actions",
+        fields={"action": action},
+        confirm_label=f"Yes, {action} the strategy",
+        cancel="/software",
+    )
+
+
+@router.post("/software/strategy/actions")
+async def strategy_action(request: Request, action: str = Form(...)) -> Response:
+    op = operator(request)
+    if action not in STRATEGY_ACTIONS:
+        return back("/software", problem=f"Unknown action {action!r}.")
+    return await act(
+        dash(request).services.post("software", f"/v1/strategy/{action}", op.token),
+        failed=("/software", f"{label(action)} of the strategy failed."),
+        done=("/software", f"{label(action)} of the strategy requested."),
+    )
 
 
 # Live -------------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ class DashboardSettings(RoostSettings):
     config_url: str = Field("http://127.0.0.1:8101", description="ROOST_CONFIG_URL")
     host_url: str = Field("http://127.0.0.1:8103", description="ROOST_HOST_URL")
     service_url: str = Field("http://127.0.0.1:8104", description="ROOST_SERVICE_URL")
+    software_url: str | None = Field(
+        None,
+        description="ROOST_SOFTWARE_URL (e.g. http://127.0.0.1:8105); unset: the software page "
+        "and the overview's update card say the software service is not configured.",
+    )
     api_timeout_s: float = Field(5.0, description="Deadline of one call to a service API.")
     cookie_secure: bool = Field(
         False, description="Mark the token cookie Secure (set it when served over HTTPS)."

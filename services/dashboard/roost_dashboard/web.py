@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -51,6 +52,21 @@ templates = Environment(
     autoescape=select_autoescape(["html"]),
     enable_async=False,
 )
+
+
+def when(value: Any) -> str:
+    """An API time (ISO 8601) as ``YYYY-MM-DD HH:MM:SS`` (UTC as the APIs give it); empty
+    stays empty, anything else is shown as it is."""
+    if not value:
+        return ""
+    try:
+        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+templates.filters["when"] = when
 
 
 class NeedLogin(Exception):

@@ -78,6 +78,11 @@ def wake_handler() -> BatchHandler:
     return handle
 
 
+def _label(stage: dict[str, Any]) -> str:
+    """``workers worker-1, worker-2`` or ``deploy-start``."""
+    return " ".join([stage["name"], ", ".join(stage["hosts"])]).strip()
+
+
 class StepFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -225,15 +230,13 @@ class Executor:
             if stage["state"] == StageState.done.value:
                 continue
             if stage["state"] == StageState.failed.value and not doc["stop_on_failure"]:
-                failures.append(f"stage {index} ({stage['name']}): {stage['reason']}")
+                failures.append(f"stage {index} ({_label(stage)}): {stage['reason']}")
                 continue
             outcome = await self._stage(uuid, index)
             doc = await self.store.get()
             if outcome == StageState.failed:
                 reason = doc["stages"][index]["reason"]
-                failures.append(
-                    f"stage {index} ({stage['name']} {', '.join(stage['hosts'])}): {reason}"
-                )
+                failures.append(f"stage {index} ({_label(stage)}): {reason}")
                 if doc["stop_on_failure"]:
                     await self._finish(uuid, StrategyState.apply_failed, failures[-1])
                     return

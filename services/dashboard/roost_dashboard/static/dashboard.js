@@ -103,6 +103,69 @@
     }, 300);
   }
 
+  // Update strategy progress (software.strategy.changed): the event carries everything the
+  // progress bar, state, current step and reason show, so they are patched at once, wherever
+  // they are (the software page, the overview's update card). The stages table, which the event
+  // does not carry, is fetched again; a strategy the page does not show yet (planned since the
+  // page loaded) brings its whole section.
+  function onStrategy(ev) {
+    document.querySelectorAll("[data-strategy-live]").forEach(function (box) {
+      var shows = box.getAttribute("data-show-states");
+      if (!shows && box.getAttribute("data-uuid") !== ev.uuid) return;
+      if (box.getAttribute("data-uuid") !== ev.uuid) {  // another strategy: its version unknown here
+        box.querySelectorAll('[data-sw="version"]').forEach(function (el) { el.textContent = ""; });
+      }
+      box.setAttribute("data-uuid", ev.uuid || "");
+      var done = ev.steps_done || 0, total = ev.steps_total || 0;
+      box.querySelectorAll('[data-sw="progress"]').forEach(function (bar) {
+        bar.setAttribute("max", String(total || 1));
+        bar.setAttribute("value", String(done));
+        bar.setAttribute("aria-valuetext", done + " of " + total + " steps");
+        bar.textContent = done + " of " + total;
+      });
+      box.querySelectorAll('[data-sw="steps"]').forEach(function (el) { el.textContent = done + " of " + total + " steps"; });
+      box.querySelectorAll('[data-sw="state"]').forEach(function (el) { el.replaceChildren(stateSpan(ev.state)); });
+      box.querySelectorAll('[data-sw="release"]').forEach(function (el) { el.textContent = ev.release || ""; });
+      box.querySelectorAll('[data-sw="current"]').forEach(function (el) { el.textContent = ev.current || "—"; });
+      box.querySelectorAll('[data-sw="reason"]').forEach(function (el) { el.textContent = ev.reason || ""; el.hidden = !ev.reason; });
+      if (shows) {  // the overview's card: shown while an update runs (or failed)
+        var on = shows.split(" ").indexOf(ev.state) >= 0;
+        box.hidden = !on;
+        var none = box.parentNode.querySelector('[data-sw="none"]');
+        if (none) none.hidden = on;
+      }
+    });
+    document.querySelectorAll("[data-when-strategy]").forEach(function (el) {
+      el.hidden = el.getAttribute("data-when-strategy").split(" ").indexOf(ev.state) < 0;
+    });
+    var section = document.getElementById("strategy");
+    if (section) {
+      var whole = section.getAttribute("data-uuid") !== ev.uuid;
+      refreshPart("strategy", whole ? "strategy" : "strategy-stages");
+    }
+  }
+
+  // A part of the software page fetched again (/fragments/software/<part>) and the element
+  // with id ``target`` swapped in place; several events in a row make one fetch.
+  var partTimer = {};
+  function refreshPart(part, target) {
+    if (!document.getElementById(target)) return;
+    var key = part + " " + target;
+    if (partTimer[key]) return;
+    partTimer[key] = setTimeout(function () {
+      partTimer[key] = null;
+      fetch("/fragments/software/" + part, { credentials: "same-origin" }).then(function (r) {
+        if (r.redirected || !r.ok) return null;
+        return r.text();
+      }).then(function (html) {
+        if (!html) return;
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById(target), old = document.getElementById(target);
+        if (fresh && old) old.replaceWith(fresh);
+      });
+    }, 250);
+  }
+
   var pending = null;
   function refreshOverview() {
     var box = document.getElementById("overview-live");
@@ -129,6 +192,9 @@
   source.addEventListener("host", function (e) { onHost(JSON.parse(e.data)); });
   source.addEventListener("group", function (e) { onGroup(JSON.parse(e.data)); });
   source.addEventListener("instance", function () { refreshRegions("group"); });
+  source.addEventListener("strategy", function (e) { onStrategy(JSON.parse(e.data)); });
+  source.addEventListener("swhost", function () { refreshPart("deploy", "software-deploy"); });
+  source.addEventListener("release", function () { refreshPart("releases", "software-releases"); });
   source.addEventListener("reload", function () { window.location.reload(); });
   source.onerror = function () { say("reconnecting…"); document.body.removeAttribute("data-live"); };
 })();
