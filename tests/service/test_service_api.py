@@ -3,23 +3,14 @@ refusals naming their fields, roles, paging, leases, and ``service.group.*`` on 
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from roost_service.lease import INDEXES, LeaseStore
 from roost_shared.db import Database
 from tests.service.test_service_logic import group
 from tests.support.events import Listener
+from tests.support.problems import problem
 from tests.support.waiting import eventually
-
-
-def _problem(r, status: int, field: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert field in [e["field"] for e in body.get("errors", [])], body
-    return body
 
 
 async def test_groups_crud_events_and_roles(stack):
@@ -94,9 +85,9 @@ async def test_groups_crud_events_and_roles(stack):
 
         r = await http.delete("/v1/service-groups/gateway")
         assert r.status_code == 204
-        _problem(await ro.get("/v1/service-groups/gateway"), 404, "path.name")
-        _problem(await http.delete("/v1/service-groups/gateway"), 404, "path.name")
-        _problem(await ro.get("/v1/service-groups/gateway/leases"), 404, "path.name")
+        problem(await ro.get("/v1/service-groups/gateway"), 404, "path.name")
+        problem(await http.delete("/v1/service-groups/gateway"), 404, "path.name")
+        problem(await ro.get("/v1/service-groups/gateway/leases"), 404, "path.name")
 
     declarations = ("service.group.created", "service.group.updated", "service.group.deleted")
 
@@ -127,7 +118,7 @@ async def test_bad_declarations_are_refused_naming_the_field(stack):
     async with svc.client(stack.tokens.admin) as http:
         cyclic = group()
         cyclic["services"][0]["depends_on"] = ["web"]
-        body = _problem(
+        body = problem(
             await http.put("/v1/service-groups/gw", json=cyclic), 422, "body.services.0.depends_on"
         )
         assert "dependency cycle: db -> web -> api -> db" in body["detail"]
@@ -136,9 +127,7 @@ async def test_bad_declarations_are_refused_naming_the_field(stack):
         # Several problems at once: each named.
         bad = group(members={"hosts": ["controller-0"]}, preferred=["worker-9"])
         bad["services"][1]["depends_on"] = ["cache"]
-        body = _problem(
-            await http.put("/v1/service-groups/gw", json=bad), 422, "body.members.hosts"
-        )
+        body = problem(await http.put("/v1/service-groups/gw", json=bad), 422, "body.members.hosts")
         fields = {e["field"] for e in body["errors"]}
         assert fields == {"body.members.hosts", "body.preferred.0", "body.services.1.depends_on"}
 
@@ -147,17 +136,17 @@ async def test_bad_declarations_are_refused_naming_the_field(stack):
             members={"hosts": ["worker-0"]},
             preferred=[],
         )
-        body = _problem(
+        body = problem(
             await http.put("/v1/service-groups/gw", json=too_few), 422, "body.redundancy"
         )
         assert "needs 2 member hosts" in body["detail"]
 
         shell = group()
         shell["services"][0]["start"] = ["/usr/bin/db --data /var/db"]
-        _problem(await http.put("/v1/service-groups/gw", json=shell), 422, "body.services.0.start")
+        problem(await http.put("/v1/service-groups/gw", json=shell), 422, "body.services.0.start")
         probe = group()
         probe["services"][0]["probe"] = {"type": "ping"}
-        body = _problem(
+        body = problem(
             await http.put("/v1/service-groups/gw", json=probe), 422, "body.services.0.probe"
         )
         assert "ping" in body["detail"]
@@ -167,19 +156,19 @@ async def test_bad_declarations_are_refused_naming_the_field(stack):
         r = await http.put(
             "/v1/service-groups/gw", content=yaml.safe_dump(cyclic), headers=yaml_headers
         )
-        _problem(r, 422, "body.services.0.depends_on")
+        problem(r, 422, "body.services.0.depends_on")
         r = await http.put("/v1/service-groups/gw", content="a: [1, 2", headers=yaml_headers)
-        _problem(r, 422, "body")
+        problem(r, 422, "body")
         r = await http.put("/v1/service-groups/gw", content="- 1\n- 2\n", headers=yaml_headers)
-        _problem(r, 422, "body")
+        problem(r, 422, "body")
         r = await http.put(
             "/v1/service-groups/gw", content="x", headers={"Content-Type": "text/plain"}
         )
-        _problem(r, 422, "body")
+        problem(r, 422, "body")
         r = await http.put("/v1/service-groups/Bad_Name", json=group())
-        _problem(r, 422, "path.name")
+        problem(r, 422, "path.name")
         r = await http.put("/v1/service-groups/gw", json=group(name="other"))
-        _problem(r, 422, "body.name")
+        problem(r, 422, "body.name")
         # Nothing was stored.
         assert (await http.get("/v1/service-groups")).json()["service_groups"] == []
 
@@ -203,7 +192,7 @@ async def test_member_hosts_are_checked_against_the_config_service(stack):
         r = await http.put("/v1/service-groups/gw", json=group())
         assert r.status_code == 201, r.text
         unknown = group(members={"hosts": ["controller-0", "worker-7"]})
-        body = _problem(
+        body = problem(
             await http.put("/v1/service-groups/gw", json=unknown), 422, "body.members.hosts.1"
         )
         assert "unknown host 'worker-7'" in body["detail"]

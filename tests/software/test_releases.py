@@ -7,22 +7,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from roost_shared.releases import build_archive, generate_key
 from roost_software.releases import sign_ticket, ticket_key
 from tests.software.build import build, tampered
 from tests.support.events import Listener
+from tests.support.problems import problem
 
 GZIP = {"Content-Type": "application/gzip"}
-
-
-def _problem(r, status: int, field: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert field in [e["field"] for e in body.get("errors", [])], body
-    return body
 
 
 def start(stack, public: str, **env: str):
@@ -63,7 +55,7 @@ async def test_upload_list_show_and_events(stack, tmp_path):
         rest = (await ro.get("/v1/releases", params={"limit": 1, "marker": rel["uuid"]})).json()
         assert [x["id"] for x in rest["releases"]] == ["roost-1.2.0"]
         assert (await ro.get("/v1/releases/roost-1.1.0")).json() == rel
-        _problem(await ro.get("/v1/releases/nope"), 404, "path.id")
+        problem(await ro.get("/v1/releases/nope"), 404, "path.id")
     await events.wait_for("uploaded", type="software.release.changed", id="roost-1.1.0")
     await events.wait_for(
         "uploaded", type="software.release.changed", id="roost-1.2.0", state="available"
@@ -80,7 +72,7 @@ async def test_bad_uploads_refused_with_field_and_nothing_stored(stack, tmp_path
 
         async def refused(data: bytes, status: int, field: str, words: str) -> None:
             r = await http.post("/v1/releases", content=data, headers=GZIP)
-            body = _problem(r, status, field)
+            body = problem(r, status, field)
             assert words in body["detail"], body
 
         # A file changed after packing: the signed metadata pins its sha256.
@@ -157,7 +149,7 @@ async def test_unsigned_releases_only_where_allowed_and_keys_file(stack, tmp_pat
         r = await http.post(
             "/v1/releases", content=build(tmp_path, "site-2", "1.1.0", None), headers=GZIP
         )
-        _problem(r, 422, "signature")
+        problem(r, 422, "signature")
 
 
 async def test_delete_rules(stack, tmp_path):
@@ -171,13 +163,13 @@ async def test_delete_rules(stack, tmp_path):
         ):
             assert (await http.post("/v1/releases", content=data, headers=GZIP)).status_code == 201
         assert (await ro.delete("/v1/releases/top-1")).status_code == 403
-        body = _problem(await http.delete("/v1/releases/base-1"), 409, "path.id")
+        body = problem(await http.delete("/v1/releases/base-1"), 409, "path.id")
         assert "top-1 requires it" in body["detail"]
         assert (await http.delete("/v1/releases/top-1")).status_code == 204
         assert not (state_dir(svc) / "releases" / "top-1.tar.gz").exists()
         assert (await http.get("/v1/releases/top-1")).status_code == 404
         assert (await http.delete("/v1/releases/base-1")).status_code == 204
-        _problem(await http.delete("/v1/releases/base-1"), 404, "path.id")
+        problem(await http.delete("/v1/releases/base-1"), 404, "path.id")
         assert (await http.get("/v1/releases")).json()["releases"] == []
     await events.wait_for("deleted", type="software.release.changed", id="top-1", state="deleted")
 

@@ -6,18 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from tests.support.events import Listener
+from tests.support.problems import problem
 from tests.support.releases import release_archive
 from tests.support.waiting import eventually
-
-
-def _problem(r, status: int, field: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    if field is not None:
-        fields = [e["field"] for e in body.get("errors", [])] + [body.get("field")]
-        assert field in fields or field in body["detail"], body
-    return body
 
 
 async def test_strategy_lifecycle_and_refusals(stack, tmp_path):
@@ -32,16 +23,16 @@ async def test_strategy_lifecycle_and_refusals(stack, tmp_path):
     progress = await Listener.on(bus, "software.strategy.changed")
     async with sw.client(stack.tokens.admin) as http, sw.client(stack.tokens.reader) as ro:
         # Nothing yet: a readable 404; unknown release, bad options: refused, nothing created.
-        _problem(await http.get("/v1/strategy"), 404)
-        _problem(await http.post("/v1/strategy", json={"release": "nope-1.0"}), 404)
+        problem(await http.get("/v1/strategy"), 404)
+        problem(await http.post("/v1/strategy", json={"release": "nope-1.0"}), 404)
         archive = release_archive(tmp_path / "r", "roost-1.1.0", "1.1.0")
         r = await http.post("/v1/releases", content=archive)
         assert r.status_code == 201, r.text
         bad = {"release": "roost-1.1.0", "max_parallel_worker_hosts": 1}
-        _problem(await http.post("/v1/strategy", json=bad), 422, "body.max_parallel_worker_hosts")
+        problem(await http.post("/v1/strategy", json=bad), 422, "body.max_parallel_worker_hosts")
         bad = {"release": "roost-1.1.0", "worker_apply_type": "sideways"}
-        _problem(await http.post("/v1/strategy", json=bad), 422, "body.worker_apply_type")
-        _problem(await http.get("/v1/strategy"), 404)
+        problem(await http.post("/v1/strategy", json=bad), 422, "body.worker_apply_type")
+        problem(await http.get("/v1/strategy"), 404)
 
         # Readers read, only admins plan or apply.
         assert (await ro.post("/v1/strategy", json={"release": "roost-1.1.0"})).status_code == 403
@@ -55,9 +46,9 @@ async def test_strategy_lifecycle_and_refusals(stack, tmp_path):
         assert (await ro.get("/v1/strategy")).json()["uuid"] == doc["uuid"]
 
         # One at a time; abort only while applying.
-        again = _problem(await http.post("/v1/strategy", json={"release": "roost-1.1.0"}), 409)
+        again = problem(await http.post("/v1/strategy", json={"release": "roost-1.1.0"}), 409)
         assert "exists (ready-to-apply)" in again["detail"]
-        _problem(await http.post("/v1/strategy/abort"), 409)
+        problem(await http.post("/v1/strategy/abort"), 409)
 
         # Apply: no hosts to update here, so it starts and completes the deployment.
         assert (await http.post("/v1/strategy/apply")).status_code == 202
@@ -69,7 +60,7 @@ async def test_strategy_lifecycle_and_refusals(stack, tmp_path):
         done = await eventually(applied, timeout=20, what="the strategy applied")
         assert done["state"] == "applied", done["reason"]
         assert done["steps_done"] == done["steps_total"] == 3
-        _problem(await http.post("/v1/strategy/apply"), 409)
+        problem(await http.post("/v1/strategy/apply"), 409)
         seen = await progress.wait_for(
             "software.strategy.changed applied", type="software.strategy.changed", state="applied"
         )
@@ -78,4 +69,4 @@ async def test_strategy_lifecycle_and_refusals(stack, tmp_path):
         # The release is being deployed now: a second strategy for it is possible only after
         # this one is deleted.
         assert (await http.delete("/v1/strategy")).status_code == 204
-        _problem(await http.get("/v1/strategy"), 404)
+        problem(await http.get("/v1/strategy"), 404)

@@ -40,7 +40,7 @@ from roost_shared.events import Envelope
 from roost_shared.outbox import Outbox
 from roost_shared.problems import Conflict, Invalid, NotFound, RoostError
 from roost_shared.releases import version_key
-from roost_software.peers import OWN_ALARMS, Peers, PeerUnavailable, _host_of
+from roost_software.peers import Peers, PeerUnavailable
 from roost_software.release_models import (
     CheckResult,
     DeploymentView,
@@ -114,25 +114,10 @@ def host_failed_clear(hostname: str) -> AlarmClear:
     )
 
 
-async def mgmt_affecting_alarms(peers: Peers, hostnames: set[str]) -> list[str]:
-    """``Peers.blocking_alarms(strict=False, hostnames)``, listing the alarms page by page:
-    ``Peers.alarms`` asks for ``limit=10000`` and the fault service caps ``limit`` at 2000
-    (422). Same filter: management-affecting, not suppressed, not the software service's own,
-    on one of ``hostnames`` or site-wide."""
-    if not peers.fault_api.configured:
-        return []
-    found = []
-    for alarm in await peers.fault_api.get_all("/v1/alarms", "alarms", what="list alarms"):
-        alarm_id = str(alarm.get("alarm_id", ""))
-        if alarm_id.startswith(OWN_ALARMS) or alarm.get("suppression_status") == "suppressed":
-            continue
-        if str(alarm.get("mgmt_affecting")) != "True":
-            continue
-        entity = str(alarm.get("entity_instance_id", ""))
-        if _host_of(entity) not in (None, *hostnames):
-            continue
-        found.append(f"{alarm_id} {entity}")
-    return found
+def _no_mac(hostname: str) -> Conflict:
+    return Conflict(
+        kind="Host", id=hostname, reason="no management MAC known", field="path.hostname"
+    )
 
 
 class DeployOps:
@@ -246,7 +231,7 @@ class DeployOps:
         if hostnames is not None:
             applicable = {h: p for h, p in applicable.items() if h in hostnames}
         try:
-            alarms = await mgmt_affecting_alarms(self.peers, set(applicable))
+            alarms = await self.peers.blocking_alarms(strict=False, hostnames=set(applicable))
         except PeerUnavailable as exc:
             add("alarms", False, str(exc))
         else:
@@ -413,12 +398,7 @@ class DeployOps:
                 )
             mac = _mac(view.get("mgmt_mac") or host.get("mgmt_mac"))
             if not mac:
-                raise Conflict(
-                    kind="Host",
-                    id=hostname,
-                    reason="no management MAC known",
-                    field="path.hostname",
-                )
+                raise _no_mac(hostname)
             release = await self.releases.get(doc["release_id"])
             hooks = release.get("hooks") or {}
             payload = SoftwareInstall(
@@ -432,12 +412,7 @@ class DeployOps:
                 rollback_hook=hooks.get("rollback"),
                 reboot_required=bool(release.get("reboot_required")),
             )
-            env = command(
-                payload,
-                source=SOURCE,
-                subject=f"host={hostname}",
-                deadline_s=self.settings.command_deadline_s,
-            )
+            env = self._command(payload, hostname)
             changed = {
                 **host,
                 "mgmt_mac": mac,
@@ -449,6 +424,11 @@ class DeployOps:
                 "updated_at": now_ms(),
             }
             return await self._send(doc, changed, (env, COMMANDS_EXCHANGE, agent_key(mac)))
+
+    def _command(self, payload: SoftwareInstall | SoftwareRollback, hostname: str) -> Envelope:
+        """A command to ``hostname``'s agent, expiring after ``command_deadline_s``."""
+        deadline = self.settings.command_deadline_s
+        return command(payload, source=SOURCE, subject=f"host={hostname}", deadline_s=deadline)
 
     def _unanswered(self, host: dict[str, Any]) -> bool:
         """The last command to the host had no answer and its deadline has passed."""
@@ -476,22 +456,12 @@ class DeployOps:
                 view = await self.peers.host(hostname)
                 mac = _mac((view or {}).get("mgmt_mac"))
             if not mac:
-                raise Conflict(
-                    kind="Host",
-                    id=hostname,
-                    reason="no management MAC known",
-                    field="path.hostname",
-                )
+                raise _no_mac(hostname)
             release = await self.releases.get(doc["release_id"])
             payload = SoftwareRollback(
                 release_id=release["id"], reboot_required=bool(release.get("reboot_required"))
             )
-            env = command(
-                payload,
-                source=SOURCE,
-                subject=f"host={hostname}",
-                deadline_s=self.settings.command_deadline_s,
-            )
+            env = self._command(payload, hostname)
             changed = {
                 **host,
                 "mgmt_mac": mac,
