@@ -41,7 +41,13 @@ def test_compose_ports_env_and_health_match_the_code():
         settings = settings_class(name)
         port = SERVICE_PORTS[name]
         assert settings.model_fields["port"].default == port, name
-        assert spec["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        assert spec["ports"][0] == f"127.0.0.1:{port}:{port}", name
+        for extra in spec["ports"][1:]:  # UDP receivers the agents send to, from other hosts
+            udp = int(extra.removesuffix("/udp").split(":")[-1])
+            assert extra.endswith("/udp") and udp in (
+                getattr(settings.model_fields.get(f), "default", None)
+                for f in ("heartbeat_port", "sm_link_port")
+            ), (name, extra)
         env = spec["environment"]
         assert str(env["ROOST_PORT"]) == str(port)
         for key in env:
