@@ -28,6 +28,8 @@ KNOWN_ALARMS: dict[str, str] = {
     "250.001": "Host configuration is out-of-date",
     "250.003": "Kubernetes certificate rotation failed",
     "250.004": "IPsec certificate renewal failed",
+    # Not in StarlingX: two hosts announce the same hostname (raised by the config service).
+    "250.010": "Host name conflict",
     "400.001": "Service group failure or degraded",
     "400.002": "Service group loss of redundancy",
     "400.003": "License key problem",
