@@ -1,7 +1,8 @@
 """The ``roost`` command: typer commands over the fault service's v1 API (host and system
 commands over the config service are in ``hosts.py``, host actions and timelines over the host
 service in ``host_actions.py``, HA service groups over the service service in ``sm.py``,
-``roost sim`` in ``sim.py``).
+``roost software`` and ``roost strategy`` over the software service in ``software.py`` and
+``strategy.py``, ``roost sim`` in ``sim.py``).
 
 ``app`` is the entry point: it runs the typer application and turns every failure into one
 ``roost: error: ...`` line on stderr with a non-zero exit code (see cli/README.md).
@@ -16,15 +17,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import context, host_actions, host_bmc, hosts, render, sim, sm
+from roost_cli import context, host_actions, host_bmc, hosts, render, sim, sm, software, strategy
 from roost_cli.client import path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
 
 cli = typer.Typer(
     name="roost",
-    help="Operate Roost: hosts and the system, alarms, the event log, suppression, webhooks and "
-    "HA service groups.",
+    help="Operate Roost: hosts and the system, alarms, the event log, suppression, webhooks, "
+    "HA service groups, software releases and update strategies.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -82,6 +83,15 @@ def _global(
             show_default=False,
         ),
     ] = None,
+    software_url: Annotated[
+        str | None,
+        typer.Option(
+            "--software-url",
+            envvar="ROOST_SOFTWARE_URL",
+            help="The software service, releases and updates (default: http://127.0.0.1:8105).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -101,6 +111,7 @@ def _global(
         host_url=host_url,
         service_url=service_url,
     )
+    ctx.meta[context.SOFTWARE_URL_KEY] = software_url
 
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -387,6 +398,8 @@ host_actions.register(cli)
 host_bmc.register(cli)
 sim.register(cli)
 sm.register(cli)
+software.register(cli)
+strategy.register(cli)
 
 
 # Entry point -----------------------------------------------------------------------------------
