@@ -225,6 +225,10 @@ class BmcPool:
         # Threads hold their slots until pyghmi returns, even after a timeout: at most
         # max_total threads ever exist, so the executor never queues.
         self._executor = ThreadPoolExecutor(max_workers=max_total, thread_name_prefix="bmc")
+        # Breaking an abandoned session takes pyghmi's global lock, which the pool's threads
+        # hold while they wait on their BMCs: never on the event loop (it froze the whole host
+        # service once, at 50 BMCs), always on this thread of its own.
+        self._breaker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmc-break")
         self._bmcs: dict[str, _Bmc] = {}
         self._calls = self._attempts = self._latency = self._opens = None
         if metrics is not None:
@@ -337,6 +341,7 @@ class BmcPool:
     async def aclose(self) -> None:
         """Stop: no new calls; threads still talking to BMCs end on pyghmi's own timeouts."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._breaker.shutdown(wait=False, cancel_futures=True)
 
     # Machinery ---------------------------------------------------------------------------
 
@@ -484,7 +489,7 @@ class BmcPool:
         sessions.append(Session.initting_sessions.get(key))  # a login under way
         for session in sessions:
             if session is not None:
-                _break(session)
+                self._breaker.submit(_break, session)
 
     def _attempted(self, op: str, outcome: str) -> None:
         if self._attempts is not None:
