@@ -87,7 +87,9 @@ def no_long_outage(s: Sm, since: float) -> None:
     assert gap < 1.0, f"the application was down for {gap:.2f} s"
 
 
-async def test_serial_rollout_with_reboots_survives_a_software_service_restart(stack, tmp_path):
+async def test_serial_rollout_with_reboots_survives_software_and_host_service_restarts(
+    stack, tmp_path
+):
     async with open_sm(stack, tmp_path, count=5, software=True) as s:
         site = s.site
         async with site.client(site.software) as sw:
@@ -122,6 +124,11 @@ async def test_serial_rollout_with_reboots_survives_a_software_service_restart(s
             await asyncio.to_thread(site.software.kill)
         await asyncio.to_thread(site.software.start)
         async with site.client(site.software) as sw:
+            # And the host service (its locks, unlocks, states) during worker-2's stage: the
+            # step waits for it and runs again.
+            await in_stage(sw, 4)
+            await asyncio.to_thread(site.host.kill)
+            await asyncio.to_thread(site.host.start)
             doc = await finished(sw)
             assert doc["state"] == "applied", doc["reason"]
             versions = await reported_versions(sw)
@@ -198,6 +205,19 @@ async def test_parallel_rollout_abort_then_resume_and_a_failed_install(stack, tm
             versions = await reported_versions(sw)
             assert versions["worker-1"] == "1.2.0" and versions["worker-2"] == "1.1.0"
             assert versions["worker-3"] == "1.1.0"
+            assert running_version(s, "worker-2") == "1.1.0"  # its rollback hook ran
+
+            # Without stop-on-failure the failed host is left (locked) and the others go on.
+            assert (await sw.delete("/v1/strategy")).status_code == 204
+            body = {"release": "roost-1.2.0", "stop_on_failure": False}
+            r = await sw.post("/v1/strategy", json=body)
+            assert r.status_code == 201, r.text
+            assert [st["hosts"] for st in r.json()["stages"][1:-1]] == [["worker-2"], ["worker-3"]]
+            assert (await sw.post("/v1/strategy/apply")).status_code == 202
+            doc = await finished(sw)
+            assert doc["state"] == "apply-failed" and "worker-2" in doc["reason"]
+            assert [st["state"] for st in doc["stages"][1:-1]] == ["failed", "done"]
+            assert (await reported_versions(sw))["worker-3"] == "1.2.0"
 
         async def raised() -> bool:
             ids = {(a["alarm_id"], a["entity_instance_id"]) for a in await alarms(s)}

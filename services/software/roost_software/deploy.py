@@ -243,14 +243,20 @@ class DeployOps:
         need_mb = (
             2 * -(-int(release["size"]) // (1024 * 1024)) + self.settings.precheck_disk_headroom_mb
         )
+        # One list of every host, not one call per host (200 calls cost ~16 s at 200 hosts).
+        try:
+            views: dict[str, dict[str, Any]] | None = {
+                h["hostname"]: h for h in await self.peers.hosts() if h.get("hostname")
+            }
+            unreachable = ""
+        except PeerUnavailable as exc:
+            views, unreachable = None, str(exc)
         for hostname in applicable:
-            try:
-                view = await self.peers.host(hostname)
-            except PeerUnavailable as exc:
-                add("reachable", False, str(exc), hostname)
-                view = None
+            view = (views or {}).get(hostname)
+            report = await self.report_of(hostname, (view or {}).get("mgmt_mac"))
+            if views is None:
+                add("reachable", False, unreachable, hostname)
             else:
-                report = await self.report_of(hostname, (view or {}).get("mgmt_mac"))
                 if view is None:
                     add("reachable", False, "the host service does not know it", hostname)
                 elif view.get("availability") in UNREACHABLE:
@@ -259,7 +265,6 @@ class DeployOps:
                     add("reachable", False, "its agent has not reported its software", hostname)
                 else:
                     add("reachable", True, f"host is {view.get('availability')}", hostname)
-            report = await self.report_of(hostname, (view or {}).get("mgmt_mac"))
             if report is None:
                 add("disk", False, "no report of its free disk", hostname)
             elif report["disk_free_mb"] < need_mb:

@@ -78,6 +78,26 @@ def wake_handler() -> BatchHandler:
     return handle
 
 
+def _activity_left(
+    name: str, placed: dict[str, Any], hosts: set[str], *, standbys_too: bool = True
+) -> str | None:
+    """What of group ``name`` still keeps it on ``hosts``: an active there, (``standbys_too``)
+    an instance still running there, or no active elsewhere yet (``None``: moved)."""
+    actives = set(placed.get("active_hosts") or [])
+    if actives & hosts:
+        return f"{name} still active on {', '.join(sorted(actives & hosts))}"
+    instances = placed.get("instances", [])
+    running = [i for i in instances if i["host"] in hosts and i.get("state") in RUNNING_INSTANCE]
+    if running and standbys_too:
+        return f"{name} still runs on {running[0]['host']}"
+    if placed.get("state") in ("disabled", "failed"):
+        return None  # no activity to keep: nothing to wait for elsewhere
+    elsewhere = [i for i in instances if i["host"] not in hosts]
+    if elsewhere and not any(i.get("state") == "enabled-active" for i in elsewhere):
+        return f"{name} not active elsewhere yet"
+    return None
+
+
 def _label(stage: dict[str, Any]) -> str:
     """``workers worker-1, worker-2`` or ``deploy-start``."""
     return " ".join([stage["name"], ", ".join(stage["hosts"])]).strip()
@@ -351,12 +371,21 @@ class Executor:
         handler: Callable[[dict[str, Any], dict[str, Any]], Awaitable[str | None]] = getattr(
             self, "_step_" + name.replace("-", "_")
         )
-        try:
-            return await handler(doc, stage)
-        except Refused as exc:
-            raise StepFailed(exc.reason) from None
-        except RoostError as exc:  # a peer away or not configured, a refused deploy action
-            raise StepFailed(str(exc)) from None
+        # A peer restarting (the host service, fault, the broker behind them) is waited for:
+        # steps are idempotent, so the step simply runs again once it answers.
+        deadline = time.monotonic() + self.settings.peer_outage_s
+        while True:
+            try:
+                return await handler(doc, stage)
+            except Refused as exc:
+                raise StepFailed(exc.reason) from None
+            except PeerUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise StepFailed(f"{exc} (for {self.settings.peer_outage_s:g} s)") from None
+                log.warning("step %s waits for a peer: %s", name, exc)
+                await asyncio.sleep(1.0)
+            except RoostError as exc:  # a peer not configured, a refused deploy action
+                raise StepFailed(str(exc)) from None
 
     async def _until(
         self, check: Callable[[], Awaitable[str | None]], timeout_s: float, what: str
@@ -434,41 +463,55 @@ class Executor:
         return out
 
     async def _step_swact_services(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
-        hosts = stage["hosts"]
-        groups = await self._members(hosts)
+        """Move each service group's activity off the stage's hosts with a planned swact (go
+        standby, then go active elsewhere: ~70 ms without an active), then keep the group off
+        them with a member lock until ``restore-services``. A group without a healthy standby
+        cannot swact (409): the member lock then moves it (a takeover, slower)."""
+        hosts = set(stage["hosts"])
+        groups = await self._members(stage["hosts"])
+        notes = []
+        for name in groups:
+            placed = await self.peers.instances(name) or {}
+            if hosts.intersection(placed.get("active_hosts") or []):
+                refused = await self.peers.swact(name)
+                if refused:
+                    notes.append(f"{name}: no swact ({refused}); taken over")
+                    continue
+
+                async def switched(name: str = name) -> str | None:
+                    placed = await self.peers.instances(name) or {}
+                    return _activity_left(name, placed, hosts, standbys_too=False)
+
+                await self._until(switched, self.settings.drain_timeout_s, f"swact of {name}")
         for name, members in groups.items():
             for h in members:
                 await self.peers.member(name, h, "lock")
 
         async def moved() -> str | None:
             for name in groups:
-                placed = await self.peers.instances(name) or {}
-                actives = set(placed.get("active_hosts") or [])
-                if actives.intersection(hosts):
-                    return f"{name} still active on {', '.join(sorted(actives & set(hosts)))}"
-                running = [
-                    i
-                    for i in placed.get("instances", [])
-                    if i["host"] in hosts and i.get("state") in RUNNING_INSTANCE
-                ]
-                if running:
-                    return f"{name} still runs on {running[0]['host']}"
+                left = _activity_left(name, await self.peers.instances(name) or {}, hosts)
+                if left:
+                    return left
             return None
 
         await self._until(moved, self.settings.drain_timeout_s, "moving service activity away")
         if not groups:
             return "no service groups on these hosts"
-        return "moved away: " + ", ".join(sorted(groups))
+        return "; ".join(["moved away: " + ", ".join(sorted(groups)), *notes])
+
+    async def _views(self, hosts: list[str]) -> dict[str, dict[str, Any]]:
+        """The host service's view of each host, asked concurrently (``{}`` if unknown)."""
+        views = await asyncio.gather(*(self.peers.host(h) for h in hosts))
+        return {h: v or {} for h, v in zip(hosts, views, strict=True)}
 
     async def _step_lock_hosts(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
-        notes = []
-        for h in stage["hosts"]:
-            view = await self.peers.host(h)
-            if view is None:
+        reason = f"software update to {doc['release']}"
+
+        async def lock(h: str, view: dict[str, Any]) -> str | None:
+            if not view:
                 raise StepFailed(f"the host service does not know {h}")
             if view["administrative"] == "locked":
-                continue
-            reason = f"software update to {doc['release']}"
+                return None
             try:
                 await self.peers.host_action(h, "lock", reason)
             except Refused as exc:
@@ -477,20 +520,21 @@ class Executor:
                 # The only controller (a simplex site): StarlingX locks it too; nothing else
                 # can take its place, so its services stop for the update.
                 await self.peers.host_action(h, "force-lock", reason + " (the only controller)")
-                notes.append(f"{h} force-locked: the only controller")
+                return f"{h} force-locked: the only controller"
+            return None
+
+        views = await self._views(stage["hosts"])
+        notes = await asyncio.gather(*(lock(h, v) for h, v in views.items()))
         if doc["default_instance_action"] == InstanceAction.migrate.value:
 
             async def drained() -> str | None:
-                for h in stage["hosts"]:
-                    view = await self.peers.host(h) or {}
+                for h, view in (await self._views(stage["hosts"])).items():
                     kube = view.get("kube") or {}
-                    if kube.get("op") == "drain" and kube.get("status") == "pending":
+                    if kube.get("op") != "drain":
+                        continue
+                    if kube.get("status") == "pending":
                         return f"{h}: workloads still being moved"
-                    if kube.get("op") == "drain" and kube.get("status") not in (
-                        "pending",
-                        "drained",
-                        "done",
-                    ):
+                    if kube.get("status") not in ("drained", "done"):
                         raise StepFailed(
                             f"{h}: workloads could not be moved: {kube.get('status')} "
                             f"{kube.get('message', '')}".strip()
@@ -498,16 +542,20 @@ class Executor:
                 return None
 
             await self._until(drained, self.settings.drain_timeout_s, "the drain")
-        return "; ".join(notes) or None
+        return "; ".join(n for n in notes if n) or None
+
+    async def _deploy_states(self, hosts: list[str]) -> dict[str, Any]:
+        states = await asyncio.gather(*(self.deploy.host_state(h) for h in hosts))
+        return dict(zip(hosts, states, strict=True))
 
     async def _step_install(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
-        for h in stage["hosts"]:
-            await self.deploy.deploy_host(h, check_locked=True)
+        await asyncio.gather(
+            *(self.deploy.deploy_host(h, check_locked=True) for h in stage["hosts"])
+        )
 
         async def installed() -> str | None:
             waiting = []
-            for h in stage["hosts"]:
-                state = await self.deploy.host_state(h)
+            for h, state in (await self._deploy_states(stage["hosts"])).items():
                 if state is None:
                     waiting.append(f"{h}: no deploy state")
                 elif state.state == "failed":
@@ -526,11 +574,10 @@ class Executor:
     async def _step_reboot(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
         async def rebooted() -> str | None:
             waiting = []
-            for h in stage["hosts"]:
-                state = await self.deploy.host_state(h)
+            for h, state in (await self._deploy_states(stage["hosts"])).items():
+                if state is not None and state.state == "failed":
+                    raise StepFailed(f"{h}: {state.reason or 'failed after its reboot'}")
                 if state is None or state.state != "installed":
-                    if state is not None and state.state == "failed":
-                        raise StepFailed(f"{h}: {state.reason or 'failed after its reboot'}")
                     waiting.append(f"{h}: {state.agent_state if state else 'unknown'}")
             return "; ".join(waiting) or None
 
@@ -538,25 +585,26 @@ class Executor:
         return None
 
     async def _step_unlock_hosts(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
-        pending = list(stage["hosts"])
+        pending = set(stage["hosts"])
+        reason = f"software update to {doc['release']}"
+
+        async def unlock(h: str, view: dict[str, Any]) -> None:
+            if view.get("administrative") == "unlocked":
+                pending.discard(h)
+                return
+            if view.get("availability") != "online" or view.get("task"):
+                return  # still booting: unlock needs it online
+            try:
+                await self.peers.host_action(h, "unlock", reason)
+                pending.discard(h)
+            except Refused as exc:
+                if "offline" not in exc.reason and "in progress" not in exc.reason:
+                    raise StepFailed(f"{h}: {exc.reason}") from None
 
         async def unlocked() -> str | None:
-            for h in list(pending):
-                view = await self.peers.host(h) or {}
-                if view.get("administrative") == "unlocked":
-                    pending.remove(h)
-                    continue
-                if view.get("availability") != "online" or view.get("task"):
-                    continue  # still booting: unlock needs it online
-                try:
-                    await self.peers.host_action(
-                        h, "unlock", f"software update to {doc['release']}"
-                    )
-                    pending.remove(h)
-                except Refused as exc:
-                    if "offline" not in exc.reason and "in progress" not in exc.reason:
-                        raise StepFailed(f"{h}: {exc.reason}") from None
-            return f"waiting for {', '.join(pending)} to be online" if pending else None
+            views = await self._views(sorted(pending))
+            await asyncio.gather(*(unlock(h, v) for h, v in views.items()))
+            return f"waiting for {', '.join(sorted(pending))} to be online" if pending else None
 
         await self._until(unlocked, self.settings.host_ready_timeout_s, "the unlock")
         return None
@@ -566,8 +614,7 @@ class Executor:
     ) -> str | None:
         async def available() -> str | None:
             waiting = []
-            for h in stage["hosts"]:
-                view = await self.peers.host(h) or {}
+            for h, view in (await self._views(stage["hosts"])).items():
                 if view.get("availability") == "failed":
                     raise StepFailed(f"{h} failed after its unlock ({view.get('task') or ''})")
                 if (view.get("operational"), view.get("availability")) != ("enabled", "available"):

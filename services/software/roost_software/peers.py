@@ -78,6 +78,18 @@ class Peers:
             f"/v1/service-groups/{group}/instances", what=f"read group {group}'s instances"
         )
 
+    async def swact(self, group: str) -> str | None:
+        """A planned switch of the group's activity to its standby; ``None`` when it switched,
+        else the service service's reason (409: no healthy standby)."""
+        response = await self.service_api.request(
+            "POST", f"/v1/service-groups/{group}/swact", what=f"swact service group {group}"
+        )
+        if response.status_code == 409:
+            return detail(response)
+        if response.status_code >= 400:
+            raise Refused(detail(response))
+        return None
+
     async def member(self, group: str, hostname: str, verb: str) -> None:
         """Lock (move the group's activity away and keep it away) or unlock a member."""
         response = await self.service_api.request(

@@ -73,6 +73,12 @@ class SoftwareSettings(RoostSettings):
     precheck_disk_headroom_mb: int = Field(
         100, ge=0, description="Free disk a host needs besides twice the release's size."
     )
+    peer_outage_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long a step keeps retrying while a peer service is unreachable (it "
+        "restarts, its broker or database is away) before the step fails.",
+    )
     poll_s: float = Field(
         0.5, gt=0, description="Period of a step's checks of peers while it waits."
     )
