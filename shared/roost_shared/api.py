@@ -3,7 +3,8 @@
 It owns the process's resources for the app's lifetime (the *platform*: settings, metrics,
 database, bus, outbox relay, dead-letter store, consumers, background tasks) and gives every
 service the same edges: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/dead-letters``, OpenAPI
-docs, request ids, problem+json errors and token auth.
+docs, request ids, problem+json errors and token auth, and the audit of every mutating request
+(:class:`Auditor`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -26,12 +28,15 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pymongo import IndexModel
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roost_shared import deadletters
-from roost_shared.auth import Authenticator
+from roost_shared.auth import Authenticator, Principal
 from roost_shared.bus import BatchHandler, Bus, Consumer, inbox_indexes
+from roost_shared.catalog import AlarmType, LogWrite, Severity
 from roost_shared.db import Database
+from roost_shared.events import Envelope, utcnow
 from roost_shared.logging import configure_logging, correlation_id
 from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
@@ -70,6 +75,154 @@ class Platform:
         task = asyncio.create_task(coro, name=name)
         self.tasks.append(task)
         return task
+
+
+#: Methods that change something: each such request is audited.
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Event log id of an API audit record. Roost's own number in the security family (StarlingX
+#: uses 500.1xx-500.5xx); the fault service makes its suppression entry on first use.
+AUDIT_LOG_ID = "500.900"
+AUDIT_ENTITY_TYPE = "system.api"
+#: The dashboard's session cookie (its token): who made a form post there.
+SESSION_COOKIE = "roost_token"
+_AUDIT_PUBLISH_TIMEOUT_S = 5.0
+_AUDIT_MAX_PENDING = 1000
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:=/@+-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Auditor:
+    """Writes one customer log per mutating request (who, what, when, result) to the fault
+    service's event log: ``fault.log.write`` on the bus, entity ``system=roost.api=<service>``,
+    id :data:`AUDIT_LOG_ID`, reason ``admin token 'ops' POST /v1/hosts/worker-1/actions -> 200``.
+
+    Refused requests (401, 403) are audited too. Only the method and the path as sent are
+    recorded, never the query or the body (they may carry secrets). Publishing runs in the
+    background after the response, with the broker's confirm: a broker that is away costs a
+    warning (with the record, so the service's own log keeps it) and
+    ``roost_audit_failures_total{reason}``, never the request.
+    """
+
+    def __init__(self, settings: RoostSettings, authenticator: Authenticator) -> None:
+        self.settings = settings
+        self.authenticator = authenticator
+        self.platform: Platform | None = None
+        self.entity = f"system=roost.api={_UNSAFE.sub('_', settings.service) or 'roost'}"
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def who(self, scope: Scope) -> str:
+        """The caller as the route authenticated it, else as its token (header or the
+        dashboard's cookie) says, else ``anonymous``."""
+        principal = (scope.get("state") or {}).get("principal")
+        if not isinstance(principal, Principal):
+            conn = HTTPConnection(scope)
+            token = _bearer(conn) or conn.cookies.get(SESSION_COOKIE) or None
+            principal = self.authenticator.principal(token)
+            if principal is None:
+                return "invalid token" if token else "anonymous"
+        return f"{principal.role} token '{principal.name}'"
+
+    def record(self, scope: Scope, status: int, when: Any) -> None:
+        """Queue the audit record of a finished request (called by the middleware)."""
+        platform = self.platform
+        if platform is None:
+            return
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else scope.get("path", "")
+        path = _CONTROL.sub("?", path.partition("?")[0])[:1024]
+        who = self.who(scope)
+        text = f"{who} {scope['method']} {path} -> {status}"
+        refused = status in (401, 403)
+        entry = LogWrite(
+            event_log_id=AUDIT_LOG_ID,
+            entity_instance_id=self.entity,
+            entity_type_id=AUDIT_ENTITY_TYPE,
+            severity=Severity.minor if refused else Severity.warning,
+            reason_text=text,
+            event_log_type=AlarmType.security_service if refused else AlarmType.operational,
+            probable_cause="unspecified-reason",
+            suppression=False,  # an audit trail cannot be hidden
+            timestamp=when,
+        )
+        request_id = (scope.get("state") or {}).get("request_id")
+        envelope = Envelope.of(
+            entry,
+            source=f"roost/{self.settings.service}",
+            subject=self.entity,
+            correlationid=request_id,
+        )
+        log.info("audit: %s", text)
+        if len(self._pending) >= _AUDIT_MAX_PENDING:
+            self._failed(platform, "backlog", text, "too many audit records waiting")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._publish(platform, envelope, text), name="audit"
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _publish(self, platform: Platform, envelope: Envelope, text: str) -> None:
+        try:
+            await asyncio.wait_for(
+                platform.bus.publish([envelope]), timeout=_AUDIT_PUBLISH_TIMEOUT_S
+            )
+        except TimeoutError:
+            self._failed(platform, "timeout", text, "no broker confirm")
+        except Exception as exc:  # the broker is away: never the request's problem
+            self._failed(platform, "broker", text, str(exc) or type(exc).__name__)
+
+    def _failed(self, platform: Platform, reason: str, text: str, why: str) -> None:
+        log.warning("audit record not published (%s): %s", why, text)
+        platform.metrics.counter(
+            "audit_failures", "Audit records that could not be published.", ["reason"]
+        ).labels(reason).inc()
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """Let records still being published finish before the bus closes."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
+
+
+def _bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return conn.headers.get("x-auth-token") or None
+
+
+class AuditMiddleware:
+    """Hands every finished POST/PUT/PATCH/DELETE to the :class:`Auditor` (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, auditor: Auditor) -> None:
+        self.app = app
+        self.auditor = auditor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in MUTATING_METHODS
+            or not self.auditor.settings.audit
+        ):
+            await self.app(scope, receive, send)
+            return
+        when = utcnow()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            try:
+                self.auditor.record(scope, status, when)
+            except Exception:  # the audit never fails a request
+                log.exception("audit record failed")
 
 
 #: A service's own start-up: wire consumers and loops, yield while serving, then clean up.
@@ -155,6 +308,7 @@ def create_app(
         )
         app.state.platform = platform
         app.state.metrics = metrics
+        auditor.platform = platform
         service_start = start or _nothing
         try:
             async with service_start(platform, app):
@@ -174,12 +328,18 @@ def create_app(
                 await platform.dead_letters.stop()
                 await outbox.stop()
         finally:
+            auditor.platform = None
+            await auditor.drain()
             await bus.close()
             await db.close()
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     app.state.authenticator = Authenticator(settings)
     app.state.metrics = None
+    auditor = Auditor(settings, app.state.authenticator)
+    app.state.auditor = auditor
+    # Inside the request context (it sees the request id), outside every route and handler.
+    app.add_middleware(AuditMiddleware, auditor=auditor)
     app.add_middleware(RequestContextMiddleware, metrics_of=lambda: app.state.metrics)
     install_problem_handlers(app)
 

@@ -36,6 +36,11 @@ class RoostSettings(BaseSettings):
     admin_token: SecretStr | None = None
     reader_token: SecretStr | None = None
     auth_disabled: bool = Field(False, description="Accept every request as admin (tests only).")
+    audit: bool = Field(
+        True,
+        description="Audit every mutating request (POST/PUT/PATCH/DELETE, refused ones too) as a "
+        "customer log in the fault service's event log (fault.log.write).",
+    )
 
     # Bus consumer behaviour.
     prefetch: int = Field(256, ge=1, le=5000, description="Unacked messages per consumer.")
