@@ -189,7 +189,7 @@ async def test_software_page_strategy_live_progress_and_actions(stack, tmp_path,
     await live(sw)
     await sw.evaluate("window.__sameDocument = true")
     state = sw.locator('#strategy [data-sw="state"]')
-    await expect(state).to_have_text("apply-failed", timeout=15_000)
+    await expect(state).to_have_text("apply-failed", timeout=30_000)
     await expect(sw.locator('#strategy [data-sw="reason"]')).to_contain_text("worker-0")
     await expect(sw.locator("#stages tbody.stage.failed")).to_have_count(1, timeout=2_000)
     await expect(sw.locator("#stages tr.step-row.failed")).to_contain_text("precheck")

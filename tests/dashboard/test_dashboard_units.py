@@ -276,3 +276,49 @@ def test_the_strategy_marks_failures_and_offers_readers_no_controls():
     assert 'data-when-strategy="applying" hidden' in admin
     reader = rendered(Role.reader)
     assert "/software/strategy/confirm" not in reader and "<button" not in reader
+
+
+def test_every_host_action_the_host_service_offers_is_offered_with_its_warning():
+    from roost_host.models import Action
+
+    assert set(web.HOST_ACTIONS) == {a.value for a in Action}
+    assert "FORCED" in web.HOST_ACTIONS["force-lock"][1]
+    for cut in ("reset", "power-off", "reinstall"):
+        assert "cuts the host" in web.HOST_ACTIONS[cut][1], cut
+
+
+def test_uptime_is_time_since_the_host_became_enabled_available():
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    up = {"operational": "enabled", "availability": "available"}
+    assert web.uptime({**up, "state_changed_at": "2026-01-02T03:04:00Z"}, now) == "5s"
+    assert web.uptime({**up, "state_changed_at": "2026-01-02T02:00:00+00:00"}, now) == "1h 4m"
+    assert web.uptime({**up, "state_changed_at": "2025-12-30T03:00:00"}, now) == "3d 0h"
+    assert web.uptime({**up, "state_changed_at": "2026-01-02T03:00:00Z"}, now) == "4m 5s"
+    down = {"operational": "disabled", "availability": "online", "state_changed_at": "2026-01-02"}
+    assert web.uptime(down, now) == "—"
+    assert web.uptime({**up, "state_changed_at": None}, now) == "—"
+
+
+def test_reason_search_filters_the_fetched_page_in_any_case():
+    records = [{"reason_text": "Disk /var FULL"}, {"reason_text": "fan"}, {"reason_text": None}]
+    assert pages.reason_matches(records, "var full") == [records[0]]
+    assert pages.reason_matches(records, "nothing") == []
+
+
+def test_a_token_removed_from_the_tokens_file_is_revoked(tmp_path):
+    from roost_shared.auth import Authenticator, Role, write_tokens_file
+
+    path = tmp_path / "tokens.json"
+    write_tokens_file(path, {"admin": (Role.admin, "a" * 20), "reader": (Role.reader, "r" * 20)})
+    settings = DashboardSettings(auth_tokens_file=path)
+    watch = web.TokenWatch(settings, Authenticator(settings))
+    assert watch.principal("r" * 20).role is Role.reader
+    assert watch.principal("someone-else") is None  # unknown: not revoked (the APIs decide)
+    write_tokens_file(path, {"admin": (Role.admin, "a" * 20)})
+    with pytest.raises(TokenRejected):
+        watch.principal("r" * 20)
+    assert watch.principal("a" * 20).role is Role.admin
+    path.write_text("[{half")  # being rewritten: the previous tokens stay
+    assert watch.principal("a" * 20).role is Role.admin
+    write_tokens_file(path, {"admin": (Role.admin, "a" * 20), "reader": (Role.reader, "r" * 20)})
+    assert watch.principal("r" * 20).role is Role.reader  # listed again: no longer revoked

@@ -8,6 +8,7 @@ the login page. Mutations go through a confirmation page, then the same API call
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from roost_dashboard.clients import ApiError, TokenRejected
 from roost_dashboard.live import sse
 from roost_dashboard.web import (
+    BMC_ACTIONS,
     COOKIE,
     EVENTS_PAGE,
     HOST_ACTIONS,
@@ -75,13 +77,14 @@ async def login(request: Request, token: str = Form(""), next: str = Form("/")) 
         )
     d = dash(request)
     try:
+        d.principal(token)  # revoked since the dashboard started: refused here
         await d.services.get("fault", "/v1/alarms/summary", token)
     except TokenRejected:
         return render(
             request, "login.html", 401, reason="That token was refused.", next=local_path(next)
         )
     except ApiError as exc:
-        if d.authenticator.principal(token) is None:
+        if d.principal(token) is None:
             return render(
                 request,
                 "login.html",
@@ -173,6 +176,18 @@ async def hosts_page(request: Request) -> HTMLResponse:
     return render(request, "hosts.html", op=op, hosts=hosts, config=config, by_uuid=by_uuid)
 
 
+@router.get("/fragments/hosts/{ref}/timeline")
+async def host_timeline_fragment(request: Request, ref: str) -> HTMLResponse:
+    """A host's timeline section (chart and table): the host page's script fetches it again
+    after a ``host.state.changed`` event for that host."""
+    op = operator(request)
+    (timeline,) = await sections(
+        dash(request).services.get("host", f"/v1/hosts/{quote(ref)}/timeline", op.token, limit=100)
+    )
+    chart = availability_chart((timeline.value or {}).get("timeline", []))
+    return render(request, "_host_timeline.html", op=op, ref=ref, timeline=timeline, chart=chart)
+
+
 @router.get("/hosts/{ref}")
 async def host_page(request: Request, ref: str) -> HTMLResponse:
     op = operator(request)
@@ -214,6 +229,7 @@ async def host_page(request: Request, ref: str) -> HTMLResponse:
         sensors=sensors,
         alarms=alarms,
         actions=HOST_ACTIONS,
+        bmc_actions=BMC_ACTIONS,
         chart=chart,
     )
 
@@ -247,6 +263,8 @@ async def host_confirm(request: Request, ref: str, action: str) -> Response:
     op = operator(request)
     if action not in HOST_ACTIONS:
         return back(f"/hosts/{quote(ref)}", problem=f"Unknown action {action!r}.")
+    if not op.is_admin:
+        return back(f"/hosts/{quote(ref)}", problem="Only an admin can act on hosts.")
     return render(
         request,
         "confirm.html",
@@ -258,6 +276,7 @@ async def host_confirm(request: Request, ref: str, action: str) -> Response:
         fields={"action": action},
         confirm_label=f"Yes, {action.replace('-', ' ')} {ref}",
         cancel=f"/hosts/{quote(ref)}",
+        danger=action in ("force-lock", "reset", "power-off", "reinstall"),
     )
 
 
@@ -398,22 +417,53 @@ async def alarm_delete(request: Request, uuid: str) -> Response:
     )
 
 
+def reason_matches(records: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """The records whose reason text contains ``text`` (any case)."""
+    needle = text.casefold()
+    return [r for r in records if needle in str(r.get("reason_text") or "").casefold()]
+
+
 @router.get("/events")
 async def events_page(
-    request: Request, marker: str = "", kind: str = "", entity: str = ""
+    request: Request,
+    marker: str = "",
+    kind: str = "",
+    entity: str = "",
+    event_id: str = "",
+    text: str = "",
 ) -> HTMLResponse:
+    """The event log, newest first, 50 a page. Kind, entity and event id are the fault API's
+    own filters (server-side; its ``eq`` is a substring match, several are ANDed). The fault
+    API cannot search reason text: with ``text`` the dashboard fetches one page of
+    ``events_search_scan`` events (after the other filters) and keeps those whose reason
+    contains it; "Older" continues the search after what was looked through."""
     op = operator(request)
+    d = dash(request)
     kind = kind if kind in ("alarms", "logs") else ""
-    entity = entity.strip()
-    params: dict[str, Any] = {"limit": EVENTS_PAGE, "marker": marker or None}
+    entity, event_id, text = entity.strip(), event_id.strip(), text.strip()
+    scan = d.settings.events_search_scan if text else EVENTS_PAGE
+    params: dict[str, Any] = {"limit": scan, "marker": marker or None}
     if kind:
         params[kind] = "True"
+    fields, values = [], []
     if entity:  # FM's eq on entity_instance_id matches a substring
-        params |= {"q.field": "entity_instance_id", "q.op": "eq", "q.value": entity}
-    d = dash(request)
+        fields.append("entity_instance_id")
+        values.append(entity)
+    if event_id:
+        fields.append("event_log_id")
+        values.append(event_id)
+    if fields:
+        params |= {"q.field": fields, "q.op": ["eq"] * len(fields), "q.value": values}
     (log,) = await sections(d.services.get("fault", "/v1/event_log", op.token, **params))
-    records = (log.value or {}).get("event_log", [])
-    more = bool((log.value or {}).get("next")) and len(records) == EVENTS_PAGE
+    fetched = (log.value or {}).get("event_log", [])
+    more = bool((log.value or {}).get("next")) and len(fetched) == scan
+    records = fetched
+    next_marker = fetched[-1]["uuid"] if more else ""
+    if text:
+        records = reason_matches(fetched, text)
+        if len(records) > EVENTS_PAGE:  # the next page starts after the last match shown
+            records = records[:EVENTS_PAGE]
+            next_marker = records[-1]["uuid"]
     return render(
         request,
         "events.html",
@@ -422,8 +472,12 @@ async def events_page(
         records=records,
         kind=kind,
         entity=entity,
+        event_id=event_id,
+        text=text,
+        scanned=len(fetched),
+        scan=scan,
         marker=marker,
-        next_marker=records[-1]["uuid"] if more else "",
+        next_marker=next_marker,
     )
 
 
@@ -591,21 +645,50 @@ async def strategy_action(request: Request, action: str = Form(...)) -> Response
 
 @router.get("/events/stream")
 async def stream(request: Request) -> Response:
-    """Server-sent events: alarms raised/changed/cleared, host transitions, service groups."""
+    """Server-sent events: alarms raised/changed/cleared, host transitions, service groups.
+
+    The token is checked again every ``stream_token_check_s`` (the tokens file re-read; a token
+    the dashboard does not list is asked of the fault API): revoked or refused, the stream
+    sends ``revoked`` and ends (the page's script then reloads, which lands on the login page).
+    """
     op = operator(request)
     d = dash(request)
-    if d.authenticator.principal(op.token) is None:
+    listed = d.principal(op.token) is not None
+    if not listed:
         await d.services.get("fault", "/v1/alarms/summary", op.token)  # 401 → login
     assert d.live is not None
     keepalive = d.settings.stream_keepalive_s
+    every = d.settings.stream_token_check_s
+
+    async def still_valid() -> bool:
+        try:
+            if d.principal(op.token) is not None:
+                return True
+            if listed:  # listed at start, gone from the file now
+                return False
+            await d.services.get("fault", "/v1/alarms/summary", op.token)
+        except TokenRejected:
+            return False
+        except ApiError:
+            return True  # cannot tell now: the next check decides
+        return True
 
     async def events():
         async with d.live.subscribe() as queue:
             yield "retry: 1000\nevent: hello\ndata: {}\n\n"
+            checked = time.monotonic()
             while True:
+                wait = max(min(keepalive, checked + every - time.monotonic()), 0.01)
                 try:
-                    item = await asyncio.wait_for(queue.get(), keepalive)
+                    item = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
+                    item = None
+                if time.monotonic() - checked >= every:
+                    checked = time.monotonic()
+                    if not await still_valid():
+                        yield 'event: revoked\ndata: {"kind": "revoked"}\n\n'
+                        return
+                if item is None:  # idle: a keep-alive (at least every ``keepalive`` s)
                     yield ": keepalive\n\n"
                     continue
                 if item["kind"] == "bye":

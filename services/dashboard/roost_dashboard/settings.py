@@ -27,3 +27,16 @@ class DashboardSettings(RoostSettings):
         500, ge=1, le=2000, description="Alarms a page of the alarm list shows (most severe first)."
     )
     stream_keepalive_s: float = Field(15.0, description="Comment line on idle event streams.")
+    stream_token_check_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often an open event stream checks its token again (the tokens file "
+        "re-read; a token it no longer lists, or one the API now refuses, closes the stream).",
+    )
+    events_search_scan: int = Field(
+        500,
+        ge=50,
+        le=2000,
+        description="Events one search by reason text looks through (the fault API cannot search "
+        "reason text: the dashboard filters one fetched page of this many).",
+    )

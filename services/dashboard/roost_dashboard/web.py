@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -22,9 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from roost_dashboard.clients import ApiError, Services, TokenRejected
 from roost_dashboard.live import Broadcaster
 from roost_dashboard.settings import DashboardSettings
-from roost_shared.auth import Authenticator, Role
+from roost_shared.auth import Authenticator, Principal, Role, digest
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 COOKIE = "roost_token"
 FLASH = "roost_flash"
@@ -39,12 +41,30 @@ SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 #: checks the rest: BMC present, power state) and what the confirmation says.
 HOST_ACTIONS = {
     "lock": ("unlocked", "Locking takes the host out of service (its workloads move away)."),
+    "force-lock": (
+        "unlocked",
+        "This is a FORCED lock: the host is taken out of service even where a plain lock is "
+        "refused (the last unlocked-enabled controller: the site is left without one).",
+    ),
     "unlock": ("locked", "Unlocking runs the in-test, then puts the host back in service."),
     "reboot": ("locked", "The host restarts; it stays locked."),
-    "reset": ("locked", "The BMC resets the host at once (no clean shutdown)."),
-    "power-off": ("locked", "The BMC powers the host off."),
+    "reset": (
+        "locked",
+        "This cuts the host: the BMC resets it at once, with no clean shutdown; it stays locked.",
+    ),
+    "power-off": (
+        "locked",
+        "This cuts the host: its power is switched off (by the BMC) with no clean shutdown.",
+    ),
     "power-on": ("locked", "The BMC powers the host on."),
+    "reinstall": (
+        "locked",
+        "This cuts the host: it goes down at once and is installed again from scratch (its "
+        "disks are rewritten); it stays locked.",
+    ),
 }
+#: Actions that need a BMC (not offered on a host without one).
+BMC_ACTIONS = ("reset", "power-off", "power-on")
 EVENTS_PAGE = 50
 
 templates = Environment(
@@ -69,8 +89,97 @@ def when(value: Any) -> str:
 templates.filters["when"] = when
 
 
+def uptime(host: dict[str, Any], now: datetime | None = None) -> str:
+    """Time since the host last became unlocked-enabled-available (its ``state_changed_at``
+    while it is), ``—`` otherwise: ``3d 4h``, ``2h 5m``, ``4m 10s``."""
+    if (host.get("operational"), host.get("availability")) != ("enabled", "available"):
+        return "—"
+    since = host.get("state_changed_at")
+    if not since:
+        return "—"
+    try:
+        t = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+    except ValueError:
+        return "—"
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return duration((now or datetime.now(UTC)) - t)
+
+
+def duration(delta: timedelta) -> str:
+    s = max(int(delta.total_seconds()), 0)
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if d:
+        return f"{d}d {h}h"
+    if h:
+        return f"{h}h {m}m"
+    return f"{m}m {s % 60}s" if m else f"{s}s"
+
+
+templates.filters["uptime"] = uptime
+
+
 class NeedLogin(Exception):
     """No token: go to the login page (and back to the page asked for after it)."""
+
+
+class TokenWatch:
+    """The tokens file, read again when it changes (size or modification time, checked on each
+    request and periodically by open event streams). A token the file listed and no longer
+    lists is *revoked* here: the dashboard refuses it from then on, even while the services
+    (which read the file at start) still accept it."""
+
+    def __init__(self, settings: DashboardSettings, authenticator: Authenticator) -> None:
+        self.settings = settings
+        self.authenticator = authenticator
+        self.revoked: set[str] = set()
+        self._stamp = self._stat()
+        self._listed = self._digests() or set()
+
+    def _stat(self) -> tuple[int, int] | None:
+        path = self.settings.auth_tokens_file
+        try:
+            st = Path(path).stat() if path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def _digests(self) -> set[str] | None:
+        path = self.settings.auth_tokens_file
+        if not path or not Path(path).exists():
+            return set()
+        try:
+            return {str(r["sha256"]) for r in json.loads(Path(path).read_text())}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # half written: keep what we have
+
+    def refresh(self) -> None:
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return
+        listed = self._digests()
+        if listed is None:
+            return
+        try:
+            fresh = Authenticator(self.settings)
+        except Exception:  # a file being rewritten: try again next time
+            log.warning("tokens file %s not readable; keeping the previous tokens", stamp)
+            return
+        self._stamp = stamp
+        self.revoked = (self.revoked | (self._listed - listed)) - listed
+        self._listed = listed
+        self.authenticator = fresh
+
+    def is_revoked(self, token: str) -> bool:
+        self.refresh()
+        return digest(token) in self.revoked
+
+    def principal(self, token: str) -> Principal | None:
+        """The token's principal as the tokens file says now; :class:`TokenRejected` when it
+        was revoked since the dashboard started."""
+        if self.is_revoked(token):
+            raise TokenRejected("dashboard", "the token was revoked", 401)
+        return self.authenticator.principal(token)
 
 
 @dataclass
@@ -81,6 +190,15 @@ class Dashboard:
     services: Services
     authenticator: Authenticator
     live: Broadcaster | None = None
+    tokens: TokenWatch | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = TokenWatch(self.settings, self.authenticator)
+
+    def principal(self, token: str) -> Principal | None:
+        assert self.tokens is not None
+        return self.tokens.principal(token)
 
 
 @dataclass
@@ -104,7 +222,7 @@ def operator(request: Request) -> Operator:
     token = request.cookies.get(COOKIE)
     if not token:
         raise NeedLogin()
-    principal = dash(request).authenticator.principal(token)
+    principal = dash(request).principal(token)  # TokenRejected when revoked
     return Operator(token, principal.role if principal else Role.reader)
 
 

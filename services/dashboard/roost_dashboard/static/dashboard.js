@@ -66,12 +66,59 @@
       });
       el.querySelectorAll('[data-field="task"]').forEach(function (cell) { cell.textContent = ev.task || ""; });
       el.querySelectorAll('[data-field="since"]').forEach(function (cell) { cell.textContent = ev.time || ""; });
+      var up = ev.operational === "enabled" && ev.availability === "available";
+      el.querySelectorAll('[data-field="uptime"]').forEach(function (cell) {
+        cell.setAttribute("data-since", ev.time || "");
+        if (up && ev.time) cell.setAttribute("data-up", "yes"); else cell.removeAttribute("data-up");
+        cell.textContent = up && ev.time ? duration(ev.time) : "—";
+      });
       el.querySelectorAll("[data-when-admin]").forEach(function (button) {
         button.hidden = button.getAttribute("data-when-admin") !== ev.administrative;
       });
     });
+    var timeline = document.getElementById("host-timeline");
+    if (timeline) {
+      var of = timeline.getAttribute("data-timeline-of");
+      if (of === ev.hostname || of === ev.uuid) refreshTimeline(timeline);
+    }
     refreshOverview();
   }
+
+  // The host page's timeline (chart and table) fetched again after a transition of its host;
+  // several events in a row make one fetch.
+  var timelineTimer = null;
+  function refreshTimeline(section) {
+    if (timelineTimer) return;
+    timelineTimer = setTimeout(function () {
+      timelineTimer = null;
+      var of = section.getAttribute("data-timeline-of");
+      fetch("/fragments/hosts/" + encodeURIComponent(of) + "/timeline", { credentials: "same-origin" }).then(function (r) {
+        if (r.redirected || !r.ok) return null;
+        return r.text();
+      }).then(function (html) {
+        if (!html) return;
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("host-timeline"), old = document.getElementById("host-timeline");
+        if (fresh && old) old.replaceWith(fresh);
+      });
+    }, 100);
+  }
+
+  // Uptime: time since the host last became enabled-available, as the server words it.
+  function duration(since) {
+    var t = Date.parse(since);
+    if (isNaN(t)) return "—";
+    var s = Math.max(Math.floor((Date.now() - t) / 1000), 0);
+    var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + m + "m";
+    return m ? m + "m " + (s % 60) + "s" : s + "s";
+  }
+  setInterval(function () {
+    document.querySelectorAll('[data-field="uptime"][data-up]').forEach(function (cell) {
+      cell.textContent = duration(cell.getAttribute("data-since"));
+    });
+  }, 10000);
 
   function onGroup(ev) {
     document.querySelectorAll('[data-group="' + CSS.escape(ev.name || "") + '"] [data-field="state"]').forEach(function (cell) {
@@ -196,5 +243,11 @@
   source.addEventListener("swhost", function () { refreshPart("deploy", "software-deploy"); });
   source.addEventListener("release", function () { refreshPart("releases", "software-releases"); });
   source.addEventListener("reload", function () { window.location.reload(); });
+  // The token was revoked: stop listening; the reload lands on the login page.
+  source.addEventListener("revoked", function () {
+    source.close();
+    say("logged out");
+    window.location.reload();
+  });
   source.onerror = function () { say("reconnecting…"); document.body.removeAttribute("data-live"); };
 })();
