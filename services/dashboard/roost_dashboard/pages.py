@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from roost_dashboard.clients import ApiError, TokenRejected
@@ -258,7 +258,12 @@ def availability_chart(entries: list[dict[str, Any]], now: datetime | None = Non
     return segments
 
 
-@router.get("/hosts/{ref}/confirm")
+#: Routes with required form or query fields check the session first: without it FastAPI would
+#: answer 422 for the missing fields before the handler could send the caller to the login page.
+SESSION_FIRST = [Depends(operator)]
+
+
+@router.get("/hosts/{ref}/confirm", dependencies=SESSION_FIRST)
 async def host_confirm(request: Request, ref: str, action: str) -> Response:
     op = operator(request)
     if action not in HOST_ACTIONS:
@@ -280,7 +285,7 @@ async def host_confirm(request: Request, ref: str, action: str) -> Response:
     )
 
 
-@router.post("/hosts/{ref}/actions")
+@router.post("/hosts/{ref}/actions", dependencies=SESSION_FIRST)
 async def host_action(request: Request, ref: str, action: str = Form(...)) -> Response:
     op = operator(request)
     where = f"/hosts/{quote(ref)}"
@@ -341,7 +346,7 @@ async def suppression_entry(d: Dashboard, op: Operator, alarm_id: str) -> dict[s
     return next((e for e in body["event_suppression"] if e["alarm_id"] == alarm_id), None)
 
 
-@router.get("/alarms/{uuid}/confirm-suppression")
+@router.get("/alarms/{uuid}/confirm-suppression", dependencies=SESSION_FIRST)
 async def suppression_confirm(request: Request, uuid: str, alarm_id: str, to: str) -> Response:
     op = operator(request)
     if to not in ("suppressed", "unsuppressed"):
@@ -365,7 +370,7 @@ async def suppression_confirm(request: Request, uuid: str, alarm_id: str, to: st
     )
 
 
-@router.post("/alarms/{uuid}/suppression")
+@router.post("/alarms/{uuid}/suppression", dependencies=SESSION_FIRST)
 async def suppression(
     request: Request, uuid: str, alarm_id: str = Form(...), to: str = Form(...)
 ) -> Response:
@@ -609,7 +614,7 @@ async def software_fragment(request: Request, part: str) -> Response:
     return render(request, f"_software_{part}.html", op=op, **data)
 
 
-@router.get("/software/strategy/confirm")
+@router.get("/software/strategy/confirm", dependencies=SESSION_FIRST)
 async def strategy_confirm(request: Request, action: str) -> Response:
     op = operator(request)
     if action not in STRATEGY_ACTIONS:
@@ -628,7 +633,7 @@ async def strategy_confirm(request: Request, action: str) -> Response:
     )
 
 
-@router.post("/software/strategy/actions")
+@router.post("/software/strategy/actions", dependencies=SESSION_FIRST)
 async def strategy_action(request: Request, action: str = Form(...)) -> Response:
     op = operator(request)
     if action not in STRATEGY_ACTIONS:
