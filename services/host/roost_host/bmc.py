@@ -341,7 +341,7 @@ class BmcPool:
     async def aclose(self) -> None:
         """Stop: no new calls; threads still talking to BMCs end on pyghmi's own timeouts."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._breaker.shutdown(wait=False, cancel_futures=True)
+        self._breaker.shutdown(wait=False)  # breaks still queued run: no session left retrying
 
     # Machinery ---------------------------------------------------------------------------
 
@@ -438,7 +438,7 @@ class BmcPool:
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
         except TimeoutError:
-            self._abandon(t, bmc)
+            await self._abandon(t, bmc)
             self._attempted(op, "timeout")
             raise BmcError(
                 "timeout", f"BMC {t.key} did not answer within {self.timeout_s:g}s"
@@ -476,7 +476,7 @@ class BmcPool:
                     bmc.command = None  # the next call starts a new session
             raise err from None
 
-    def _abandon(self, t: BmcTarget, bmc: _Bmc) -> None:
+    async def _abandon(self, t: BmcTarget, bmc: _Bmc) -> None:
         """After a timeout: break the BMC's session so the thread waiting on it ends within a
         retransmit period (pyghmi keeps retrying a silent session for up to 30 s and a silent
         login for ~4.5 s), freeing its slot; the next call logs in afresh."""
@@ -487,9 +487,15 @@ class BmcPool:
         sessions = [getattr(command, "ipmi_session", None)]
         key = (t.address, t.username.encode(), t.password, t.port, None)
         sessions.append(Session.initting_sessions.get(key))  # a login under way
-        for session in sessions:
-            if session is not None:
-                self._breaker.submit(_break, session)
+        breaks = [
+            asyncio.wrap_future(self._breaker.submit(_break, session))
+            for session in sessions
+            if session is not None
+        ]
+        if breaks:
+            # Usually done in microseconds, before the retry; when pyghmi's lock is held long
+            # the retry goes on without waiting (the break still happens on its thread).
+            await asyncio.wait(breaks, timeout=BREAK_WAIT_S)
 
     def _attempted(self, op: str, outcome: str) -> None:
         if self._attempts is not None:
@@ -513,6 +519,9 @@ def _break(session: Any) -> None:
     except Exception:  # best effort: the thread then ends on pyghmi's own timeout
         log.debug("could not break an abandoned IPMI session", exc_info=True)
 
+
+#: How long a timed-out call waits for its abandoned session to be broken before its retry.
+BREAK_WAIT_S = 1.0
 
 #: Logins a bulk read keeps in flight at once.
 LOGIN_WINDOW = 128

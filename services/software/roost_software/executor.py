@@ -440,9 +440,15 @@ class Executor:
         return None
 
     async def _step_query_alarms(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
-        found = await self._blocking(doc, stage)
-        if found:
-            raise StepFailed("blocking alarms: " + ", ".join(found[:10]))
+        """Blocking alarms stop the stage before it touches anything; one that clears by itself
+        within ``query_alarms_wait_s`` (a service-link path hiccup while the previous host
+        restarted, say) does not stop the update."""
+
+        async def clear() -> str | None:
+            found = await self._blocking(doc, stage)
+            return "blocking alarms: " + ", ".join(found[:10]) if found else None
+
+        await self._until(clear, self.settings.query_alarms_wait_s, "alarms clearing")
         return None
 
     async def _blocking(self, doc: dict[str, Any], stage: dict[str, Any]) -> list[str]:

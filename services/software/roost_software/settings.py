@@ -67,6 +67,12 @@ class SoftwareSettings(RoostSettings):
     drain_timeout_s: float = Field(
         300.0, gt=0, description="How long moving workloads off a host may take before its lock."
     )
+    query_alarms_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a stage's first step waits for blocking alarms to clear by "
+        "themselves before it fails the stage (0: fail at once, as StarlingX vim does).",
+    )
     alarm_wait_s: float = Field(
         600.0, ge=0, description="How long a stage waits for blocking alarms to clear."
     )
