@@ -129,6 +129,13 @@ class ReleaseMetadata(BaseModel):
         return version_key(self.version)
 
 
+def _metadata_error(exc: ValidationError) -> ReleaseError:
+    """The first problem of invalid metadata, named by its field (``metadata.version``)."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return ReleaseError(f"metadata.{where}" if where else "metadata", err["msg"])
+
+
 def _check_member_name(name: str) -> None:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or name in (METADATA, SIGNATURE) or not name:
@@ -166,9 +173,7 @@ def read_archive(data: bytes) -> Release:
     try:
         metadata = ReleaseMetadata.model_validate_json(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ReleaseError(f"metadata.{where}" if where else "metadata", err["msg"]) from None
+        raise _metadata_error(exc) from None
     sig = members.pop(SIGNATURE, None)
     signature = None
     if sig is not None:
@@ -311,9 +316,7 @@ def pack(source: Path, private_pem: str | None) -> bytes:
             {**fields, "files": {n: sha256(b) for n, b in files.items()}}
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ReleaseError(f"metadata.{where}", err["msg"]) from None
+        raise _metadata_error(exc) from None
     metadata_bytes = metadata.model_dump_json(indent=2).encode()
     members = {METADATA: metadata_bytes, **files}
     if private_pem is not None:

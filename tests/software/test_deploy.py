@@ -7,8 +7,8 @@ import pytest
 
 from roost_shared.catalog import AlarmClear, AlarmSet, Severity
 from roost_shared.events import Envelope
-from tests.software.build import build
 from tests.support.events import Listener
+from tests.support.releases import build
 from tests.support.site import Site, open_site, where
 from tests.support.waiting import eventually
 

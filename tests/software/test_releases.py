@@ -10,9 +10,9 @@ from pathlib import Path
 
 from roost_shared.releases import build_archive, generate_key
 from roost_software.releases import sign_ticket, ticket_key
-from tests.software.build import build, tampered
 from tests.support.events import Listener
 from tests.support.problems import problem
+from tests.support.releases import build, tampered
 
 GZIP = {"Content-Type": "application/gzip"}
 

@@ -1,24 +1,61 @@
-"""Release archives for tests: real hooks (shell scripts) that write files on the host."""
+"""Release archives for tests (``roost_shared.releases.pack`` over an author's directory).
+
+:func:`release_dir` writes any release; :func:`release_source` one whose hooks are real shell
+scripts recording the version on the host (``$ROOST_STATE_DIR/running-version``), which the
+end-to-end tests read back; :func:`tampered` changes a file after signing.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
+from typing import Any
 
-from roost_shared.releases import pack
+from roost_shared.releases import build_archive, pack
 
-INSTALL = """#!/bin/sh
-for bad in {fail_on}; do
+INSTALL = """for bad in {fail_on}; do
   if [ "$ROOST_HOSTNAME" = "$bad" ]; then echo "no space left on $ROOST_HOSTNAME" >&2; exit 1; fi
 done
-echo "$ROOST_RELEASE_VERSION" > "$ROOST_STATE_DIR/staged-version"
-"""
-ACTIVATE = """#!/bin/sh
-echo "$ROOST_RELEASE_VERSION" > "$ROOST_STATE_DIR/running-version"
-"""
-ROLLBACK = """#!/bin/sh
-echo "${ROOST_PREVIOUS_VERSION:-base}" > "$ROOST_STATE_DIR/running-version"
-"""
+echo "$ROOST_RELEASE_VERSION" > "$ROOST_STATE_DIR/staged-version\""""
+ACTIVATE = 'echo "$ROOST_RELEASE_VERSION" > "$ROOST_STATE_DIR/running-version"'
+ROLLBACK = 'echo "${ROOST_PREVIOUS_VERSION:-base}" > "$ROOST_STATE_DIR/running-version"'
+
+
+def release_dir(
+    d: Path,
+    release_id: str,
+    version: str,
+    *,
+    files: dict[str, bytes] | None = None,
+    hooks: dict[str, str] | None = None,
+    **fields: Any,
+) -> Path:
+    """An author's directory ``d``: ``release.json`` plus ``files`` (hooks as executable
+    scripts: ``hooks`` maps hook name → shell script body); ``fields`` go in the metadata."""
+    d.mkdir(parents=True)
+    for name, data in (files or {"payload/readme.txt": f"{release_id}\n".encode()}).items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(data)
+    hook_paths = {}
+    for hook, body in (hooks or {}).items():
+        path = d / "hooks" / hook
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+        hook_paths[hook] = f"hooks/{hook}"
+    meta = {"id": release_id, "version": version, "summary": f"test {release_id}", **fields}
+    if hook_paths:
+        meta["hooks"] = hook_paths
+    (d / "release.json").write_text(json.dumps(meta))
+    return d
+
+
+def build(root: Path, release_id: str, version: str, key: str | None, **kw: Any) -> bytes:
+    """A packed archive from ``root/src-<id>`` (signed with the PEM ``key``, unsigned
+    without)."""
+    return pack(release_dir(root / f"src-{release_id}", release_id, version, **kw), key)
 
 
 def release_source(
@@ -32,38 +69,43 @@ def release_source(
     fail_on: tuple[str, ...] = (),
     payload: bytes = b"new software\n",
 ) -> Path:
-    """An author's directory for a release whose hooks record the version on the host."""
-    directory.mkdir(parents=True)
-    (directory / "release.json").write_text(
-        json.dumps(
-            {
-                "id": release_id,
-                "version": version,
-                "summary": f"test release {version}",
-                "requires": list(requires),
-                "reboot_required": reboot,
-                "applies_to": list(applies_to),
-                "hooks": {
-                    "install": "hooks/install",
-                    "activate": "hooks/activate",
-                    "rollback": "hooks/rollback",
-                },
-            }
-        )
+    """A release whose hooks record the version on the host; its install fails on the hosts
+    named in ``fail_on``."""
+    return release_dir(
+        directory,
+        release_id,
+        version,
+        files={"payload.bin": payload},
+        hooks={
+            "install": INSTALL.format(fail_on=" ".join(fail_on) or "-"),
+            "activate": ACTIVATE,
+            "rollback": ROLLBACK,
+        },
+        summary=f"test release {version}",
+        requires=list(requires),
+        reboot_required=reboot,
+        applies_to=list(applies_to),
     )
-    hooks = directory / "hooks"
-    hooks.mkdir()
-    for name, text in (
-        ("install", INSTALL.format(fail_on=" ".join(fail_on) or "-")),
-        ("activate", ACTIVATE),
-        ("rollback", ROLLBACK),
-    ):
-        (hooks / name).write_text(text)
-        (hooks / name).chmod(0o755)
-    (directory / "payload.bin").write_bytes(payload)
-    return directory
 
 
-def release_archive(directory: Path, *args, key: str | None = None, **kwargs) -> bytes:
+def release_archive(directory: Path, *args: Any, key: str | None = None, **kwargs: Any) -> bytes:
     """:func:`release_source` packed (signed with ``key``, a PEM private key, if given)."""
     return pack(release_source(directory, *args, **kwargs), key)
+
+
+def members(archive: bytes) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for info in tar:
+            f = tar.extractfile(info)
+            assert f is not None
+            out[info.name] = f.read()
+    return out
+
+
+def tampered(archive: bytes, name: str, data: bytes) -> bytes:
+    """The same archive (same signed metadata) with one file changed after packing."""
+    changed = members(archive)
+    assert name in changed
+    changed[name] = data
+    return build_archive(changed)

@@ -457,15 +457,12 @@ class Executor:
         return [a for a in found if not a.startswith(EXPECTED_ALARMS)]
 
     async def _members(self, hosts: list[str]) -> dict[str, list[str]]:
-        """Service groups with an instance or a declared member on ``hosts``: name → hosts."""
+        """Service groups with a member among ``hosts``: name → those hosts."""
         out: dict[str, list[str]] = {}
-        for group in await self.peers.groups():
-            name = group["name"]
-            declared = set((group.get("members") or {}).get("hosts") or [])
-            placed = await self.peers.instances(name) or {}
-            on = declared | {i["host"] for i in placed.get("instances", [])}
-            if on.intersection(hosts):
-                out[name] = sorted(on.intersection(hosts))
+        for name, members in (await self.peers.group_members()).items():
+            mine = sorted(set(members).intersection(hosts))
+            if mine:
+                out[name] = mine
         return out
 
     async def _step_swact_services(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:

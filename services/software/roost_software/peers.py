@@ -73,6 +73,16 @@ class Peers:
             "/v1/service-groups", "service_groups", what="list service groups"
         )
 
+    async def group_members(self) -> dict[str, list[str]]:
+        """Every service group's member hosts: declared ones and those its instances are
+        placed on (members chosen by a label selector show only as placed instances)."""
+        out: dict[str, list[str]] = {}
+        for group in await self.groups():
+            declared = set((group.get("members") or {}).get("hosts") or [])
+            placed = await self.instances(group["name"]) or {}
+            out[group["name"]] = sorted(declared | {i["host"] for i in placed.get("instances", [])})
+        return out
+
     async def instances(self, group: str) -> dict[str, Any] | None:
         return await self.service_api.get(
             f"/v1/service-groups/{group}/instances", what=f"read group {group}'s instances"

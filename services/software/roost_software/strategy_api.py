@@ -88,7 +88,7 @@ class StrategyOps:
         ]
         reports = await self.deploy.hosts()
         up_to_date = [r.hostname for r in reports if r.running_version == release["version"]]
-        groups = await self._groups()
+        groups = await self.peers.group_members()
         planned = plan(
             body,
             hosts=hosts,
@@ -119,14 +119,6 @@ class StrategyOps:
         await self.db.in_transaction(work)
         self.outbox.wake()
         return doc
-
-    async def _groups(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for group in await self.peers.groups():
-            declared = set((group.get("members") or {}).get("hosts") or [])
-            placed = await self.peers.instances(group["name"]) or {}
-            out[group["name"]] = sorted(declared | {i["host"] for i in placed.get("instances", [])})
-        return out
 
     async def apply(self) -> dict[str, Any]:
         doc = await self.store.get()
