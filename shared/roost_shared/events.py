@@ -18,6 +18,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def utcnow_ms() -> datetime:
+    """Now, UTC, truncated to the millisecond a BSON date keeps (what a read gives back)."""
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 class Envelope(BaseModel):
     """A CloudEvents 1.0 structured-mode event with Roost's ``correlationid`` extension."""
 

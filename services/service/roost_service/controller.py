@@ -45,7 +45,7 @@ from typing import Any
 
 from roost_service import alarms
 from roost_service.hosts import HostBook, describe, healthy
-from roost_service.lease import Lease, LeaseStore, utc_ms
+from roost_service.lease import Lease, LeaseStore
 from roost_service.placement import agent_spec, instance_state, members, report_matches
 from roost_service.placements import PlacementStore, instance_id
 from roost_service.store import GroupStore
@@ -58,7 +58,7 @@ from roost_shared.catalog import (
 )
 from roost_shared.commands import agent_key, command
 from roost_shared.db import Database, Session
-from roost_shared.events import Envelope
+from roost_shared.events import Envelope, utcnow_ms
 from roost_shared.outbox import Outbox
 from roost_shared.problems import Conflict, Invalid, NotFound
 from roost_shared.smlink import Lease as LinkLease
@@ -227,7 +227,7 @@ class Controller:
         placement = await self.placements.find(name) or {"_id": name, "instances": []}
         old = {i["instance_id"]: i for i in placement["instances"]}
         hosts = await self.hosts.by_name()
-        now = utc_ms()
+        now = utcnow_ms()
         if group is None:
             await self._forget(name, placement, hosts, now)
             return

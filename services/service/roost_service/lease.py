@@ -28,25 +28,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from roost_shared.db import Database
+from roost_shared.events import utcnow_ms
 
 LEASES = "leases"
 
 INDEXES: dict[str, list[IndexModel]] = {
     LEASES: [IndexModel([("group", ASCENDING), ("slot", ASCENDING)])],
 }
-
-
-def utc_ms() -> datetime:
-    """Now, UTC, truncated to the millisecond a BSON date keeps."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 @dataclass(frozen=True)
@@ -87,7 +82,7 @@ def _ttl(ttl_s: float) -> timedelta:
 class LeaseStore:
     """acquire / renew / release / current over the ``leases`` collection."""
 
-    def __init__(self, db: Database, clock: Callable[[], datetime] = utc_ms) -> None:
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow_ms) -> None:
         self.leases = db[LEASES]
         self.clock = clock
 

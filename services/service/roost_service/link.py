@@ -28,10 +28,9 @@ from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from roost_service import alarms
-from roost_service.lease import utc_ms
 from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.db import Database, Session
-from roost_shared.events import Envelope
+from roost_shared.events import Envelope, utcnow_ms
 from roost_shared.outbox import Outbox
 from roost_shared.smlink import (
     HELLO_KEY,
@@ -197,7 +196,7 @@ class LinkServer:
         clear = self.raised - wanted
         if not raise_ and not clear:
             return
-        stamp = utc_ms()
+        stamp = utcnow_ms()
         envelopes = [
             Envelope.of(alarms.path_lost(h, p, self.path_timeout_s, stamp), source=SOURCE)
             for h, p in sorted(raise_)

@@ -10,13 +10,12 @@ from pymongo.errors import DuplicateKeyError
 
 from roost_service import logic
 from roost_service.inventory import HostInventory
-from roost_service.lease import utc_ms
 from roost_service.logic import Problem
 from roost_service.models import GroupState, ServiceGroupSpec
 from roost_service.store import GroupStore
 from roost_shared.catalog import ServiceGroupRecord
 from roost_shared.db import Database, Session
-from roost_shared.events import Envelope
+from roost_shared.events import Envelope, utcnow_ms
 from roost_shared.outbox import Outbox
 from roost_shared.problems import NotFound
 
@@ -56,7 +55,7 @@ class GroupOperations:
 
         async def work(session: Session) -> tuple[dict[str, Any], bool]:
             # Milliseconds: what a BSON date keeps, so the answer equals what a GET reads back.
-            now = utc_ms()
+            now = utcnow_ms()
             old = await self.store.find(name, session)
             if old is not None:
                 if all(old.get(k) == v for k, v in declared.items()):
@@ -107,7 +106,7 @@ class GroupOperations:
             doc = await self.store.delete(session, name)
             if doc is None:
                 raise NotFound(kind="Service group", id=name, field="path.name")
-            doc["updated_at"] = utc_ms()
+            doc["updated_at"] = utcnow_ms()
             await self.outbox.add(session, [event(doc, "deleted")])
             return doc
 

@@ -36,7 +36,7 @@ from roost_shared.catalog import (
 )
 from roost_shared.commands import agent_key, command
 from roost_shared.db import Database, Session
-from roost_shared.events import Envelope
+from roost_shared.events import Envelope, utcnow_ms
 from roost_shared.outbox import Outbox
 from roost_shared.problems import Conflict, Invalid, NotFound, RoostError
 from roost_shared.releases import version_key
@@ -48,7 +48,7 @@ from roost_software.release_models import (
     HostSoftwareView,
     PrecheckResult,
 )
-from roost_software.releases import SOURCE, ReleaseStore, now_ms
+from roost_software.releases import SOURCE, ReleaseStore
 from roost_software.settings import SoftwareSettings
 
 DEPLOYMENT = "software_deployment"
@@ -104,13 +104,13 @@ def host_failed_alarm(hostname: str, release_id: str, reason: str) -> AlarmSet:
             "it back."
         ),
         mgmt_affecting=False,
-        timestamp=now_ms(),
+        timestamp=utcnow_ms(),
     )
 
 
 def host_failed_clear(hostname: str) -> AlarmClear:
     return AlarmClear(
-        alarm_id=HOST_FAILED, entity_instance_id=f"host={hostname}", timestamp=now_ms()
+        alarm_id=HOST_FAILED, entity_instance_id=f"host={hostname}", timestamp=utcnow_ms()
     )
 
 
@@ -299,7 +299,7 @@ class DeployOps:
             release = await self.releases.get(release_id)
             applicable = await self._applicable(release)
             macs = {h["hostname"]: h.get("mgmt_mac") for h in await self.peers.hosts()}
-            now = now_ms()
+            now = utcnow_ms()
             hosts: dict[str, dict[str, Any]] = {}
             for hostname, personality in applicable.items():
                 report = await self.report_of(hostname, macs.get(hostname))
@@ -424,9 +424,9 @@ class DeployOps:
                 "state": "installing",
                 "reason": "",
                 "command": env.id,
-                "command_sent_at": now_ms(),
+                "command_sent_at": utcnow_ms(),
                 "answered": False,
-                "updated_at": now_ms(),
+                "updated_at": utcnow_ms(),
             }
             return await self._send(doc, changed, (env, COMMANDS_EXCHANGE, agent_key(mac)))
 
@@ -440,7 +440,7 @@ class DeployOps:
         sent = host.get("command_sent_at")
         if host.get("answered", True) or sent is None:
             return False
-        return (now_ms() - sent).total_seconds() > self.settings.command_deadline_s
+        return (utcnow_ms() - sent).total_seconds() > self.settings.command_deadline_s
 
     async def rollback_host(self, hostname: str) -> HostDeployView:
         """Run the release's rollback hook on one host (``software.rollback``); the release is
@@ -473,9 +473,9 @@ class DeployOps:
                 "rolling_back": True,
                 "reason": "rolling back",
                 "command": env.id,
-                "command_sent_at": now_ms(),
+                "command_sent_at": utcnow_ms(),
                 "answered": False,
-                "updated_at": now_ms(),
+                "updated_at": utcnow_ms(),
             }
             return await self._send(doc, changed, (env, COMMANDS_EXCHANGE, agent_key(mac)))
 
@@ -545,7 +545,7 @@ class DeployOps:
         hostname = host["hostname"]
         before = doc["hosts"].get(hostname, {})
         doc["hosts"][hostname] = host
-        now = now_ms()
+        now = utcnow_ms()
         await self.deployments.update_one(
             {"_id": CURRENT},
             {"$set": {f"hosts.{hostname}": host, "updated_at": now}},
@@ -585,7 +585,7 @@ class DeployOps:
         doc["state"] = "deployed"
         await self.deployments.update_one(
             {"_id": CURRENT},
-            {"$set": {"state": "deployed", "updated_at": now_ms()}},
+            {"$set": {"state": "deployed", "updated_at": utcnow_ms()}},
             session=session,
         )
         await self.releases.set_state(session, doc["release_id"], "deployed")
@@ -652,7 +652,7 @@ class DeployOps:
             clear = host_failed_clear(hostname)
             extra.append((Envelope.of(clear, source=SOURCE), EVENTS_EXCHANGE, None))
             new["alarmed"] = False
-        new["updated_at"] = now_ms()
+        new["updated_at"] = utcnow_ms()
         await self._save_host(session, doc, new, extra)
 
     def _next(

@@ -24,7 +24,6 @@ import hmac
 import os
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from pymongo.errors import DuplicateKeyError
 
 from roost_shared.catalog import SoftwareReleaseChanged
 from roost_shared.db import Database, Session
-from roost_shared.events import Envelope, utcnow
+from roost_shared.events import Envelope, utcnow_ms
 from roost_shared.outbox import Outbox
 from roost_shared.paging import SortSpec, page
 from roost_shared.problems import Conflict, NotFound, RoostError
@@ -65,12 +64,6 @@ class ReleaseRefused(RoostError):
 class TooLarge(RoostError):
     status = 413
     msg_fmt = "the release archive is larger than {limit} bytes"
-
-
-def now_ms() -> datetime:
-    """The current UTC time at the database's millisecond precision (what a read returns)."""
-    now = utcnow()
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def version_sort(version: str) -> str:
@@ -189,7 +182,7 @@ class ReleaseStore:
         state = "available"
         if deployed is not None and version_key(meta.version) <= version_key(deployed["version"]):
             state = "unavailable"
-        now = now_ms()
+        now = utcnow_ms()
         doc = {
             "id": meta.id,
             "uuid": str(uuid.uuid4()),
@@ -293,7 +286,7 @@ class ReleaseStore:
         ``deployed`` also records when, and makes every other release at or below its version
         (the previously deployed one included) ``unavailable``."""
         doc = await self.get(release_id, session)
-        now = now_ms()
+        now = utcnow_ms()
         if doc["state"] == state:
             return doc
         change: dict[str, Any] = {"state": state, "updated_at": now}
