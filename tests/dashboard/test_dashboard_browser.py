@@ -4,6 +4,7 @@ readers see no mutating controls, bad tokens land on the login page, API errors 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -330,3 +331,37 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await page.goto(f"{console.url}/")
     await expect(page.locator(".problem").first).to_contain_text("The fault service")
     await expect(page.locator("#h-hosts")).to_be_visible()
+
+
+async def test_an_alarm_raised_while_the_page_loads_is_not_lost(stack, tmp_path, browser):
+    """The window between a page's render and its event stream opening: an alarm raised then
+    shows (the stream replays from the page's event number) without a reload."""
+    console = start_console(stack, tmp_path, full=False)
+    page = await logged_in(browser, console, stack.tokens.admin)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold_stream(route) -> None:  # the stream request waits until the alarm is in
+        held.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/events/stream*", hold_stream)
+    await page.goto(f"{console.url}/alarms")
+    await asyncio.wait_for(held.wait(), 10)
+    entity = f"host=worker-0.disk={uuid.uuid4().hex[:6]}"
+    await expect(page.locator("#alarms tbody tr", has_text=entity)).to_have_count(0)
+    bus = await stack.bus()
+    async with httpx.AsyncClient(base_url=console.url, timeout=5) as http:
+        seen = 'roost_live_events_total{type="fault.alarm.raised"} 1.0'
+
+        async def received() -> bool:  # the dashboard has it (the page is not listening yet)
+            return seen in (await http.get("/metrics")).text
+
+        await bus.publish([alarm(entity, "100.104", "critical", reason_text="/var is 97% full")])
+        await eventually(received, what="the dashboard received the alarm")
+    await page.evaluate("window.__sameDocument = true")
+    release.set()
+    await live(page)
+    await expect(page.locator("#alarms tbody tr", has_text=entity)).to_be_visible(timeout=2_000)
+    assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"

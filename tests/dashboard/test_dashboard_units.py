@@ -112,6 +112,26 @@ async def test_a_browser_that_falls_behind_is_told_to_reload():
     await asyncio.sleep(0)
 
 
+async def test_a_page_gets_what_happened_while_it_loaded_or_is_told_to_reload():
+    class NoBus:
+        connection = None
+
+    b = Broadcaster(NoBus(), Metrics("dashboard-test"), (), events.shape)  # type: ignore[arg-type]
+    rendered_at = b.seq
+    b.publish({"kind": "strategy", "state": "applying"})
+    b.publish({"kind": "strategy", "state": "apply-failed"})
+    async with b.subscribe(rendered_at) as q:  # the events after the page's number, in order
+        assert [q.get_nowait()["state"] for _ in range(q.qsize())] == ["applying", "apply-failed"]
+    async with b.subscribe(b.seq) as q:  # up to date: nothing replayed
+        assert q.empty()
+    async with b.subscribe(b.seq + 7) as q:  # a page of an earlier dashboard process
+        assert q.get_nowait() == {"kind": "reload"} and q.empty()
+    for i in range(q.maxsize + 1):
+        b.publish({"kind": "alarm", "n": i})
+    async with b.subscribe(rendered_at) as q:  # older than what is kept
+        assert q.get_nowait() == {"kind": "reload"} and q.empty()
+
+
 def test_make_run_points_the_dashboard_at_every_service():
     env = service_env("dashboard", ["dashboard", "config", "fault", "host", "service"], "t")
     assert env == {

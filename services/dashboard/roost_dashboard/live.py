@@ -1,10 +1,17 @@
 """Live updates: bus events fanned out to every open browser as server-sent events.
 
 The dashboard binds one exclusive, auto-delete queue of its own (no inbox, no acks: a browser
-that misses an event while disconnected reloads the page on reconnect, so nothing is replayed)
-to the events pages show, and hands each event, shaped for the browser, to every subscriber's
-bounded queue. A subscriber too slow to keep up is told to reload rather than allowed to grow
-memory.
+that misses an event while disconnected reloads the page on reconnect) to the events pages show,
+and hands each event, shaped for the browser, to every subscriber's bounded queue. A subscriber
+too slow to keep up is told to reload rather than allowed to grow memory.
+
+Each event gets a sequence number, and the last :data:`SUBSCRIBER_BACKLOG` are kept. A page is
+rendered with the number seen when its request began (``live_seq``, read before the page asks
+the APIs) and opens its stream with ``?since=`` that number: the events that arrived while the
+page was being rendered and loaded are replayed first, so a change that happens in that window
+(a strategy failing 50 ms after Apply) is not lost. Handlers in the page are idempotent, so an
+event the rendered page already showed does no harm. A page older than the kept events, or
+rendered by an earlier dashboard process, is told to reload.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -35,6 +43,9 @@ class Broadcaster:
         self.bindings = tuple(bindings)
         self.shape = shape
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        #: Number of the last event fanned out (0: none yet in this process).
+        self.seq = 0
+        self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=SUBSCRIBER_BACKLOG)
         self._channel: AbstractChannel | None = None
         self._received = metrics.counter(
             "live_events", "Bus events received for live pages, by type.", ["type"]
@@ -72,6 +83,8 @@ class Broadcaster:
             self.publish(item)
 
     def publish(self, item: dict[str, Any]) -> None:
+        self.seq += 1
+        self._recent.append((self.seq, item))
         for q in list(self.subscribers):
             try:
                 q.put_nowait(item)
@@ -81,8 +94,20 @@ class Broadcaster:
                 q.put_nowait({"kind": "reload"})
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+    async def subscribe(
+        self, since: int | None = None
+    ) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of the events from now on, preceded by those after ``since`` (a page's
+        ``live_seq``), or by one ``reload`` when they are no longer all kept."""
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        if since is not None and since != self.seq:
+            oldest = self._recent[0][0] if self._recent else self.seq + 1
+            if since > self.seq or since < oldest - 1:
+                q.put_nowait({"kind": "reload"})  # another process's page, or too far behind
+            else:
+                for seq, item in self._recent:
+                    if seq > since:
+                        q.put_nowait(item)
         self.subscribers.add(q)
         self._gauge.set(len(self.subscribers))
         try:

@@ -649,12 +649,13 @@ async def strategy_action(request: Request, action: str = Form(...)) -> Response
 
 
 @router.get("/events/stream")
-async def stream(request: Request) -> Response:
+async def stream(request: Request, since: int | None = None) -> Response:
     """Server-sent events: alarms raised/changed/cleared, host transitions, service groups.
 
     The token is checked again every ``stream_token_check_s`` (the tokens file re-read; a token
     the dashboard does not list is asked of the fault API): revoked or refused, the stream
     sends ``revoked`` and ends (the page's script then reloads, which lands on the login page).
+    ``since``: the page's ``live_seq``; the events after it are sent first (see ``live``).
     """
     op = operator(request)
     d = dash(request)
@@ -679,7 +680,7 @@ async def stream(request: Request) -> Response:
         return True
 
     async def events():
-        async with d.live.subscribe() as queue:
+        async with d.live.subscribe(since) as queue:
             yield "retry: 1000\nevent: hello\ndata: {}\n\n"
             checked = time.monotonic()
             while True:

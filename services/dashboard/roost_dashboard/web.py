@@ -222,7 +222,11 @@ def operator(request: Request) -> Operator:
     token = request.cookies.get(COOKIE)
     if not token:
         raise NeedLogin()
-    principal = dash(request).principal(token)  # TokenRejected when revoked
+    d = dash(request)
+    principal = d.principal(token)  # TokenRejected when revoked
+    if d.live is not None:
+        # Before the page asks any API: its stream replays what happens from here on.
+        request.state.live_seq = d.live.seq
     return Operator(token, principal.role if principal else Role.reader)
 
 
@@ -234,6 +238,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
     html = templates.get_template(name).render(
         op=op,
         path=request.url.path,
+        live_seq=getattr(request.state, "live_seq", ""),
         notice=flash.get("notice", ""),
         problem=flash.get("problem", ""),
         **context,

@@ -227,7 +227,9 @@
   }
 
   if (!window.EventSource) { say("live updates unavailable"); return; }
-  var source = new EventSource("/events/stream");
+  // From the event number the page was rendered at: what happened meanwhile is replayed.
+  var seq = document.body.getAttribute("data-live-seq");
+  var source = new EventSource("/events/stream" + (seq ? "?since=" + encodeURIComponent(seq) : ""));
   var opened = false;
   source.addEventListener("hello", function () {
     if (opened) { window.location.reload(); return; }  // back after a gap: catch up
