@@ -171,7 +171,13 @@ async def open_sm(
     on worker-1; both watchers running. Raises at the end if either ever saw two actives."""
     procs = tmp_path / "procs"
     procs.mkdir(parents=True)
-    async with open_site(stack, tmp_path, count, service=True, **site_options) as site:
+    # Sensors are not what these tests look at: polled rarely, they leave the one-process BMC
+    # simulator free to answer the failure confirmation and the fence in time on a loaded
+    # machine (a confirmation missing its 1 s once let a takeover come by lease expiry instead).
+    host_env = {"ROOST_SENSOR_POLL_S": "30", **(site_options.pop("host_env", None) or {})}
+    async with open_site(
+        stack, tmp_path, count, service=True, host_env=host_env, **site_options
+    ) as site:
         watch = Watch(procs)
         async with site.client(site.service) as http:
             s = Sm(site, watch, http)
