@@ -17,7 +17,18 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roost_cli import context, host_actions, host_bmc, hosts, render, sim, sm, software, strategy
+from roost_cli import (
+    context,
+    host_actions,
+    host_bmc,
+    hosts,
+    render,
+    sim,
+    sm,
+    software,
+    strategy,
+    tokens,
+)
 from roost_cli.client import path_part
 from roost_cli.config import OutputFormat, Settings, page_size
 from roost_cli.errors import CliError, ExitCode
@@ -400,6 +411,7 @@ sim.register(cli)
 sm.register(cli)
 software.register(cli)
 strategy.register(cli)
+tokens.register(cli)
 
 
 # Entry point -----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from roost_shared.logging import configure_logging, correlation_id
 from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
 from roost_shared.problems import install_problem_handlers, problem_response
+from roost_shared.ratelimit import RateLimitMiddleware
 from roost_shared.settings import RoostSettings
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,14 @@ def create_app(
     app.state.metrics = None
     auditor = Auditor(settings, app.state.authenticator)
     app.state.auditor = auditor
+    # Innermost of the three: a 429 still has its request id, is counted and is audited.
+    app.add_middleware(
+        RateLimitMiddleware,
+        rate_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+        authenticator=app.state.authenticator,
+        metrics_of=lambda: app.state.metrics,
+    )
     # Inside the request context (it sees the request id), outside every route and handler.
     app.add_middleware(AuditMiddleware, auditor=auditor)
     app.add_middleware(RequestContextMiddleware, metrics_of=lambda: app.state.metrics)
@@ -392,7 +401,25 @@ def serve(app: FastAPI, settings: RoostSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **tls_options(settings),
     )
+
+
+def tls_options(settings: RoostSettings) -> dict[str, str]:
+    """uvicorn's HTTPS options from ``ROOST_TLS_CERT_FILE``/``ROOST_TLS_KEY_FILE`` (none: HTTP).
+
+    A half or unreadable configuration stops the process with one line saying which, rather
+    than serving plain HTTP where HTTPS was asked for."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        missing = "ROOST_TLS_CERT_FILE" if cert is None else "ROOST_TLS_KEY_FILE"
+        raise SystemExit(f"{settings.service}: TLS needs both files; {missing} is not set")
+    for name, path in (("ROOST_TLS_CERT_FILE", cert), ("ROOST_TLS_KEY_FILE", key)):
+        if not path.is_file():
+            raise SystemExit(f"{settings.service}: {name}={path} is not a readable file")
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 def _stand_by(settings: RoostSettings) -> None:

@@ -30,6 +30,15 @@ class RoostSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # TLS. The API serves HTTPS when both files are given (uvicorn). Clients (peers, the CLI,
+    # the agent's downloads, AMQP over ``amqps://``) trust the site's CA through the standard
+    # ``SSL_CERT_FILE`` variable, which httpx, urllib and aio-pika's default SSL context all
+    # honour: no per-client option to forget (docs/operator-guide.md, "TLS").
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) the HTTP API serves; HTTPS when set."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+
     # Auth: a file of hashed tokens (written by ``make run``'s bootstrap) and/or tokens given
     # directly (handy for docker-compose). Plain tokens never leave process memory.
     auth_tokens_file: Path | None = None
@@ -40,6 +49,16 @@ class RoostSettings(BaseSettings):
         True,
         description="Audit every mutating request (POST/PUT/PATCH/DELETE, refused ones too) as a "
         "customer log in the fault service's event log (fault.log.write).",
+    )
+    rate_limit_per_s: float = Field(
+        50.0,
+        ge=0,
+        description="API requests per second each caller may make on average (a token bucket "
+        "per token, or per client address without a valid token); 0 disables the limit. "
+        "Peer tokens, /healthz, /readyz and /metrics are never limited.",
+    )
+    rate_limit_burst: int = Field(
+        200, ge=1, description="Requests a caller may make at once before the rate applies."
     )
 
     # Bus consumer behaviour.

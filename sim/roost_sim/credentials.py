@@ -48,6 +48,7 @@ def ensure_credentials(state_dir: Path) -> tuple[Credentials, Path]:
     write_tokens_file(
         tokens_file,
         {"admin": (Role.admin, creds.admin_token), "reader": (Role.reader, creds.reader_token)},
+        keep_others=True,  # tokens made with `roost token create` survive a restart
     )
     return creds, tokens_file
 

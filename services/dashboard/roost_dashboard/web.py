@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from roost_dashboard.clients import ApiError, Services, TokenRejected
 from roost_dashboard.live import Broadcaster
 from roost_dashboard.settings import DashboardSettings
-from roost_shared.auth import Authenticator, Principal, Role, digest
+from roost_shared.auth import Authenticator, Principal, Role
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -124,59 +124,21 @@ class NeedLogin(Exception):
 
 
 class TokenWatch:
-    """The tokens file, read again when it changes (size or modification time, checked on each
-    request and periodically by open event streams). A token the file listed and no longer
-    lists is *revoked* here: the dashboard refuses it from then on, even while the services
-    (which read the file at start) still accept it."""
+    """The dashboard's view of the tokens file, kept by the shared :class:`Authenticator`
+    (``roost_shared.auth.TokenFile``: read again when it changes). A token the file listed and
+    no longer lists, or one past its rotation grace (``not_after``), is *revoked*: the
+    dashboard refuses it (:class:`TokenRejected`, the login page), even for a session it holds."""
 
     def __init__(self, settings: DashboardSettings, authenticator: Authenticator) -> None:
         self.settings = settings
         self.authenticator = authenticator
-        self.revoked: set[str] = set()
-        self._stamp = self._stat()
-        self._listed = self._digests() or set()
-
-    def _stat(self) -> tuple[int, int] | None:
-        path = self.settings.auth_tokens_file
-        try:
-            st = Path(path).stat() if path else None
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size) if st else None
-
-    def _digests(self) -> set[str] | None:
-        path = self.settings.auth_tokens_file
-        if not path or not Path(path).exists():
-            return set()
-        try:
-            return {str(r["sha256"]) for r in json.loads(Path(path).read_text())}
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # half written: keep what we have
-
-    def refresh(self) -> None:
-        stamp = self._stat()
-        if stamp == self._stamp:
-            return
-        listed = self._digests()
-        if listed is None:
-            return
-        try:
-            fresh = Authenticator(self.settings)
-        except Exception:  # a file being rewritten: try again next time
-            log.warning("tokens file %s not readable; keeping the previous tokens", stamp)
-            return
-        self._stamp = stamp
-        self.revoked = (self.revoked | (self._listed - listed)) - listed
-        self._listed = listed
-        self.authenticator = fresh
 
     def is_revoked(self, token: str) -> bool:
-        self.refresh()
-        return digest(token) in self.revoked
+        return self.authenticator.is_revoked(token)
 
     def principal(self, token: str) -> Principal | None:
-        """The token's principal as the tokens file says now; :class:`TokenRejected` when it
-        was revoked since the dashboard started."""
+        """The token's principal as the tokens file says now (None: not listed, the APIs
+        decide); :class:`TokenRejected` when it was revoked or expired."""
         if self.is_revoked(token):
             raise TokenRejected("dashboard", "the token was revoked", 401)
         return self.authenticator.principal(token)
