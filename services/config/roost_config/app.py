@@ -54,7 +54,7 @@ def build_app(settings: ConfigSettings | None = None) -> FastAPI:
         guard = DeleteGuard(settings.host_service_url, settings.host_service_token)
         app.state.config = ConfigContext(platform, store, ops, guard)
         platform.consume(events.QUEUE, events.BINDINGS, events.agent_handler(ops))
-        platform.spawn(ops.drift_loop(), "drift")
+        platform.spawn_singleton(ops.drift_loop, "drift")  # on the leader replica only
         yield
 
     return create_app(

@@ -55,8 +55,10 @@ def build_app(settings: FaultSettings | None = None) -> FastAPI:
             events.command_handler(ops),
             after_commit=context.committed,
         )
-        platform.spawn(dispatcher.run(), "webhooks")
-        platform.spawn(retention.run(), "retention")
+        # On the leader replica only: one delivery per notification, one pruner. A standby's
+        # commits wake nothing here; the leader's workers poll every second.
+        platform.spawn_singleton(dispatcher.run, "webhooks")
+        platform.spawn_singleton(retention.run, "retention")
         yield
 
     return create_app(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from roost_host.settings import HostSettings
 from roost_host.steps import StepRunner
 from roost_host.store import INDEXES, HostStore
 from roost_shared.api import Platform, create_app, serve
+from roost_shared.leader import FencedDatabase
 
 DESCRIPTION = """Host lifecycle and state (StarlingX mtce): administrative, operational and
 availability states, operator actions (lock, force-lock, unlock with in-test, reboot, reset,
@@ -65,15 +67,21 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             on_done=kube.wake,
             power=power,
         )
-        await steps.restart_interrupted()
         app.state.host = HostContext(platform, store, ops, steps, kube)
         # IPMI to the BMCs (app.state.bmc: pool + vault) and the sensor/BMC-status poller.
         sensors = SensorMonitor(platform.db, platform.outbox, bmc, settings.sensor_poll_s)
         app.state.bmc, app.state.sensors = bmc, sensors
-        platform.spawn(sensors.run(), "sensors")
         platform.consume(events.QUEUE, events.BINDINGS, events.inventory_handler(ops))
-        platform.spawn(steps.run(), "steps")
-        platform.spawn(kube.run(), "kube")  # resumes drains/uncordons a restart interrupted
+
+        async def run_steps() -> None:
+            await steps.restart_interrupted()  # what the previous leader left pending
+            await steps.run()
+
+        # The loops below run on the replica holding the leader lease only (a standby serves
+        # the API and consumes; its API writes wake nothing here, the leader's loops poll).
+        platform.spawn_singleton(sensors.run, "sensors")
+        platform.spawn_singleton(run_steps, "steps")
+        platform.spawn_singleton(kube.run, "kube")  # resumes drains/uncordons left interrupted
         # Heartbeats, failure detection and auto-recovery.
         monitor = HeartbeatMonitor(
             settings,
@@ -85,7 +93,14 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             power_state=power.confirm,
         )
         recovery = RecoveryRunner(
-            settings, platform.db, ops, monitor, power, on_intest=steps.wake, on_change=kube.wake
+            settings,
+            # Recovery transitions (fence, power-on, give up) are fenced by the leader lease.
+            FencedDatabase(platform.db, platform.fence),  # type: ignore[arg-type]
+            ops,
+            monitor,
+            power,
+            on_intest=steps.wake,
+            on_change=kube.wake,
         )
         monitor.on_failed = lambda: (recovery.wake(), kube.wake())
         link = HeartbeatLink(
@@ -97,17 +112,27 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             on_heartbeat=monitor.heard,
         )
         monitor.probe = link.probe
-        await monitor.refresh()
-        await link.start()
         app.state.heartbeats = link
-        platform.spawn(monitor.run(), "heartbeat-monitor")
-        platform.spawn(recovery.run(), "recovery")
+
+        async def heartbeats() -> None:
+            """Heartbeat reception (UDP socket + bus queue), failure evaluation and recovery:
+            the leader's only; a standby binds no UDP port and hears no heartbeat. Agents'
+            heartbeats reach the leader by the port (one address per site: a Kubernetes
+            Service or the same port on every replica's host)."""
+            await monitor.reset()
+            await monitor.refresh()
+            await link.start()
+            try:
+                await asyncio.gather(monitor.run(), recovery.run())
+            finally:
+                await link.stop()
+                await recovery.aclose()
+                await monitor.aclose()
+
+        platform.spawn_singleton(heartbeats, "heartbeat-monitor")
         try:
             yield
         finally:
-            await link.stop()
-            await recovery.aclose()
-            await monitor.aclose()
             await drainer.aclose()
             await bmc.aclose()
 

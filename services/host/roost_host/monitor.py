@@ -485,6 +485,17 @@ class HeartbeatMonitor:
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def reset(self) -> None:
+        """Forget every host's liveness (a new leader term): what this replica heard before
+        it lost the lease is stale, so each host gets the start-up grace again on refresh."""
+        await self.aclose()
+        self.hosts.clear()
+        self.by_raw.clear()
+        self.recovering.clear()
+        self._busy.clear()
+        self._watched = 0
+        self._mnfa_raised = False
+
 
 def _paths_of(doc: dict[str, Any]) -> list[str]:
     """The lost heartbeat paths a host document records."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from roost_service.placements import PlacementStore
 from roost_service.settings import ServiceSettings
 from roost_service.store import INDEXES, GroupStore
 from roost_shared.api import Platform, create_app, serve
+from roost_shared.leader import FencedDatabase
 
 DESCRIPTION = """HA service groups (StarlingX sm): an operator declares a group of services
 that move together (start/stop commands, health probes, dependencies), its redundancy model
@@ -54,7 +56,9 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         placements = PlacementStore(platform.db)
         book = HostBook(platform.db)
         controller = Controller(
-            platform.db,
+            # Its placement and lease writes are fenced by the leader lease: a deposed
+            # leader's late grant never commits.
+            FencedDatabase(platform.db, platform.fence),
             store,
             placements,
             book,
@@ -80,7 +84,6 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             events.reports_handler(placements),
             after_commit=after_commit,
         )
-        platform.spawn(controller.run(), "service-controller")
         link = LinkServer(
             platform.bus,
             platform.db,
@@ -90,16 +93,23 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             port=settings.sm_link_port,
             path_timeout_s=settings.sm_link_path_timeout_s,
         )
-        await link.start()
-        platform.spawn(link.watch(), "service-link-watch")
+
+        async def control() -> None:
+            """The controller and the service link (UDP + bus hellos answered with the
+            controller's grants): the leader replica's only; a standby binds no UDP port."""
+            link.peers.clear()  # heard by an earlier term: stale; each agent gets its grace
+            await link.start()
+            try:
+                await asyncio.gather(controller.run(), link.watch())
+            finally:
+                await link.stop()
+
+        platform.spawn_singleton(control, "service-controller")
         app.state.service = ServiceContext(
             store, ops, leases, settings.max_body_bytes, placements, controller
         )
         app.state.link = link
-        try:
-            yield
-        finally:
-            await link.stop()
+        yield
 
     app = create_app(
         settings,

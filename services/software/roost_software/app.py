@@ -35,6 +35,9 @@ def build_app(settings: SoftwareSettings | None = None) -> FastAPI:
         deployment = deploy.DeployOps(platform.db, platform.outbox, store, peers, settings)
         strategies = strategy_store.StrategyStore(platform.db)
         executor = Executor(platform.db, platform.outbox, strategies, deployment, peers, settings)
+        # Strategy progress is written by the leader's executor only: a deposed leader's late
+        # write is refused (Deposed), so two executors can never both move a strategy on.
+        executor.fence = platform.fence
 
         def after_report() -> None:
             platform.outbox.wake()
@@ -47,7 +50,7 @@ def build_app(settings: SoftwareSettings | None = None) -> FastAPI:
             after_commit=after_report,
         )
         platform.consume(WAKE_QUEUE, WAKE_BINDINGS, wake_handler(), after_commit=executor.wake)
-        platform.spawn(executor.run(), "software-executor")
+        platform.spawn_singleton(executor.run, "software-executor")  # leader replica only
         app.state.settings = settings
         app.state.releases = store
         app.state.deploy = deployment

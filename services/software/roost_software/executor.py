@@ -20,6 +20,8 @@ issue 9).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +56,9 @@ STRATEGY_ENTITY = "system=roost.strategy=sw-deploy"
 EXPECTED_ALARMS = ("900.", "200.001")
 RUNNING_INSTANCE = ("enabled-active", "enabled-standby")
 FORCE_LOCK_HINT = "last unlocked-enabled controller"
+#: True inside the executor's own loop (and the tasks it starts): its writes are fenced by the
+#: leader lease; the API's writes (apply, abort) on any replica are not.
+_EXECUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("executing", default=False)
 
 
 #: Events after which a waiting step looks again at once instead of at its next poll: host
@@ -129,6 +134,8 @@ class Executor:
         self.settings = settings
         self._wake = asyncio.Event()
         self._busy = False
+        #: The leader lease's fence (``Platform.fence``); None runs unfenced (one replica).
+        self.fence: Callable[[Session], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         """Something changed (an agent report, an apply or abort): look again now."""
@@ -139,7 +146,11 @@ class Executor:
         return self._busy
 
     async def run(self) -> None:
-        """For the app's lifetime: apply whenever the strategy is applying or aborting."""
+        """While this replica leads: apply whenever the strategy is applying or aborting.
+
+        Another replica's API may have started the strategy (its wake reaches only its own,
+        idle executor), so an idle executor still looks every ``poll_s``."""
+        _EXECUTING.set(True)
         while True:
             self._wake.clear()
             try:
@@ -158,14 +169,19 @@ class Executor:
                 continue
             finally:
                 self._busy = False
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(self.settings.poll_s, 1.0))
 
     # Persistence ------------------------------------------------------------------------------
 
     async def update(self, uuid: str, fields: dict[str, Any], *extra: Envelope) -> dict[str, Any]:
         """Persist ``fields`` with the progress event (and ``extra`` events) in one transaction."""
 
+        fence = self.fence if _EXECUTING.get() else None
+
         async def work(session: Session) -> dict[str, Any]:
+            if fence is not None:
+                await fence(session)  # a deposed leader's late progress never commits
             doc = await self.store.set(session, uuid, fields)
             await self.outbox.add(session, [self.progress_event(doc)])
             for envelope in extra:
