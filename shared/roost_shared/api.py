@@ -37,6 +37,7 @@ from roost_shared.bus import BatchHandler, Bus, Consumer, inbox_indexes
 from roost_shared.catalog import AlarmType, LogWrite, Severity
 from roost_shared.db import Database
 from roost_shared.events import Envelope, utcnow
+from roost_shared.leader import Leader, LoopFactory
 from roost_shared.logging import configure_logging, correlation_id
 from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
@@ -59,6 +60,8 @@ class Platform:
     dead_letters: deadletters.DeadLetterStore
     consumers: list[Consumer] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    #: The service's leader lease (``leader.py``): singleton loops run only while it is held.
+    leader: Leader | None = None
 
     def consume(
         self, queue: str, bindings: Sequence[str], handler: BatchHandler, **kwargs: Any
@@ -76,6 +79,18 @@ class Platform:
         task = asyncio.create_task(coro, name=name)
         self.tasks.append(task)
         return task
+
+    def spawn_singleton(self, factory: LoopFactory, name: str) -> None:
+        """Run ``factory()`` only while this replica holds the service's leader lease: started
+        afresh on each term, cancelled when the term ends (see ``roost_shared.leader``)."""
+        assert self.leader is not None
+        self.leader.singleton(factory, name)
+
+    async def fence(self, session: Any) -> None:
+        """Inside a singleton writer's transaction: raise ``leader.Deposed`` (the transaction
+        aborts) unless this replica still leads under the token it was granted."""
+        assert self.leader is not None
+        await self.leader.fence(session)
 
 
 #: Methods that change something: each such request is audited.
@@ -306,7 +321,17 @@ def create_app(
             bus=bus,
             outbox=outbox,
             dead_letters=deadletters.DeadLetterStore(db, bus, metrics),
+            leader=Leader(
+                db,
+                settings.service,
+                ttl_s=settings.leader_ttl_s,
+                renew_s=settings.leader_renew_s,
+                metrics=metrics,
+            ),
         )
+        # One relay per service, on the leader: it relays every replica's outbox writes (one
+        # shared collection), in commit order, and a standby's relay never races it.
+        platform.spawn_singleton(outbox.run, "outbox-relay")
         app.state.platform = platform
         app.state.metrics = metrics
         auditor.platform = platform
@@ -316,7 +341,7 @@ def create_app(
                 for consumer in platform.consumers:
                     await consumer.start()
                 await platform.dead_letters.start([c.queue_name for c in platform.consumers])
-                outbox.start()
+                platform.leader.start()
                 log.info("%s ready on %s:%d", settings.service, settings.bind_host, settings.port)
                 yield
                 for task in platform.tasks:
@@ -327,7 +352,7 @@ def create_app(
                 for consumer in platform.consumers:
                     await consumer.stop()
                 await platform.dead_letters.stop()
-                await outbox.stop()
+                await platform.leader.stop()
         finally:
             auditor.platform = None
             await auditor.drain()
@@ -363,7 +388,9 @@ def create_app(
         platform: Platform = request.app.state.platform
         checks = {"database": await platform.db.ping(), "bus": platform.bus.connected}
         if all(checks.values()):
-            return JSONResponse({"status": "ready", "checks": checks})
+            # Informational: a standby replica is ready too (it serves the API and consumes).
+            leading = platform.leader is not None and platform.leader.leading
+            return JSONResponse({"status": "ready", "checks": {**checks, "leader": leading}})
         down = ", ".join(k for k, ok in checks.items() if not ok)
         return problem_response(503, f"not ready: {down} unavailable", request=request)
 

@@ -110,6 +110,11 @@ class Database:
             log.info("aborted transactions of %d sessions left by a previous run", len(lsids))
         return len(lsids)
 
+    def forget_recorded_sessions(self) -> None:
+        """Record our sessions again from the next transaction on (after a replica's reclaim
+        removed them from the record along with the dead one's)."""
+        self._recorded_sessions.clear()
+
     async def close(self) -> None:
         await self.client.close()
 

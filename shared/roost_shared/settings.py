@@ -72,6 +72,11 @@ class RoostSettings(BaseSettings):
     )
     inbox_ttl_s: int = Field(7 * 24 * 3600, description="How long processed event ids are kept.")
     outbox_poll_s: float = Field(1.0, description="Relay's fallback poll period when idle.")
+    # Replicas (shared/roost_shared/leader.py): the singleton loops and the outbox relay run on
+    # the one replica holding the service's leader lease; a standby takes over within
+    # leader_ttl_s + leader_renew_s of the leader's last renewal.
+    leader_ttl_s: float = Field(3.0, gt=0, le=60, description="Leader lease lifetime.")
+    leader_renew_s: float = Field(1.0, gt=0, le=30, description="Leader lease attempt period.")
 
     @property
     def database_name(self) -> str:

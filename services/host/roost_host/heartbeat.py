@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from aio_pika import DeliveryMode, ExchangeType, Message
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from roost_host.liveness import Path
 from roost_shared.bus import Bus
@@ -121,6 +121,7 @@ class HeartbeatLink:
             (p, ok): 0 for p in Path for ok in (True, False)
         }
         self._flusher: asyncio.Task[None] | None = None
+        self._channel: AbstractChannel | None = None  # this start's (closed by stop)
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -133,7 +134,7 @@ class HeartbeatLink:
         self._flusher = asyncio.create_task(self._flush_counts(), name="heartbeat-counts")
         assert self.bus.connection is not None
         # Heartbeats and probes: no confirms, transient, short-lived (see roost_shared.heartbeat).
-        channel = await self.bus.connection.channel(publisher_confirms=False)
+        channel = self._channel = await self.bus.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=0)
         self._exchange = await channel.declare_exchange(
             HEARTBEAT_EXCHANGE, ExchangeType.DIRECT, durable=True
@@ -159,6 +160,12 @@ class HeartbeatLink:
         if self._flusher is not None:
             self._flusher.cancel()
         self.flush()
+        # Stop consuming too: the link stops when this replica's leader term ends and starts
+        # again (a new socket and queue) on the next one.
+        channel, self._channel, self._exchange = self._channel, None, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5)
 
     def received(self, data: bytes, path: Path, now: float | None = None) -> None:
         try:
