@@ -47,6 +47,7 @@ class WebhookDispatcher:
         self.batch_max = batch_max
         self.retry_cap_s = retry_cap_s
         self.poll_s = poll_s
+        self.timeout_s = timeout_s
         self.http = httpx.AsyncClient(timeout=timeout_s, headers={"User-Agent": "roost-fault"})
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
@@ -67,7 +68,11 @@ class WebhookDispatcher:
         self._changed.set()
 
     async def run(self) -> None:
-        """Keep one worker per subscription until cancelled."""
+        """Keep one worker per subscription until cancelled (run again on each leader term)."""
+        if self.http.is_closed:
+            self.http = httpx.AsyncClient(
+                timeout=self.timeout_s, headers={"User-Agent": "roost-fault"}
+            )
         try:
             while True:
                 subs = {s["_id"]: s for s in await self.store.subscriptions_all()}
@@ -88,6 +93,7 @@ class WebhookDispatcher:
             for task in self._workers.values():
                 task.cancel()
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
+            self._workers.clear()
             await self.http.aclose()
 
     async def _deliver(self, sub_id: str, url: str) -> None:
