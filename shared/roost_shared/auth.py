@@ -119,6 +119,18 @@ def write_tokens_file(
     )
 
 
+def issue_token(path: Path, name: str, role: Role, *, peer: bool = False) -> str:
+    """Make a token named ``name`` in the tokens file (replacing any of that name, keeping the
+    others) and return it: the one moment it exists in plain."""
+    token = new_token()
+    others = [r for r in read_tokens_file(path) if r.name != name] if path.exists() else []
+    record = TokenRecord(
+        name=name, role=role, sha256=digest(token), created_at=datetime.now(UTC), peer=peer
+    )
+    save_tokens_file(path, [*others, record])
+    return token
+
+
 class Principal(BaseModel):
     """Who made a request (``peer``: a service calling another, see :class:`TokenRecord`)."""
 

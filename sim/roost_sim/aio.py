@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from roost_shared.auth import Role, issue_token
 from roost_sim.credentials import credentials_path, ensure_credentials, ensure_release_keys
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     state: Path = args.state_dir.resolve()
     logs = state / "logs"
     creds, tokens_file = ensure_credentials(state)
+    # The software service's own admin token (new each run, never on disk in plain): a peer
+    # token, so its rollout traffic is never rate-limited and its actions are audited as 'peers'.
+    peer_token = issue_token(tokens_file, "peers", Role.admin, peer=True)
     ensure_release_keys(state)  # roost software pack --key state/release-signing.pem
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             python_module(f"roost_{name}.app"),
             env={
                 **env,
-                **service_env(name, installed, creds.reader_token, creds.admin_token),
+                **service_env(name, installed, creds.reader_token, peer_token),
                 "ROOST_PORT": str(port),
             },
             log_path=logs / f"{name}.log",
