@@ -108,6 +108,12 @@ class ServiceClient:
                 f"invalid {self.service} service URL {self.base_url!r}: {e}", ExitCode.usage
             ) from None
         except httpx.TransportError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise CliError(
+                    f"the {self.service} service at {self.base_url} has a certificate this "
+                    "machine does not trust: set SSL_CERT_FILE to the site's CA file",
+                    ExitCode.unreachable,
+                ) from None
             raise CliError(
                 f"cannot reach the {self.service} service at {self.base_url} "
                 f"({_transport_reason(e)})"
