@@ -257,12 +257,12 @@ class Leader:
 
     async def stop(self) -> None:
         """Stop competing, end the term (cancel the loops) and release the lease."""
+        token = self.token  # before the runner's own step-down forgets it
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
-        token = self.token
         await self._step_down("shutting down")
         if token is not None:
             with contextlib.suppress(PyMongoError):

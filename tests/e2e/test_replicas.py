@@ -1,0 +1,194 @@
+"""Two replicas of a service on one vhost and one database (issue 9, item 3): consumed work
+splits between them, the singleton loops and the outbox relay run on the leader only, and
+killing a replica mid-work loses nothing and does nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from roost_shared.bus import EVENTS_EXCHANGE
+from tests.support.fault import alarm, alarms, clear, events, metric
+from tests.support.stack import ServiceUnderTest
+from tests.support.waiting import eventually
+
+
+def replicas(stack: Any, name: str, count: int = 2, **env: str) -> list[ServiceUnderTest]:
+    """``count`` processes of service ``name`` sharing one database (each its own port and
+    log file), as a Deployment with ``replicas: count`` would run them."""
+    db = f"roost_{name}_{uuid.uuid4().hex[:8]}"
+    out = []
+    for i in range(count):
+        svc = ServiceUnderTest(
+            name,
+            {
+                **stack.env(),
+                "ROOST_DATABASE": db,
+                "ROOST_STATE_DIR": str(stack.workdir / "state" / db),
+                **env,
+            },
+            stack.workdir / "logs" / f"{db}-{i}.log",
+        )
+        stack.services.append(svc)
+        out.append(svc.start())
+    return out
+
+
+async def leading(svc: ServiceUnderTest) -> bool:
+    """What the replica's /readyz says about its leadership (False if it does not answer)."""
+    try:
+        async with svc.client(None) as http:
+            r = await http.get("/readyz")
+    except Exception:
+        return False
+    return r.status_code == 200 and bool(r.json()["checks"].get("leader"))
+
+
+async def the_leader(group: list[ServiceUnderTest], within: float = 15) -> ServiceUnderTest:
+    """The one replica that leads (fails if none, or two, claim it)."""
+
+    async def one() -> ServiceUnderTest | None:
+        flags = [await leading(s) for s in group]
+        return group[flags.index(True)] if flags.count(True) == 1 else None
+
+    return await eventually(one, timeout=within, interval=0.1, what="exactly one leader")
+
+
+async def listen(bus: Any, pattern: str) -> list[dict[str, Any]]:
+    """Every envelope published on ``pattern`` from now on, with its arrival time."""
+    channel = await bus.connection.channel()
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(EVENTS_EXCHANGE, routing_key=pattern)
+    got: list[dict[str, Any]] = []
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        got.append({**json.loads(message.body), "_at": time.monotonic()})
+        await message.ack()
+
+    await queue.consume(on_message)
+    return got
+
+
+async def test_fault_leader_killed_mid_stream_nothing_lost_nothing_twice(stack) -> None:
+    n = 500
+    group = replicas(stack, "fault")
+    bus = await stack.bus()
+    raised = await listen(bus, "fault.alarm.raised")
+    cleared = await listen(bus, "fault.alarm.cleared")
+    leader = await the_leader(group)
+    standby = next(s for s in group if s is not leader)
+
+    # (c) A write on the standby is relayed by the leader's relay (one shared outbox).
+    async with standby.client(stack.tokens.admin) as http:
+        posted = time.monotonic()
+        r = await http.post(
+            "/v1/alarms",
+            json={
+                "alarm_id": "100.104",
+                "entity_instance_id": "host=standby-write",
+                "severity": "major",
+                "reason_text": "written on the standby",
+            },
+        )
+        assert r.status_code in (200, 201), r.text
+    seen = await eventually(
+        lambda: [e for e in raised if e["subject"].endswith("host=standby-write")],
+        timeout=10,
+        what="the standby's event relayed",
+    )
+    relay_delay = seen[0]["_at"] - posted
+    print(f"standby write -> event on the bus: {relay_delay * 1000:.0f} ms")
+    assert relay_delay < 2.5
+
+    # (a) A stream of sets; the leader is SIGKILLed once both replicas are consuming it.
+    entities = [f"host=r{i:04d}" for i in range(n)]
+    batch = [alarm(e) for e in entities]
+    for start in range(0, n, 50):
+        await bus.publish(batch[start : start + 50])
+    async with leader.client(stack.tokens.reader) as http:
+
+        async def under_way() -> bool:
+            return len(await alarms(http, limit=1000)) >= 60
+
+        await eventually(under_way, timeout=30, what="processing under way")
+    split = []
+    for svc in group:
+        async with svc.client(None) as http:
+            split.append(await metric(http, "roost_bus_consumed_total", outcome="processed"))
+    print(
+        f"consumed before the kill: leader {split[group.index(leader)]:.0f}, "
+        f"standby {split[group.index(standby)]:.0f}"
+    )
+    killed_at = time.monotonic()
+    leader.kill()  # mid-batch, mid-relay, its transactions open
+    assert await the_leader([standby], within=10) is standby
+    takeover = time.monotonic() - killed_at
+    print(f"standby leads {takeover:.2f} s after the leader was killed")
+
+    async with standby.client(stack.tokens.admin) as http:
+
+        async def all_set() -> bool:
+            listed = await alarms(http, limit=1000)
+            return sum(a["entity_instance_id"].startswith("host=r") for a in listed) == n
+
+        await eventually(all_set, timeout=60, what=f"{n} alarms after the kill")
+        # Then clear every other one (after its set: a set and its clear on two consumers at
+        # once could pass each other, as with any competing consumers).
+        await bus.publish([clear(e) for e in entities[::2]])
+
+        async def half_cleared() -> bool:
+            listed = await alarms(http, limit=1000)
+            return sum(a["entity_instance_id"].startswith("host=r") for a in listed) == n // 2
+
+        await eventually(half_cleared, timeout=60, what="every other alarm cleared")
+        active = {a["entity_instance_id"] for a in await alarms(http, limit=1000)}
+        assert {e for e in entities if e in active} == set(entities[1::2])
+
+        log = await events(http, alarms=True, limit=2000)
+        records = Counter(
+            (e["entity_instance_id"], e["state"])
+            for e in log
+            if e["entity_instance_id"].startswith("host=r")
+        )
+        assert len(records) == n + n // 2, "one set per alarm, one clear per cleared alarm"
+        assert set(records.values()) == {1}, "each event logged exactly once"
+        consumed = await metric(http, "roost_bus_consumed_total", outcome="processed")
+        print(f"the survivor consumed {consumed:.0f} messages in all")
+        assert consumed > split[group.index(standby)]  # it took over the killed one's share
+
+    wanted = set(entities)
+
+    async def every_event() -> bool:
+        subjects = {e["subject"] for e in raised} & wanted
+        gone = {e["subject"] for e in cleared} & wanted
+        return len(subjects) == n and len(gone) == n // 2
+
+    await eventually(every_event, timeout=30, what="every raised and cleared event on the bus")
+    # Relayed at least once (a relay killed between publish and delete republishes the same
+    # event id, which consumers drop); never two different events for one alarm change.
+    for stream, expected in ((raised, entities), (cleared, entities[::2])):
+        by_id = {e["id"]: e for e in stream}
+        per_subject = Counter(e["subject"] for e in by_id.values() if e["subject"] in wanted)
+        assert len(per_subject) == len(expected)
+        assert set(per_subject.values()) == {1}, "one event per alarm change"
+
+
+async def test_standby_takes_over_the_singleton_loops_on_a_clean_stop_at_once(stack) -> None:
+    """A leader stopped cleanly releases its lease: the standby leads within one attempt."""
+    group = replicas(stack, "fault")
+    leader = await the_leader(group)
+    standby = next(s for s in group if s is not leader)
+    async with standby.client(None) as http:
+        assert await metric(http, "roost_leader", service="fault") == 0
+    stopped = time.monotonic()
+    await asyncio.to_thread(leader.stop)
+    assert await the_leader([standby], within=2.5) is standby  # released, not expired
+    print(f"takeover after a clean stop: {time.monotonic() - stopped:.2f} s")
+    async with standby.client(None) as http:
+        assert await metric(http, "roost_leader", service="fault") == 1
