@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from roost_shared.bus import EVENTS_EXCHANGE
 from tests.support.fault import alarm, alarms, clear, events, metric
+from tests.support.site import open_site, where
 from tests.support.stack import ServiceUnderTest
 from tests.support.waiting import eventually
 
@@ -192,3 +197,52 @@ async def test_standby_takes_over_the_singleton_loops_on_a_clean_stop_at_once(st
     print(f"takeover after a clean stop: {time.monotonic() - stopped:.2f} s")
     async with standby.client(None) as http:
         assert await metric(http, "roost_leader", service="fault") == 1
+
+
+@pytest.mark.slow
+async def test_host_leader_killed_then_a_host_freezes_the_standby_detects_and_recovers_it(
+    stack, tmp_path: Path
+) -> None:
+    """Two host replicas on one heartbeat port (only the leader binds it). The leader is
+    SIGKILLed; the standby takes the lease and the port, and a host that freezes afterwards
+    is still detected, fenced through its BMC and brought back; no healthy host is failed."""
+    async with open_site(stack, tmp_path, 2) as site:
+        first = site.host
+        assert await leading(first)
+        second = ServiceUnderTest(
+            "host", dict(first.env), stack.workdir / "logs" / f"{first.env['ROOST_DATABASE']}-2.log"
+        )
+        stack.services.append(second)
+        await asyncio.to_thread(second.start)
+        assert not await leading(second)  # a standby: it serves, binds no heartbeat port
+
+        killed_at = time.monotonic()
+        first.kill()
+        assert await the_leader([second], within=10) is second
+        print(f"host standby leads {time.monotonic() - killed_at:.2f} s after the kill")
+        async with second.client(stack.tokens.admin) as http:
+
+            async def hearing() -> bool:
+                return await metric(http, "roost_heartbeats_received_total", path="udp") > 0
+
+            await eventually(hearing, timeout=10, what="the new leader hears UDP heartbeats")
+            frozen_at = time.monotonic()
+            os.kill(site.agent_pid("worker-0"), signal.SIGSTOP)
+            await where(http, "worker-0", lambda d: d["availability"] == "failed", "failed", 10)
+            print(f"frozen host failed after {time.monotonic() - frozen_at:.2f} s")
+            await where(
+                http, "worker-0", lambda d: d["availability"] == "available", "recovered", 60
+            )
+            timeline = (
+                await http.get("/v1/hosts/worker-0/timeline", params={"limit": 1000})
+            ).json()["timeline"]
+            reasons = [e["reason"] for e in timeline]
+            assert "recovery-fenced" in reasons and "recovery-power-on" in reasons, reasons
+            # The controller, heartbeating all along, was never failed across the takeover.
+            c0 = (await http.get("/v1/hosts/controller-0")).json()
+            assert c0["availability"] == "available"
+            c0_reasons = [
+                e["reason"]
+                for e in (await http.get("/v1/hosts/controller-0/timeline")).json()["timeline"]
+            ]
+            assert not [r for r in c0_reasons if r.startswith("heartbeat-lost")], c0_reasons
