@@ -121,8 +121,18 @@ def test_every_packaged_service_is_a_deployment_with_its_port_probes_and_service
         pod = dep["spec"]["template"]
         # Leader leases make the loops safe with replicas; host, service and software keep one
         # for their UDP endpoints, operator actions and release volume (see each manifest).
-        assert dep["spec"]["replicas"] == (2 if name in ("config", "fault", "dashboard") else 1)
-        assert dep["spec"]["strategy"]["type"] == "Recreate"
+        replicated = name in ("config", "fault", "dashboard")
+        assert dep["spec"]["replicas"] == (2 if replicated else 1)
+        # Replicated: rolled one pod at a time, never below the count (the lease keeps one copy
+        # of each loop); the others are recreated (a second pod would be wrong even briefly).
+        strategy = dep["spec"]["strategy"]
+        if replicated:
+            assert strategy == {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            }
+        else:
+            assert strategy["type"] == "Recreate"
         assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         (c,) = pod["spec"]["containers"]
         assert c["image"] == f"roost/{name}:0.1.0"
