@@ -68,9 +68,13 @@ class Stack:
             "ROOST_WEBHOOK_RETRY_CAP_S": "0.5",
         }
 
-    def start(self, name: str, *, database: str | None = None, **env: str) -> ServiceUnderTest:
-        """Start service ``name`` as a process with a fresh database (or ``database``)."""
+    def start(
+        self, name: str, *, database: str | None = None, replica: int | None = None, **env: str
+    ) -> ServiceUnderTest:
+        """Start service ``name`` as a process with a fresh database (or ``database``, shared
+        with the other ``replica`` numbers of it, each logging to its own file)."""
         db = database or f"roost_{name}_{uuid.uuid4().hex[:8]}"
+        log_name = db if replica is None else f"{db}-{replica}"
         if name == "host":
             # Its own heartbeat port: never the all-in-one 8199 a `make run` may hold.
             env.setdefault("ROOST_HEARTBEAT_PORT", str(free_udp_port()))
@@ -84,7 +88,7 @@ class Stack:
                 "ROOST_STATE_DIR": str(self.workdir / "state" / db),
                 **env,
             },
-            self.workdir / "logs" / f"{db}.log",
+            self.workdir / "logs" / f"{log_name}.log",
         )
         self.services.append(svc)
         return svc.start()

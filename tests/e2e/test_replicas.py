@@ -28,21 +28,7 @@ def replicas(stack: Any, name: str, count: int = 2, **env: str) -> list[ServiceU
     """``count`` processes of service ``name`` sharing one database (each its own port and
     log file), as a Deployment with ``replicas: count`` would run them."""
     db = f"roost_{name}_{uuid.uuid4().hex[:8]}"
-    out = []
-    for i in range(count):
-        svc = ServiceUnderTest(
-            name,
-            {
-                **stack.env(),
-                "ROOST_DATABASE": db,
-                "ROOST_STATE_DIR": str(stack.workdir / "state" / db),
-                **env,
-            },
-            stack.workdir / "logs" / f"{db}-{i}.log",
-        )
-        stack.services.append(svc)
-        out.append(svc.start())
-    return out
+    return [stack.start(name, database=db, replica=i, **env) for i in range(count)]
 
 
 async def leading(svc: ServiceUnderTest) -> bool:
