@@ -13,6 +13,12 @@ its effect committed; a message that cannot be parsed is parked at once; one who
 fails is retried through the retry queues and parked when they are used up. The broker parks
 it too if consumers keep crashing on it (``x-delivery-limit``). Nothing is dropped:
 ``deadletters`` stores what is parked, counts it and lets the API replay it.
+
+An agent with per-host credentials (:mod:`roost_shared.agentbus`) publishes through its own
+exchange ``agent.<id>`` (``Bus(via=...)``) and consumes a queue the control plane declared
+(``Consumer(provisioned=True)``). The broker stops it from publishing anywhere else, but not
+from claiming another host in a payload: every Consumer parks (reason ``forged``) a message that
+came through ``agent.<id>`` whose payload is not an agent report about host ``<id>``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from aio_pika.abc import (
 )
 from pydantic import BaseModel, ValidationError
 
-from roost_shared.catalog import parse_data
+from roost_shared.agentbus import agent_id, sender_id
+from roost_shared.catalog import host_identity, parse_data
 from roost_shared.events import Envelope, utcnow
 from roost_shared.logging import correlation_id
 from roost_shared.retry import backoff, until_available
@@ -112,9 +119,14 @@ class Bus:
     broker restart and re-declares the exchanges, queues, bindings and consumers it made.
     """
 
-    def __init__(self, settings: RoostSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: RoostSettings, metrics: Metrics, *, via: str | None = None
+    ) -> None:
+        """``via``: publish everything (events and parked messages) through this exchange,
+        declared by someone else (an agent with per-host credentials may declare nothing)."""
         self.settings = settings
         self.metrics = metrics
+        self.via = via
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
@@ -134,6 +146,11 @@ class Bus:
         assert self.connection is not None
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self.channel = await self.connection.channel(publisher_confirms=True)
+        if self.via is not None:
+            # Passive: needs no permission, and fails at once if provisioning was not done.
+            own = await self.channel.get_exchange(self.via, ensure=True)
+            self.exchanges = {EVENTS_EXCHANGE: own, DEAD_EXCHANGE: own}
+            return
         for name, kind in (
             (EVENTS_EXCHANGE, ExchangeType.TOPIC),
             (COMMANDS_EXCHANGE, ExchangeType.DIRECT),
@@ -234,9 +251,13 @@ class Consumer:
         batch_max: int | None = None,
         exchange: str = EVENTS_EXCHANGE,
         queue_type: str = "quorum",
+        provisioned: bool = False,
     ) -> None:
         """``exchange``/``bindings`` say what the queue receives; ``queue_type="classic"`` suits
-        the many small per-agent command queues (a quorum queue is a Raft group each)."""
+        the many small per-agent command queues (a quorum queue is a Raft group each).
+        ``provisioned``: the queue, its bindings and parked queue were declared by the control
+        plane (an agent with per-host credentials); only a passive declare, then consume."""
+        self.provisioned = provisioned
         settings = bus.settings
         self.exchange = exchange
         self.queue_type = queue_type
@@ -278,6 +299,11 @@ class Consumer:
         channel = await self.bus.connection.channel()
         await channel.set_qos(prefetch_count=self.bus.settings.prefetch)
         self._channel = channel
+        if self.provisioned:
+            self.queue = await channel.declare_queue(self.queue_name, passive=True)
+            self._task = asyncio.create_task(self._run(), name=f"consumer:{self.queue_name}")
+            await self.queue.consume(self._pending.put, no_ack=False)
+            return
         queue = await channel.declare_queue(
             self.queue_name,
             durable=True,
@@ -345,9 +371,15 @@ class Consumer:
         deliveries: list[Delivery] = []
         for message in batch:
             try:
-                deliveries.append(self._parse(message))
+                delivery = self._parse(message)
             except (ValidationError, LookupError, ValueError) as exc:
                 await self._park(message, "malformed", _short(exc))
+                continue
+            forged = forgery(delivery)
+            if forged is not None:
+                await self._park(message, "forged", forged)
+            else:
+                deliveries.append(delivery)
         if not deliveries:
             return
         try:
@@ -467,6 +499,25 @@ class Consumer:
         await message.ack()
         self._parked.labels(self.queue_name, kind).inc()
         self._outcomes.labels(self.queue_name, "parked").inc()
+
+
+def forgery(delivery: Delivery) -> str | None:
+    """Why a message sent through an agent's own exchange must not be applied, or None.
+
+    The broker let agent ``<id>`` publish only to ``agent.<id>`` (``message.exchange`` is the
+    exchange the publisher used, also across exchange-to-exchange bindings), but what it wrote
+    in the payload is its own word: it must be an agent report about host ``<id>``. Messages
+    through shared exchanges (control plane, shared-credentials agents) are not checked.
+    """
+    sender = sender_id(delivery.message.exchange)
+    if sender is None:
+        return None
+    claimed = host_identity(delivery.payload)
+    if claimed is None:
+        return f"{delivery.envelope.type} sent through agent {sender}'s exchange is not a report"
+    if agent_id(claimed) != sender:
+        return f"agent {sender} sent {delivery.envelope.type} claiming host {claimed}"
+    return None
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:

@@ -489,6 +489,17 @@ _TYPE_BY_MODEL: dict[type[BaseModel], str] = {
 }
 
 
+#: What agents publish; each names the host it is about by ``mgmt_mac``.
+AGENT_REPORTS = (HostAnnounced, InventoryReported, ConfigApplied, InstanceChanged, SoftwareReported)
+
+
+def host_identity(payload: BaseModel | None) -> str | None:
+    """The management MAC of the host an agent report claims to be about, or None for a
+    payload that is not an agent report (an agent with its own exchange may send only these:
+    :mod:`roost_shared.agentbus`)."""
+    return payload.mgmt_mac if isinstance(payload, AGENT_REPORTS) else None
+
+
 def type_of(payload: BaseModel) -> str:
     """The event type of a payload whose model maps to exactly one catalog entry."""
     try:

@@ -45,6 +45,7 @@ from roost_agent.settings import AgentSettings
 from roost_agent.software import REBOOT_EXIT_CODE, Ctx, RebootFailed, SoftwareManager
 from roost_agent.state import AgentState, write_atomic
 from roost_agent.tally import Tally
+from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus, Consumer, Delivery
 from roost_shared.catalog import (
     ConfigApplied,
@@ -101,7 +102,10 @@ class Agent:
         self.state = AgentState(settings.state_dir)
         self.applier = Applier(self.state, settings.apply_hooks, settings.hook_timeout_s)
         self.queue = agent_key(settings.mgmt_mac)
+        # Per-host credentials: its own exchanges and queues, declared by the control plane.
+        self.names = AgentBusNames.of(settings.mgmt_mac) if settings.bus_secured else None
         self.consumer = Consumer(
+            provisioned=self.names is not None,
             bus=bus,
             db=None,
             queue=self.queue,
@@ -154,6 +158,7 @@ class Agent:
             period_ms=settings.sm_link_period_ms,
             bus_period_ms=settings.sm_link_bus_period_ms,
             bind_ip=default_bind_ip(settings.heartbeat_bind_ip, settings.mgmt_ip),
+            names=self.names,
         )
         self._link_started = False
         self._inventory_digest: str | None = None
@@ -197,7 +202,7 @@ class Agent:
         self.start_instances()
         if self.mgmt_ip is None:
             self.mgmt_ip = await asyncio.to_thread(source_address, self.settings.amqp_url)
-        await self.heartbeats.attach(await HeartbeatBus.shared(self.bus.connection))
+        await self.heartbeats.attach(await HeartbeatBus.shared(self.bus.connection, self.names))
         await self.start_link()
         await self.link.attach(self.bus.connection)
         await self.consumer.start()

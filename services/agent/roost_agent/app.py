@@ -11,6 +11,7 @@ import signal
 from roost_agent.agent import Agent
 from roost_agent.settings import AgentSettings
 from roost_agent.tally import Tally
+from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import Bus
 from roost_shared.logging import configure_logging
 
@@ -34,7 +35,9 @@ async def run(settings: AgentSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tally = Tally(settings.service)
-    bus = Bus(settings, tally)  # type: ignore[arg-type]  # Tally is the light Metrics
+    # With per-host credentials everything is published through the agent's own exchange.
+    via = AgentBusNames.of(settings.mgmt_mac).exchange if settings.bus_secured else None
+    bus = Bus(settings, tally, via=via)  # type: ignore[arg-type]  # Tally is the light Metrics
     agent = Agent(settings, bus, tally)
     agent.start_heartbeats()  # UDP needs no broker: the host is seen alive while we connect
     agent.start_instances()  # nor do its services: they run whether the broker answers or not

@@ -28,6 +28,7 @@ import logging
 import math
 import socket
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from roost_shared.agentbus import AgentBusNames
 from roost_shared.heartbeat import (
     HEARTBEAT_EXCHANGE,
     HEARTBEAT_KEY,
@@ -108,8 +110,13 @@ class HeartbeatBus:
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, connection: AbstractRobustConnection) -> None:
+    def __init__(
+        self, connection: AbstractRobustConnection, names: AgentBusNames | None = None
+    ) -> None:
+        """``names``: per-host credentials (publish through the agent's own exchange, bind
+        probe queues to its inbound one); None: the shared ``roost.heartbeat``."""
         self.connection = connection
+        self.names = names
         self.channel: AbstractRobustChannel | None = None
         self.exchange: AbstractExchange | None = None
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=BUS_BACKLOG)
@@ -123,11 +130,13 @@ class HeartbeatBus:
         self.errors = RateLimitedLog("bus heartbeats")
 
     @classmethod
-    async def shared(cls, connection: AbstractRobustConnection) -> HeartbeatBus:
+    async def shared(
+        cls, connection: AbstractRobustConnection, names: AgentBusNames | None = None
+    ) -> HeartbeatBus:
         """The process's HeartbeatBus on ``connection`` (made and opened at first use)."""
         hb_bus = cls._by_connection.get(connection)
         if hb_bus is None:
-            hb_bus = cls._by_connection[connection] = cls(connection)
+            hb_bus = cls._by_connection[connection] = cls(connection, names)
         await hb_bus.open()
         return hb_bus
 
@@ -136,9 +145,12 @@ class HeartbeatBus:
             if self.channel is not None:
                 return
             channel = await self.connection.channel(publisher_confirms=False)
-            self.exchange = await channel.declare_exchange(
-                HEARTBEAT_EXCHANGE, ExchangeType.DIRECT, durable=True
-            )
+            if self.names is not None:  # passive: it may not declare, only publish there
+                self.exchange = await channel.get_exchange(self.names.exchange, ensure=True)
+            else:
+                self.exchange = await channel.declare_exchange(
+                    HEARTBEAT_EXCHANGE, ExchangeType.DIRECT, durable=True
+                )
             self.channel = channel  # type: ignore[assignment]
             self._pump = asyncio.create_task(self._run(), name="heartbeat-bus")
 
@@ -189,8 +201,14 @@ class HeartbeatBus:
             except BadHeartbeat as exc:
                 log.warning("ignored a malformed probe for %s: %s", mac, exc)
 
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(HEARTBEAT_EXCHANGE, routing_key=probe_key(mac))
+        if self.names is None:
+            queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(HEARTBEAT_EXCHANGE, routing_key=probe_key(mac))
+        else:
+            # Named by us: its user may not declare the broker's amq.gen-* names.
+            name = self.names.private_queue("probe", uuid.uuid4().hex[:12])
+            queue = await self.channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(self.names.inbound, routing_key=probe_key(mac))
         self._tags[queue.name] = await queue.consume(deliver, no_ack=True)
         self.senders += 1
         return queue

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import uuid
 
 from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import (
@@ -27,6 +28,7 @@ from aio_pika.abc import (
 
 from roost_agent.heartbeat import RateLimitedLog, parse_addr
 from roost_agent.instances import Instances
+from roost_shared.agentbus import AgentBusNames
 from roost_shared.smlink import (
     HELLO_KEY,
     LINK_TTL_MS,
@@ -65,8 +67,12 @@ class LinkClient:
         period_ms: int = 200,
         bus_period_ms: int = 1000,
         bind_ip: str | None = None,
+        names: AgentBusNames | None = None,
     ) -> None:
+        """``names``: per-host credentials (hellos through the agent's own exchange, grants
+        from its inbound one); None: the shared ``roost.sm`` exchange."""
         self.instances = instances
+        self.names = names
         self.mac, self.hostname = mac, hostname
         self.addr = parse_addr(addr, 8198)
         self.period_s = period_ms / 1000
@@ -99,11 +105,17 @@ class LinkClient:
     async def attach(self, connection: AbstractRobustConnection) -> None:
         """The bus path: a no-confirm channel, an exclusive queue for this agent's grants."""
         channel = await connection.channel(publisher_confirms=False)
-        self._exchange = await channel.declare_exchange(
-            SM_EXCHANGE, ExchangeType.DIRECT, durable=True
-        )
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(SM_EXCHANGE, routing_key=agent_link_key(self.mac))
+        if self.names is None:
+            self._exchange = await channel.declare_exchange(
+                SM_EXCHANGE, ExchangeType.DIRECT, durable=True
+            )
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(SM_EXCHANGE, routing_key=agent_link_key(self.mac))
+        else:
+            self._exchange = await channel.get_exchange(self.names.exchange, ensure=True)
+            name = self.names.private_queue("link", uuid.uuid4().hex[:12])
+            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(self.names.inbound, routing_key=agent_link_key(self.mac))
 
         async def deliver(message: AbstractIncomingMessage) -> None:
             self.received(message.body, "bus")

@@ -135,6 +135,13 @@ class AgentSettings(RoostSettings):
         description="An active steps down this long before its lease runs out unrenewed (covers "
         "clock skew between this host and the service service's).",
     )
+    bus_secured: bool = Field(
+        False,
+        description="Per-host bus credentials (ROOST_AMQP_URL names user agent-<mac hex>): "
+        "publish only through the exchange agent.<mac hex> and consume only what the control "
+        "plane declared for this host (python -m roost_agent.credentials add MAC). Default: the "
+        "shared topology, declared by the agent itself.",
+    )
     heartbeat_key: SecretStr | None = Field(
         None, description="Sign heartbeats (HMAC-SHA256) with the bytes of this value."
     )

@@ -19,6 +19,7 @@ from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from roost_host.liveness import Path
+from roost_shared.agentbus import sender_id
 from roost_shared.bus import Bus
 from roost_shared.heartbeat import (
     HEARTBEAT_EXCHANGE,
@@ -114,6 +115,12 @@ class HeartbeatLink:
             ["path"],
         )
         self._probes = metrics.counter("heartbeat_probes", "Bus probes sent to silent hosts.")
+        self._forged = metrics.counter(
+            "heartbeats_forged",
+            "Bus heartbeats an agent sent through its own exchange (per-host credentials) for "
+            "another host's MAC: dropped, never counted as that host's heartbeat.",
+        )
+        self._forged_logged_at = -1e9
         # Bound children: the label lookup is not free at 10,000 datagrams a second.
         self._received_by = {p: self._received.labels(p.value) for p in Path}
         self._rejected_by = {p: self._rejected.labels(p.value) for p in Path}
@@ -190,7 +197,29 @@ class HeartbeatLink:
                 self._counts[path, ok] = 0
 
     async def _on_bus(self, message: AbstractIncomingMessage) -> None:
+        sender = sender_id(message.exchange)
+        if sender is not None and not self._sent_by(sender, message.body):
+            return
         self.received(message.body, Path.bus)
+
+    def _sent_by(self, sender: str, body: bytes) -> bool:
+        """False (counted, logged at most once a minute) when agent ``sender`` published a
+        heartbeat through its own exchange ``agent.<sender>`` naming another host's MAC.
+
+        Dropped like any invalid heartbeat rather than parked: it is transient with a 1 s TTL
+        and has no value to replay; the counter and the log are what an operator needs."""
+        try:
+            _kind, mac, _seq, _boot, _probe = unpack(body, self.key)
+        except BadHeartbeat:
+            return True  # received() counts it as rejected
+        if mac.hex() == sender:
+            return True
+        self._forged.inc()
+        now = time.monotonic()
+        if now - self._forged_logged_at >= 60:
+            self._forged_logged_at = now
+            log.warning("dropped a forged bus heartbeat: agent %s claimed %s", sender, mac.hex())
+        return False
 
     async def probe(self, mac: str, number: int) -> None:
         """Ask the agent with this MAC to answer on the bus at once."""
