@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +39,8 @@ from roost_shared.heartbeat import (
 )
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
+from roost_shared.smlink import HELLO_KEY, Hello, agent_link_key, decode_grant
+from roost_shared.smlink import encode as encode_hello
 from tests.config.helpers import new_mac
 from tests.support.agents import AgentUnderTest, apply
 from tests.support.fault import metric
@@ -340,12 +344,69 @@ async def test_an_agent_in_secured_mode_announces_heartbeats_and_takes_commands(
         agent.stop()
 
 
-async def test_removing_an_agent_closes_its_connection_and_revokes_it(stack, provision):
-    a = await provision(None)
-    connection = await aio_pika.connect(a.url)
-    closed = asyncio.Event()
-    connection.close_callbacks.add(lambda *_: closed.set())
-    await remove(a.mac, stack.amqp_url)
-    await asyncio.wait_for(closed.wait(), 15)
-    with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
-        await aio_pika.connect(a.url)
+async def test_the_script_provisions_and_removing_closes_the_connection_and_revokes(stack):
+    mac = new_mac()
+    script = Path(__file__).parents[2] / "deploy" / "scripts" / "agent-credentials.sh"
+
+    def run(*args: str) -> str:
+        env = {**os.environ, "ROOST_AMQP_URL": stack.amqp_url}
+        done = subprocess.run(
+            [str(script), *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        lines = dict(line.split("=", 1) for line in run("add", mac).splitlines())
+        assert lines["ROOST_BUS_SECURED"] == "true" and lines["ROOST_MGMT_MAC"] == mac
+        url = lines["ROOST_AMQP_URL"]
+        assert url.startswith(f"amqp://agent-{AgentBusNames.of(mac).id}:")
+        connection = await aio_pika.connect(url)
+        closed = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: closed.set())
+        run("remove", mac)
+        await asyncio.wait_for(closed.wait(), 15)
+        with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+            await aio_pika.connect(url)
+    finally:
+        await remove(mac, stack.amqp_url)  # idempotent: a user already gone is fine
+
+
+async def test_the_service_link_answers_only_hellos_an_agent_sends_for_itself(stack, provision):
+    a, b = await provision(None), await provision(None)
+    stack.start("service")
+    ca, cb = await aio_pika.connect(a.url), await aio_pika.connect(b.url)
+    try:
+        grants: dict[str, list[bytes]] = {a.mac: [], b.mac: []}
+        for agent, connection in ((a, ca), (b, cb)):
+            channel = await connection.channel()
+            name = agent.names.private_queue("link", uuid.uuid4().hex[:12])
+            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(agent.names.inbound, routing_key=agent_link_key(agent.mac))
+            await queue.consume(_collect(grants[agent.mac]), no_ack=True)
+        channel = await ca.channel(publisher_confirms=True)
+        own = await channel.get_exchange(a.names.exchange, ensure=True)
+
+        def hello(mac: str, seq: int) -> Message:
+            return Message(encode_hello(Hello(mac=mac, host="worker-7", seq=seq, path="bus")))
+
+        # A speaks for B, then for itself, until the service (starting) answers A: B gets
+        # nothing, ever, though its grants queue is bound and A's forgeries came first.
+        async def answered() -> bool:
+            await own.publish(hello(b.mac, 1), routing_key=HELLO_KEY)
+            await own.publish(hello(a.mac, 2), routing_key=HELLO_KEY)
+            return bool(grants[a.mac])
+
+        await eventually(answered, timeout=30, interval=0.5, what="a grant for A's own hello")
+        assert decode_grant(grants[a.mac][0]).seq == 2
+        assert grants[b.mac] == []
+    finally:
+        await ca.close()
+        await cb.close()
+
+
+def _collect(into: list[bytes]) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        into.append(message.body)
+
+    return on_message

@@ -28,6 +28,7 @@ from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from roost_service import alarms
+from roost_shared.agentbus import agent_id, sender_id
 from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.db import Database, Session
 from roost_shared.events import Envelope, utcnow_ms
@@ -141,6 +142,12 @@ class LinkServer:
         return encode(grant), hello.mac
 
     async def _on_bus(self, message: AbstractIncomingMessage) -> None:
+        sender = sender_id(message.exchange)
+        if sender is not None and _claimed(message.body) != sender:
+            # Through an agent's own exchange (per-host credentials) only its own host speaks.
+            self.rejected += 1
+            log.warning("ignored a bus hello from agent %s for another host", sender)
+            return
         answer = self.answer(message.body, "bus")
         if answer is None or self._exchange is None:
             return
@@ -212,3 +219,11 @@ class LinkServer:
         await self.db.in_transaction(work)
         self.outbox.wake()
         self.raised = wanted
+
+
+def _claimed(data: bytes) -> str | None:
+    """The agent id a hello speaks for, or None if it is not a hello."""
+    try:
+        return agent_id(decode_hello(data).mac)
+    except BadLinkMessage:
+        return None
