@@ -268,7 +268,9 @@ class Consumer:
         self.handler = handler
         self.after_commit = after_commit
         self.batch_max = batch_max or settings.prefetch
-        self.retry_delays_ms = list(settings.retry_delays_ms)
+        # A provisioned queue has no retry queues (nor may its user publish to the default
+        # exchange they are fed through): a failing message is parked at once.
+        self.retry_delays_ms = [] if provisioned else list(settings.retry_delays_ms)
         self._pending: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._channel: AbstractChannel | None = None
