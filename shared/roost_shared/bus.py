@@ -148,7 +148,13 @@ class Bus:
         self.channel = await self.connection.channel(publisher_confirms=True)
         if self.via is not None:
             # Passive: needs no permission, and fails at once if provisioning was not done.
-            own = await self.channel.get_exchange(self.via, ensure=True)
+            try:
+                own = await self.channel.get_exchange(self.via, ensure=True)
+            except Exception:
+                # Not provisioned (yet): leave no connection behind for the caller's retry.
+                await self.connection.close()
+                self.connection = self.channel = None
+                raise
             self.exchanges = {EVENTS_EXCHANGE: own, DEAD_EXCHANGE: own}
             return
         for name, kind in (

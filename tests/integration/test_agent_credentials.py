@@ -22,7 +22,7 @@ from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
 
-from roost_agent.credentials import add, remove
+from roost_agent.credentials import add, declare_topology, rabbitmqctl, remove
 from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Bus
 from roost_shared.catalog import HostAnnounced
@@ -294,7 +294,18 @@ async def test_an_agent_in_secured_mode_announces_heartbeats_and_takes_commands(
     admin = await stack.bus()
     events = await watch(admin, EVENTS_EXCHANGE, "agent.#")
     beats = await watch(admin, HEARTBEAT_EXCHANGE, HEARTBEAT_KEY)
+    # Started before its exchange exists (provisioning not finished): it is refused, says so
+    # and keeps trying; once the topology is there it comes up by itself.
+    assert admin.channel is not None
+    await admin.channel.exchange_delete(mine.names.exchange)
     agent.start()
+    log_file = tmp_path / "logs" / "agent-worker-0.log"
+    await eventually(
+        lambda: log_file.exists() and "NOT_FOUND" in log_file.read_text(),
+        timeout=30,
+        what="the agent refused for want of its exchange",
+    )
+    await declare_topology(stack.amqp_url, mine.names)
     try:
 
         def about(type_: str) -> Callable[[str, bytes], bool]:
@@ -337,6 +348,23 @@ async def test_an_agent_in_secured_mode_announces_heartbeats_and_takes_commands(
                 return q.declaration_result.message_count or None
 
         assert await eventually(parked, timeout=15, what="the bad command parked") == 1
+
+        # Its connection cut by the broker: it reconnects with its own topology (passive
+        # declares, its named probe and grant queues), announces again and takes commands.
+        before = len([1 for x, b in events.got if about("agent.host.announced")(x, b)])
+        await asyncio.to_thread(rabbitmqctl, "close_all_user_connections", mine.names.user, "test")
+        await eventually(
+            lambda: len([1 for x, b in events.got if about("agent.host.announced")(x, b)]) > before,
+            timeout=30,
+            what="announced again after the reconnect",
+        )
+        await apply(admin, agent.mac, 2)
+        await events.wait(
+            lambda x, b: (
+                about("agent.config.applied")(x, b) and json.loads(b)["data"]["version"] == 2
+            ),
+            "config 2 applied after the reconnect",
+        )
         assert agent.proc.running
         log = (tmp_path / "logs").glob("*.log")
         assert not any("ACCESS_REFUSED" in p.read_text() for p in log)

@@ -17,6 +17,9 @@ from roost_shared.logging import configure_logging
 
 log = logging.getLogger("roost_agent")
 
+#: Pause between connection attempts that failed at once (e.g. ACCESS_REFUSED, NOT_FOUND).
+RETRY_S = 5.0
+
 
 async def connect(bus: Bus, stop: asyncio.Event) -> bool:
     """Connect, however long the broker takes (a node may boot before it); False if stopped."""
@@ -25,7 +28,11 @@ async def connect(bus: Bus, stop: asyncio.Event) -> bool:
             await bus.connect(deadline_s=30)
             return True
         except Exception as exc:
-            log.warning("broker unreachable (%s); still trying", exc)
+            # Unreachable (after bus.connect's own 30 s of retries), or reachable but refusing
+            # (per-host credentials not provisioned yet): try again shortly, until stopped.
+            log.warning("broker unreachable or refusing (%s); still trying", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_S)
     return False
 
 
