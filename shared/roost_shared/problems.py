@@ -14,9 +14,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -105,8 +108,91 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+class FieldError(BaseModel):
+    """One bad field of a refused request."""
+
+    field: str
+    message: str
+
+
+class FaultString(BaseModel):
+    """StarlingX's error body, which python-fmclient prints."""
+
+    faultstring: str
+    faultcode: str
+    debuginfo: str | None = None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: the body of every error a Roost API returns."""
+
+    error_message: FaultString
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def _problem_response_doc(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def document_problems(spec: dict[str, Any]) -> dict[str, Any]:
+    """Say in an OpenAPI spec what the handlers below do: every client error (``4XX``) of every
+    operation is a problem+json body, and so is the 422 FastAPI documents as plain JSON.
+    Changes ``spec`` in place (idempotent) and returns it."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (FieldError, FaultString, Problem):
+        schemas[model.__name__] = model.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        schemas[model.__name__].pop("$defs", None)
+    for item in spec.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in ("get", "put", "post", "delete", "patch", "head", "options"):
+                continue
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = _problem_response_doc("Invalid input: `errors` names the field")
+            responses.setdefault(
+                "4XX", _problem_response_doc("Refused: `detail` says why (RFC 9457 problem)")
+            )
+    # FastAPI's own validation-error schemas now describe nothing this API sends.
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'/{unused}"' not in json.dumps([spec.get("paths"), schemas]):
+            schemas.pop(unused, None)
+    return spec
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at the request's path. Starlette's own 405
+    names only the first route that matched the path, so with GET and DELETE declared as two
+    routes a PUT was told ``Allow: GET`` (RFC 9110 wants all of them)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Render validation, HTTP and domain errors as problem+json."""
+    """Render validation, HTTP and domain errors as problem+json, and document them so in the
+    app's OpenAPI spec."""
+    build_spec = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # FastAPI builds the spec once and caches it
+            document_problems(build_spec())
+        return app.openapi_schema or build_spec()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,9 +213,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return problem_response(
-            exc.status_code, detail, request=request, headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return problem_response(exc.status_code, detail, request=request, headers=headers)
 
     @app.exception_handler(RoostError)
     async def _domain(request: Request, exc: RoostError) -> JSONResponse:
