@@ -389,6 +389,13 @@ async def test_the_script_provisions_and_removing_closes_the_connection_and_revo
         assert lines["ROOST_BUS_SECURED"] == "true" and lines["ROOST_MGMT_MAC"] == mac
         url = lines["ROOST_AMQP_URL"]
         assert url.startswith(f"amqp://agent-{AgentBusNames.of(mac).id}:")
+        limits = await asyncio.to_thread(
+            subprocess.check_output,
+            ["rabbitmqctl", "-q", "list_user_limits", "--user", AgentBusNames.of(mac).user],
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(limits) == {"max-connections": 3, "max-channels": 64}
         connection = await aio_pika.connect(url)
         closed = asyncio.Event()
         connection.close_callbacks.add(lambda *_: closed.set())

@@ -40,6 +40,10 @@ from roost_shared.smlink import HELLO_KEY, SM_EXCHANGE, agent_link_key
 AGENT_EVENTS = "agent.*.*"
 
 
+#: rabbitmqctl set_user_limits of every agent user.
+USER_LIMITS = '{"max-connections": 3, "max-channels": 64}'
+
+
 def rabbitmqctl(*args: str, stdin: str | None = None) -> None:
     """Run rabbitmqctl (or ``ROOST_RABBITMQCTL``); raises CalledProcessError with its stderr."""
     command = shlex.split(os.environ.get("ROOST_RABBITMQCTL", "rabbitmqctl"))
@@ -134,6 +138,9 @@ async def add(mac: str, admin_url: str) -> str:
             raise
         rabbitmqctl("change_password", names.user, stdin=password)
     rabbitmqctl("set_permissions", "-p", vhost, names.user, *names.permissions())
+    # An agent needs one connection (another for a moment while reconnecting) and ~5 channels;
+    # the limits stop a compromised node from exhausting the broker with more.
+    rabbitmqctl("set_user_limits", names.user, USER_LIMITS)
     return agent_url(admin_url, names, password)
 
 
