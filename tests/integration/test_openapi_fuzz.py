@@ -68,6 +68,7 @@ EXCLUDED: dict[tuple[str, str, str], str] = {}
 # Release archives (POST /v1/releases) are bytes, as application/octet-stream is.
 schemathesis.serializer.alias("application/gzip", "application/octet-stream")
 
+PROBLEM = "application/problem+json"
 HOST = "worker-1"
 OTHER = "worker-2"
 HOST_BODIES = [
@@ -177,6 +178,58 @@ class Caller:
                 f"    {case.as_curl_command(headers)}",
             )
 
+    def send_lone_surrogates(self, case: schemathesis.Case) -> None:
+        """The case's JSON body with lone surrogates in its strings (see
+        :func:`with_lone_surrogates`): refused with a 4xx problem, never a 5xx. Sent by hand:
+        schemathesis cannot validate such a body against the spec, nor need it."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = case.as_transport_kwargs(headers=headers)
+        request.pop("json", None)
+        # json.dumps escapes the surrogates ("\\ud800"): valid JSON text, invalid Unicode.
+        request["data"] = json.dumps(with_lone_surrogates(case.body)).encode()
+        request["headers"] = {**request.get("headers", {}), "Content-Type": "application/json"}
+        operation = case.operation
+        where = f"{self.service} {operation.method.upper()} {operation.path} (lone surrogates)"
+        try:
+            r = self.session.request(**request, timeout=REQUEST_TIMEOUT_S)
+        except requests.RequestException as exc:
+            self.found.add(f"{where} transport", f"{where}: {exc!r}")
+            return
+        self.found.requests += 1
+        self.found.statuses[r.status_code] = self.found.statuses.get(r.status_code, 0) + 1
+        kind = r.headers.get("content-type", "")
+        if r.status_code >= 500 or (r.status_code >= 400 and PROBLEM not in kind):
+            self.found.add(
+                f"{where} {r.status_code}",
+                f"{where}: {r.status_code} {kind} {r.text[:160]!r}\n"
+                f"    {request['method']} {request['url']} {request['data'][:300]!r}",
+            )
+
+
+def with_lone_surrogates(value: Any) -> Any:
+    """``value`` with a lone surrogate after every string value in it (keys stay, so that
+    checks of the names pass and the values get further). JSON can carry one
+    (``"\\ud800"``), Python decodes it, and it cannot be encoded again (e.g. into BSON);
+    schemathesis only ever generates valid UTF-8, so this is the fuzzer's own addition."""
+    if isinstance(value, str):
+        return value + "\ud800"
+    if isinstance(value, dict):
+        return {k: with_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_lone_surrogates(v) for v in value]
+    return value
+
+
+def has_text(value: Any) -> bool:
+    """Whether a JSON value holds a string anywhere."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, dict):
+        return any(has_text(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_text(v) for v in value)
+    return False
+
 
 def coverage_cases(schema: Any, operation: Any) -> list[schemathesis.Case]:
     """schemathesis's deterministic boundary cases for one operation (valid and invalid:
@@ -208,13 +261,18 @@ def fuzz_operation(caller: Caller, operation: Any, known: dict[str, str], exampl
         if aim:
             aim_at(case, known)
         caller.send(case)
+        if (case.media_type or "").endswith("json") and has_text(case.body):
+            caller.send_lone_surrogates(case)
 
     run()
 
 
-def fuzz_service(name: str, url: str, tokens: Tokens, known: dict[str, str]) -> Findings:
+def fuzz_service(
+    name: str, url: str, tokens: Tokens, reseed: Callable[[], dict[str, str]]
+) -> Findings:
     """Every operation of one service's live spec, with the admin token (boundary cases, then
-    random ones), then without a token (a few random ones)."""
+    random ones), then without a token (a few random ones). ``reseed`` makes the things the
+    paths may name exist again (an earlier operation may have deleted them) and names them."""
     found = Findings()
     auth = {"Authorization": f"Bearer {tokens.admin}"}
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=auth, timeout=10)
@@ -225,6 +283,7 @@ def fuzz_service(name: str, url: str, tokens: Tokens, known: dict[str, str]) -> 
         operation = result.ok()
         if (name, operation.method.lower(), operation.path) in EXCLUDED:
             continue
+        known = reseed()
         for i, case in enumerate(coverage_cases(schema, operation)):
             if i % 2:  # every other one at things that exist
                 aim_at(case, known)
@@ -263,8 +322,8 @@ async def services(
 
 
 async def seed(name: str, running: dict[str, Any], tokens: Tokens, workdir: Path) -> dict[str, str]:
-    """Things for the fuzzed lookups to find (made again before each service's run: the
-    previous run may have deleted them), by path parameter name."""
+    """Things for the fuzzed lookups to find, by path parameter name (made again before each
+    operation is fuzzed: the one before may have deleted them)."""
     known = {"host_ref": HOST, "hostname": HOST, "host": HOST, "name": GROUP, "id": RELEASE}
     async with running["config"].client(tokens.admin) as config:
         for body in HOST_BODIES:
@@ -307,9 +366,12 @@ async def test_fuzzing_finds_no_server_errors(
     services: tuple[Stack, dict[str, Any]], name: str, tokens: Tokens, workdir: Path
 ) -> None:
     _, running = services
-    known = await seed(name, running, tokens, workdir)
+
+    def reseed() -> dict[str, str]:  # called from the fuzzing thread
+        return asyncio.run(seed(name, running, tokens, workdir))
+
     started = time.monotonic()
-    found = await asyncio.to_thread(fuzz_service, name, running[name].url, tokens, known)
+    found = await asyncio.to_thread(fuzz_service, name, running[name].url, tokens, reseed)
     took = time.monotonic() - started
     print(
         f"\n{name}: {found.requests} requests in {took:.1f} s, statuses "
@@ -351,7 +413,7 @@ async def test_the_fuzzer_reports_what_it_is_there_to_find(tokens: Tokens) -> No
     try:
         await eventually(lambda: server.started, what="the buggy API listening")
         url = f"http://127.0.0.1:{server.config.port}"
-        found = await asyncio.to_thread(fuzz_service, "buggy", url, tokens, {})
+        found = await asyncio.to_thread(fuzz_service, "buggy", url, tokens, dict)
     finally:
         server.should_exit = True
         await asyncio.to_thread(thread.join, 10)

@@ -6,9 +6,22 @@
   (and the 422) as an RFC 9457 ``Problem``.
 * A 405 named only one of the path's methods: with GET and DELETE declared as two routes, a PUT
   was told ``Allow: GET`` (RFC 9110: the header lists every method the resource supports).
+* config: a host parameter whose value held a lone surrogate (JSON ``"\\ud800"``, valid JSON,
+  invalid Unicode) reached the database driver, which cannot encode it: a 500 on PUT/PATCH
+  ``/v1/hosts/{ref}/parameters`` and POST ``/v1/hosts``. The spec did not say which parameter
+  names and values are valid, so no generated request got that far; it does now.
+* software: POST ``/v1/strategy`` took any string as the release id, and one that was not
+  Unicode reached the database query: a 500. The id now has the pattern every release id has.
+* service: a group declaration nested thousands deep (``[[[[…``, JSON or YAML) made the parsers
+  raise RecursionError: a 500 on PUT ``/v1/service-groups/{name}``.
+* dashboard: a ``roost_flash`` cookie that was JSON but not an object (``1``, ``[1]``), or
+  nested too deep, was a 500 on every page, the login page included (cookies are not in the
+  spec: found by reading the code the fuzzer pointed at).
 """
 
 from __future__ import annotations
+
+import json
 
 from tests.support.problems import problem
 
@@ -64,3 +77,75 @@ async def test_a_405_allows_every_method_of_the_path(stack):
         # And both really are allowed there (the resource just does not exist).
         assert (await http.get("/v1/dead-letters/nothing-here")).status_code == 404
         assert (await http.delete("/v1/dead-letters/nothing-here")).status_code == 404
+
+
+#: "x" and a lone surrogate: json.dumps writes it as the valid JSON text "x\ud800".
+NOT_UNICODE = "x\ud800"
+
+
+async def test_config_refuses_a_parameter_that_is_not_unicode(stack):
+    config = stack.start("config")
+    json_type = {"Content-Type": "application/json"}
+    async with config.client(stack.tokens.admin) as http:
+        host = {"hostname": "worker-1", "personality": "worker", "mgmt_mac": "52:54:00:aa:bb:01"}
+        assert (await http.post("/v1/hosts", json=host)).status_code == 201
+        body = json.dumps({"parameters": {"mtu": 9000, "motd": NOT_UNICODE}})
+        for method in ("PUT", "PATCH"):
+            r = await http.request(
+                method, "/v1/hosts/worker-1/parameters", content=body, headers=json_type
+            )
+            detail = problem(r, 422, "body.parameters")["detail"]
+            assert "motd" in detail and "Unicode" in detail, detail
+        other = json.dumps(
+            {**host, "hostname": "worker-2", "mgmt_mac": "52:54:00:aa:bb:02"}
+            | {"parameters": {"motd": NOT_UNICODE}}
+        )
+        problem(await http.post("/v1/hosts", content=other, headers=json_type), 422)
+        # Nothing was stored, and the service still answers (valid text still works).
+        r = await http.get("/v1/hosts/worker-1/parameters")
+        assert r.status_code == 200 and r.json()["parameters"] == {}, r.text
+        assert (await http.get("/v1/hosts/worker-2")).status_code == 404
+        r = await http.put("/v1/hosts/worker-1/parameters", json={"parameters": {"motd": "hé"}})
+        assert r.status_code == 200 and r.json()["parameters"] == {"motd": "hé"}, r.text
+        # The spec says which names and values are valid (what got a fuzzer that far).
+        spec = (await http.get("/openapi.json")).json()
+        schema = spec["components"]["schemas"]["ParametersBody"]["properties"]["parameters"]
+        assert schema["propertyNames"]["pattern"] == "^[a-z0-9_.-]{1,63}$"
+        assert {"type": "boolean"} in schema["additionalProperties"]["anyOf"]
+
+
+async def test_service_refuses_a_declaration_nested_too_deep(stack):
+    service = stack.start("service")
+    deep = "[" * 20_000 + "]" * 20_000  # 40 kB: well under the body limit
+    async with service.client(stack.tokens.admin) as http:
+        for kind in ("application/json", "application/yaml"):
+            r = await http.put(
+                "/v1/service-groups/web", content=deep, headers={"Content-Type": kind}
+            )
+            detail = problem(r, 422, "body")["detail"]
+            assert "nested too deeply" in detail, detail
+        assert (await http.get("/v1/service-groups")).status_code == 200
+
+
+async def test_dashboard_pages_survive_a_bad_flash_cookie(stack):
+    dashboard = stack.start("dashboard")
+    for cookie in ("1", "%5B1%5D", "%22x%22", "%5B" * 1500 + "%5D" * 1500, "not json"):
+        async with dashboard.client(None) as browser:
+            browser.cookies.set("roost_flash", cookie)
+            r = await browser.get("/login")
+            assert r.status_code == 200, (cookie[:20], r.status_code, r.text[:200])
+            assert "<form" in r.text
+
+
+async def test_software_strategy_refuses_a_release_id_that_is_no_id(stack):
+    software = stack.start("software")
+    async with software.client(stack.tokens.admin) as http:
+        body = json.dumps({"release": NOT_UNICODE})
+        r = await http.post(
+            "/v1/strategy", content=body, headers={"Content-Type": "application/json"}
+        )
+        problem(r, 422, "body.release")
+        problem(await http.post("/v1/strategy", json={"release": "Not An Id"}), 422, "body.release")
+        # A well-formed id that names no release is still the 404 it was.
+        r = await http.post("/v1/strategy", json={"release": "nope-1.0"})
+        assert r.status_code == 404 and "nope-1.0" in r.json()["detail"], r.text

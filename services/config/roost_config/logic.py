@@ -119,6 +119,16 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
+def _is_unicode(text: str) -> bool:
+    # JSON may carry a lone surrogate ("\ud800"); pydantic refuses it in ``str`` fields but
+    # these values are ``Any``, and the database driver cannot encode it (it was a 500).
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     """User parameters for the desired configuration: bounded, scalar values."""
     if len(params) > PARAMS_MAX:
@@ -130,6 +140,8 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"parameter {key!r}: the value must be a string, number or boolean")
         if isinstance(value, str) and len(value) > PARAM_VALUE_MAX:
             raise ValueError(f"parameter {key!r}: the value is longer than {PARAM_VALUE_MAX}")
+        if isinstance(value, str) and not _is_unicode(value):
+            raise ValueError(f"parameter {key!r}: the value is not valid Unicode text")
     return dict(params)
 
 

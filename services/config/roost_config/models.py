@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+)
 
 from roost_config import logic
 from roost_config.logic import BmcType, ConfigStatus, InstallState, SystemMode
@@ -24,8 +32,39 @@ from roost_shared.refs import normalise_mac
 
 Hostname = Annotated[str, AfterValidator(logic.check_hostname)]
 Mac = Annotated[str, AfterValidator(normalise_mac)]
-Labels = Annotated[dict[str, str], AfterValidator(logic.check_labels)]
-Parameters = Annotated[dict[str, Any], AfterValidator(logic.check_parameters)]
+# The checks are functions (their messages name the key); the schemas say the same to clients
+# and to spec-driven tools (without them a fuzzer's keys never got past the key check).
+_PARAMETER_VALUE = {
+    "anyOf": [
+        {"type": "string", "maxLength": logic.PARAM_VALUE_MAX},
+        {"type": "number"},
+        {"type": "boolean"},
+    ]
+}
+Labels = Annotated[
+    dict[str, str],
+    AfterValidator(logic.check_labels),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": logic.LABELS_MAX,
+            "propertyNames": {"pattern": logic.LABEL_KEY_RE.pattern},
+            "additionalProperties": {"type": "string", "maxLength": logic.LABEL_VALUE_MAX},
+        }
+    ),
+]
+Parameters = Annotated[
+    dict[str, Any],
+    AfterValidator(logic.check_parameters),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": logic.PARAMS_MAX,
+            "propertyNames": {"pattern": logic.PARAM_KEY_RE.pattern},
+            "additionalProperties": _PARAMETER_VALUE,
+        }
+    ),
+]
 Subfunction = Annotated[str, Field(pattern="^(" + "|".join(logic.SUBFUNCTIONS) + ")$")]
 
 
@@ -212,7 +251,16 @@ class ParametersBody(_Input):
 class ParametersPatch(_Input):
     """Merge: a key with ``null`` removes it."""
 
-    parameters: dict[str, Any]
+    parameters: Annotated[
+        dict[str, Any],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "propertyNames": {"pattern": logic.PARAM_KEY_RE.pattern},
+                "additionalProperties": {"anyOf": [*_PARAMETER_VALUE["anyOf"], {"type": "null"}]},
+            }
+        ),
+    ]
 
     @field_validator("parameters")
     @classmethod

@@ -217,7 +217,9 @@ def _read_flash(request: Request) -> dict[str, str]:
         return {}
     try:
         value = json.loads(unquote(raw))
-    except ValueError:
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(value, dict):  # the browser sends what it likes: not ours, ignore it
         return {}
     return {k: str(v) for k, v in value.items() if k in ("notice", "problem")}
 

@@ -92,6 +92,8 @@ async def parse_spec(request: Request, max_bytes: int) -> ServiceGroupSpec:
             raise _invalid("body", f"unsupported content type {content_type!r}: JSON or YAML")
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _invalid("body", f"not valid {content_type}: {exc}".splitlines()[0]) from None
+    except RecursionError:  # "[[[[…" thousands deep: the parsers give up, so do we
+        raise _invalid("body", f"not valid {content_type}: nested too deeply") from None
     if not isinstance(data, dict):
         raise _invalid("body", "a service group must be a mapping (object)")
     try:

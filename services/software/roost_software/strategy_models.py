@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from roost_shared.releases import RELEASE_ID_PATTERN
+
 
 class ApplyType(StrEnum):
     serial = "serial"
@@ -78,7 +80,9 @@ class StrategyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    release: str = Field(description="Id of the release to roll out.")
+    # The pattern of every release id: anything else named no release, and text that is not
+    # Unicode (a lone surrogate) reached the database query (a 500).
+    release: str = Field(pattern=RELEASE_ID_PATTERN, description="Id of the release to roll out.")
     controller_apply_type: ControllerApplyType = ControllerApplyType.serial
     worker_apply_type: ApplyType = ApplyType.serial
     max_parallel_worker_hosts: int = Field(
