@@ -10,6 +10,10 @@
   invalid Unicode) reached the database driver, which cannot encode it: a 500 on PUT/PATCH
   ``/v1/hosts/{ref}/parameters`` and POST ``/v1/hosts``. The spec did not say which parameter
   names and values are valid, so no generated request got that far; it does now.
+* dashboard (its form posts, beside the specs): a token that cannot be a token (a NUL, 100 kB)
+  made the login page say the token "could not be checked" with a 503, as if the APIs were down;
+  an unknown action 100 kB long came back in a 100 kB ``Set-Cookie`` (browsers drop cookies
+  over 4 kB, so the page showed nothing; proxies refuse such headers).
 * software: POST ``/v1/strategy`` took any string as the release id, and one that was not
   Unicode reached the database query: a 500. The id now has the pattern every release id has.
 * service: a group declaration nested thousands deep (``[[[[…``, JSON or YAML) made the parsers
@@ -149,3 +153,32 @@ async def test_software_strategy_refuses_a_release_id_that_is_no_id(stack):
         # A well-formed id that names no release is still the 404 it was.
         r = await http.post("/v1/strategy", json={"release": "nope-1.0"})
         assert r.status_code == 404 and "nope-1.0" in r.json()["detail"], r.text
+
+
+async def test_dashboard_login_refuses_what_cannot_be_a_token(stack):
+    fault = stack.start("fault")
+    dashboard = stack.start("dashboard", ROOST_FAULT_URL=fault.url)
+    async with dashboard.client(None) as browser:
+        for token in ("abc\x00def", "x" * 100_000, "tökén"):
+            r = await browser.post("/login", data={"token": token, "next": "/"})
+            assert r.status_code == 401, (token[:10], r.status_code, r.text[:300])
+            assert "That token was refused." in r.text
+            assert "roost_token" not in r.headers.get("set-cookie", "")
+        # A real one still logs in.
+        r = await browser.post("/login", data={"token": stack.tokens.admin, "next": "/"})
+        assert r.status_code == 303 and "roost_token" in r.headers["set-cookie"], r.text[:300]
+
+
+async def test_dashboard_flash_message_fits_in_a_cookie(stack):
+    dashboard = stack.start("dashboard")
+    async with dashboard.client(None) as browser:
+        browser.cookies.set("roost_token", stack.tokens.admin)
+        r = await browser.post("/hosts/worker-1/actions", data={"action": "x" * 100_000})
+        assert r.status_code == 303, r.text[:300]
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("roost_flash=") and len(cookie) < 4096, len(cookie)
+        # The page after it shows the (shortened) message.
+        flash = cookie.split(";", 1)[0].split("=", 1)[1]
+        browser.cookies.set("roost_flash", flash)
+        r = await browser.get("/login")
+        assert r.status_code == 200 and "Unknown action &#39;xxxx" in r.text, r.text[-2000:]

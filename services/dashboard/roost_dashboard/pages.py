@@ -75,6 +75,12 @@ async def login(request: Request, token: str = Form(""), next: str = Form("/")) 
         return render(
             request, "login.html", 400, reason="Paste a token to log in.", next=local_path(next)
         )
+    if len(token) > 1024 or not (token.isascii() and token.isprintable()):
+        # No token looks like this, and it cannot even be sent on to an API as a header (it
+        # was "could not be checked", a 503, as if the APIs were down).
+        return render(
+            request, "login.html", 401, reason="That token was refused.", next=local_path(next)
+        )
     d = dash(request)
     try:
         d.principal(token)  # revoked since the dashboard started: refused here

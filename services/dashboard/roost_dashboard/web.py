@@ -267,12 +267,25 @@ def label(action: str) -> str:
     return action.replace("-", " ").capitalize()
 
 
+#: Browsers drop a cookie over 4 kB (the message then never shows) and proxies refuse long
+#: headers, while a message can quote what was refused at any length (an action 100 kB long).
+FLASH_MAX_BYTES = 3_000
+
+
+def _flash_value(kind: str, text: str) -> str:
+    value = quote(json.dumps({kind: text}))
+    while len(value) > FLASH_MAX_BYTES:
+        text = text[: len(text) // 2] + "…"
+        value = quote(json.dumps({kind: text}))
+    return value
+
+
 def back(path: str, *, notice: str = "", problem: str = "") -> RedirectResponse:
     """Back to ``path`` after an action, with its outcome for the next page to show."""
     response = RedirectResponse(path, status_code=303)
-    message = {"notice": notice} if notice else {"problem": problem}
+    kind, text = ("notice", notice) if notice else ("problem", problem)
     response.set_cookie(
-        FLASH, quote(json.dumps(message)), max_age=60, httponly=True, samesite="strict", path="/"
+        FLASH, _flash_value(kind, text), max_age=60, httponly=True, samesite="strict", path="/"
     )
     return response
 
