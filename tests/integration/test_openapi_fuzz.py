@@ -8,7 +8,12 @@ generated requests, valid and invalid, with the admin token:
 * the status code, content type and body of every answer are the ones the spec documents;
 * every 4xx is RFC 9457 problem+json with a ``title`` and a ``detail``.
 
-Then a cheaper pass without a token: no 5xx, and every refusal is problem+json.
+Each operation gets schemathesis's deterministic boundary cases (missing and extra fields,
+limits, wrong types, unexpected methods), then ``ROOST_FUZZ_EXAMPLES`` random ones (valid and
+invalid; half aimed at things that exist, made again before each operation), then a copy of
+each JSON body with lone surrogates in its strings (schemathesis only generates valid UTF-8).
+Then a cheaper pass without a token: no 5xx, and every refusal is problem+json. The dashboard's
+pages and form posts are not in its spec: they get hostile form and query values by hand.
 
 Generation is derandomized (hypothesis picks the same cases on every run), so a failure in CI
 reproduces here. Every finding is collected with a curl command that replays it, and printed
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -46,10 +52,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from roost_dashboard.app import build_app
+from roost_dashboard.settings import DashboardSettings
 from roost_shared.problems import install_problem_handlers
 from roost_sim.ports import free_port
 from tests.conftest import Stack
-from tests.integration.test_api_authz import PUBLIC, start_everything
+from tests.integration.test_api_authz import PUBLIC, route_table, start_everything
 from tests.service.test_service_logic import group
 from tests.support.releases import build
 from tests.support.stack import Tokens, Vhost
@@ -381,6 +389,67 @@ async def test_fuzzing_finds_no_server_errors(
         print(f"  {text}")
     assert found.requests > 0
     assert not found.failures, "\n".join(found.failures.values())
+
+
+#: Hostile values for the dashboard's form fields and query parameters (its pages and form
+#: posts are not in its OpenAPI spec, so schemathesis never sees them).
+HOSTILE = ["", "\x00", "x" * 100_000, "%ff", "-1", "9" * 30, "[", "tökén", "lock", "abort"]
+#: Path parameters for the dashboard's routes: things that exist, and things that cannot.
+HOSTILE_REFS = [HOST, GROUP, RELEASE, "%ED%A0%80", "x" * 300]
+HOSTILE_QUERY = ("limit", "marker", "since", "q", "next", "reason")
+
+
+def hostile_dashboard(url: str, token: str) -> tuple[dict[int, int], list[str]]:
+    """Every page and form post of the dashboard (walked from its app, as test_api_authz
+    does) with an admin session and hostile values: (statuses seen, failures)."""
+    routes = route_table(build_app(DashboardSettings()).routes)
+    statuses: dict[int, int] = {}
+    failures: list[str] = []
+    with requests.Session() as browser:
+        browser.cookies.set("roost_token", token)
+        for method, path, fields in routes:
+            if path.startswith(("/static/", "/events/stream")) or method not in ("get", "post"):
+                continue  # files, and the endless event stream
+            for ref in HOSTILE_REFS:
+                where = re.sub(r"\{[^}]+\}", ref, path)
+                for value in HOSTILE:
+                    what = f"dashboard {method.upper()} {where[:80]} {repr(value)[:20]}"
+                    try:
+                        r = browser.request(
+                            method.upper(),
+                            url + where,
+                            data=dict.fromkeys(fields, value) if method == "post" else None,
+                            params=dict.fromkeys(HOSTILE_QUERY, value) if method == "get" else None,
+                            allow_redirects=False,
+                            timeout=REQUEST_TIMEOUT_S,
+                        )
+                    except requests.RequestException as exc:  # e.g. a header too long to read
+                        failures.append(f"{what}: {exc!r}"[:300])
+                        continue
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if r.status_code >= 500:
+                        failures.append(f"{what}: {r.status_code} {r.text[:120]!r}")
+                if "{" not in path:
+                    break  # one pass is enough for a path without parameters
+    return statuses, failures
+
+
+@pytest.mark.timeout(240)
+async def test_dashboard_pages_and_forms_give_no_server_errors(
+    services: tuple[Stack, dict[str, Any]], tokens: Tokens, workdir: Path
+) -> None:
+    _, running = services
+    await seed("service", running, tokens, workdir)
+    started = time.monotonic()
+    statuses, failures = await asyncio.to_thread(
+        hostile_dashboard, running["dashboard"].url, tokens.admin
+    )
+    took = time.monotonic() - started
+    print(f"\ndashboard pages and forms in {took:.1f} s: {dict(sorted(statuses.items()))}")
+    for line in failures:
+        print(f"  {line}")
+    assert sum(statuses.values()) > 100 and statuses.get(200), statuses
+    assert not failures, "\n".join(failures)
 
 
 def buggy_app() -> FastAPI:
