@@ -47,6 +47,11 @@ VERSION_PATTERN = r"^\d+(\.\d+){0,3}$"
 HOOKS = ("install", "activate", "rollback")
 #: Largest archive accepted (the software service also caps the request body).
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
+#: Largest total of the files once unpacked, and most files: a small archive must not unpack
+#: into more memory than an edge host has (a "gzip bomb"). Judged from the tar headers before
+#: any file is read.
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+MAX_FILES = 10_000
 
 
 class ReleaseError(ValueError):
@@ -205,6 +210,7 @@ def read_archive(data: bytes) -> Release:
 
 def _members(data: bytes) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
+    unpacked = 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for info in tar:
             if info.isdir():
@@ -219,6 +225,11 @@ def _members(data: bytes) -> dict[str, bytes]:
                     raise ReleaseError(f"files.{name}", str(exc)) from None
             if name in members:
                 raise ReleaseError(f"files.{name}", "appears twice in the archive")
+            unpacked += info.size
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise ReleaseError("archive", f"unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+            if len(members) >= MAX_FILES:
+                raise ReleaseError("archive", f"more than {MAX_FILES} files")
             extracted = tar.extractfile(info)
             assert extracted is not None
             members[name] = extracted.read()

@@ -81,7 +81,8 @@ async def test_tokens_and_roles(stack):
         assert r.status_code == 200
         # Health and readiness answer without a token (probes).
         assert (await anon.get("/healthz")).status_code == 200
-        assert (await anon.get("/readyz")).json()["checks"] == {"database": True, "bus": True}
+        checks = (await anon.get("/readyz")).json()["checks"]
+        assert checks["database"] and checks["bus"], checks  # no token needed
     async with fault.client(stack.tokens.reader) as reader:
         r = await reader.post("/v1/alarms", json=GOOD)
         assert r.status_code == 403 and "admin" in r.json()["detail"]

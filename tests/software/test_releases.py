@@ -3,12 +3,20 @@ with its reason and field and nothing stored, delete rules, archive downloads wi
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import tarfile
 import time
 from pathlib import Path
 
-from roost_shared.releases import build_archive, generate_key
+from roost_shared.releases import (
+    MAX_UNPACKED_BYTES,
+    ReleaseError,
+    build_archive,
+    generate_key,
+    read_archive,
+)
 from roost_software.releases import sign_ticket, ticket_key
 from tests.support.events import Listener
 from tests.support.problems import problem
@@ -208,3 +216,18 @@ async def test_archive_download_with_ticket_or_token(stack, tmp_path):
             404,
         )
     assert oct((state_dir(svc) / "software-download.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_archive_that_would_unpack_too_big_is_refused_before_reading_it():
+    """A "gzip bomb": a few bytes whose tar header says a file is 2 GiB; refused from the header,
+    without reading (or allocating) the file."""
+    info = tarfile.TarInfo("payload/huge")
+    info.size = 2 * 1024**3
+    bomb = gzip.compress(info.tobuf(format=tarfile.PAX_FORMAT) + b"\0" * 512)
+    assert len(bomb) < 1000
+    try:
+        read_archive(bomb)
+    except ReleaseError as exc:
+        assert exc.field == "archive" and f"more than {MAX_UNPACKED_BYTES} bytes" in exc.reason
+    else:
+        raise AssertionError("the bomb was read")
