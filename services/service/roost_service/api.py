@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from roost_service.commands import Commands, LeaderUnavailable
 from roost_service.controller import Controller
 from roost_service.lease import LeaseStore
 from roost_service.models import (
@@ -50,6 +51,8 @@ class ServiceContext:
     max_body_bytes: int
     placements: PlacementStore
     controller: Controller
+    #: Operator actions go through it to the leader replica (``commands.py``).
+    commands: Commands
 
 
 def ctx(request: Request) -> ServiceContext:
@@ -70,6 +73,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _refused(request: Request, exc: GroupRefused) -> JSONResponse:
         errors = [{"field": p.field, "message": p.message} for p in exc.problems]
         return problem_response(422, str(exc), request=request, errors=errors)
+
+    @app.exception_handler(LeaderUnavailable)
+    async def _no_leader(request: Request, exc: LeaderUnavailable) -> JSONResponse:
+        # A leader takeover takes ~3-4 s: worth a retry after that.
+        return problem_response(503, str(exc), request=request, headers={"Retry-After": "3"})
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:
@@ -150,7 +158,7 @@ async def put_group(
     service is configured). New groups are ``unplaced`` until the controller places them."""
     spec = await parse_spec(request, c.max_body_bytes)
     doc, created = await c.ops.put(name, spec)
-    c.controller.wake()
+    c.commands.nudge()
     response.status_code = 201 if created else 200
     return ServiceGroupView.of(doc)
 
@@ -159,7 +167,7 @@ async def put_group(
 async def delete_group(c: Ctx, name: GroupName, who: Admin) -> Response:
     """Remove a service group (``service.group.deleted``)."""
     await c.ops.delete(name)
-    c.controller.wake()
+    c.commands.nudge()
     return Response(status_code=204)
 
 
@@ -199,8 +207,10 @@ async def group_instances(c: Ctx, name: GroupName) -> InstanceCollection:
 async def swact_group(c: Ctx, name: GroupName, who: Admin) -> InstanceCollection:
     """Planned switch of activity: the standby gets the lease (a bigger fencing token) and
     becomes active, the old active becomes standby. 409 with the reason without a healthy
-    standby (or for a group that is not active-standby)."""
-    return InstanceCollection.of(name, await c.controller.swact(name))
+    standby (or for a group that is not active-standby). Run by the leader replica, whichever
+    replica was asked; 503 with Retry-After when no leader took it in time."""
+    await c.commands.request("swact", name)
+    return InstanceCollection.of(name, await c.placements.find(name))
 
 
 HostName = Annotated[str, Path(min_length=1, max_length=255, description="A member host.")]
@@ -210,26 +220,30 @@ HostName = Annotated[str, Path(min_length=1, max_length=255, description="A memb
 async def disable_group(c: Ctx, name: GroupName, who: Admin) -> ServiceGroupView:
     """Disable a group: its activity lease is released and every instance removed (state
     ``disabled``, no alarms). The declaration is kept."""
-    return ServiceGroupView.of(await c.controller.set_enabled(name, False))
+    await c.commands.request("disable", name)
+    return ServiceGroupView.of(await c.store.get(name))
 
 
 @router.post("/service-groups/{name}/enable", response_model=ServiceGroupView)
 async def enable_group(c: Ctx, name: GroupName, who: Admin) -> ServiceGroupView:
     """Enable a disabled group: it is placed again."""
-    return ServiceGroupView.of(await c.controller.set_enabled(name, True))
+    await c.commands.request("enable", name)
+    return ServiceGroupView.of(await c.store.get(name))
 
 
 @router.post("/service-groups/{name}/members/{host}/lock", response_model=ServiceGroupView)
 async def lock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> ServiceGroupView:
     """Leave one member host out of the group: its instances are removed; if it held the
     activity, the standby takes over first (as in a swact). 422 if it is not a member."""
-    return ServiceGroupView.of(await c.controller.set_member_locked(name, host, True))
+    await c.commands.request("lock", name, host=host)
+    return ServiceGroupView.of(await c.store.get(name))
 
 
 @router.post("/service-groups/{name}/members/{host}/unlock", response_model=ServiceGroupView)
 async def unlock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> ServiceGroupView:
     """Let a locked member host run the group's instances again."""
-    return ServiceGroupView.of(await c.controller.set_member_locked(name, host, False))
+    await c.commands.request("unlock", name, host=host)
+    return ServiceGroupView.of(await c.store.get(name))
 
 
 @router.post("/service-groups/{name}/restart", response_model=RestartAccepted, status_code=202)
@@ -239,4 +253,5 @@ async def restart_instance(
     """Restart one service's instance on one host in place (same role and fencing token): the
     agent stops it and starts it again (``service.instance.restart``). 404 if that host runs
     no instance of it, 422 for a service the group does not have."""
-    return RestartAccepted(**await c.controller.restart(name, body.service, body.host))
+    result = await c.commands.request("restart", name, service=body.service, host=body.host)
+    return RestartAccepted(**result)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from roost_service import events
 from roost_service.api import ServiceContext, install_handlers, router
+from roost_service.commands import INDEXES as COMMAND_INDEXES
+from roost_service.commands import Action, CommandBook, Commands, Wakes
 from roost_service.controller import Controller
 from roost_service.hosts import INDEXES as HOST_INDEXES
 from roost_service.hosts import HostBook
@@ -55,10 +58,11 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         leases = LeaseStore(platform.db)
         placements = PlacementStore(platform.db)
         book = HostBook(platform.db)
+        # The controller's and the command runner's transactions (placements, operator
+        # controls, claims) are fenced by the leader lease: a deposed leader's never commit.
+        fenced = FencedDatabase(platform.db, platform.fence)
         controller = Controller(
-            # Its placement and lease writes are fenced by the leader lease: a deposed
-            # leader's late grant never commits.
-            FencedDatabase(platform.db, platform.fence),
+            fenced,
             store,
             placements,
             book,
@@ -68,9 +72,25 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             deadline_s=settings.command_deadline_s,
         )
 
+        leader = platform.leader
+        assert leader is not None
+        commands = Commands(
+            CommandBook(platform.db),
+            Wakes(platform.bus),
+            leading=lambda: leader.leading,
+            term=lambda: leader.token,
+            transaction=fenced.in_transaction,
+            actions=_actions(controller),
+            wait_s=settings.action_wait_s,
+            wake_controller=controller.wake,
+        )
+        await commands.wakes.start()
+
         def after_commit() -> None:
             platform.outbox.wake()
-            controller.wake()
+            # A report or host change consumed by a standby replica wakes the leader's
+            # controller too (else it would see it only at its next periodic pass).
+            commands.nudge()
 
         platform.consume(
             events.HOSTS_QUEUE,
@@ -105,22 +125,68 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
                 await link.stop()
 
         platform.spawn_singleton(control, "service-controller")
+        # Operator actions run on the leader only, whichever replica was asked (commands.py).
+        platform.spawn_singleton(commands.run, "service-commands")
         app.state.service = ServiceContext(
-            store, ops, leases, settings.max_body_bytes, placements, controller
+            store, ops, leases, settings.max_body_bytes, placements, controller, commands
         )
         app.state.link = link
-        yield
+        try:
+            yield
+        finally:
+            await commands.wakes.stop()
 
     app = create_app(
         settings,
         title="Roost service",
         description=DESCRIPTION,
         routers=[router],
-        indexes={**INDEXES, **LEASE_INDEXES, **HOST_INDEXES, **PLACEMENT_INDEXES},
+        indexes={
+            **INDEXES,
+            **LEASE_INDEXES,
+            **HOST_INDEXES,
+            **PLACEMENT_INDEXES,
+            **COMMAND_INDEXES,
+        },
         start=start,
     )
     install_handlers(app)
     return app
+
+
+def _actions(controller: Controller) -> dict[str, Action]:
+    """What the leader's command runner does for each operator action (the controller's own
+    methods: validation and effect under its lock, as with one replica)."""
+
+    async def swact(group: str, args: dict[str, str]) -> dict[str, Any]:
+        await controller.swact(group)
+        return {}
+
+    def enabled(on: bool) -> Action:
+        async def run(group: str, args: dict[str, str]) -> dict[str, Any]:
+            await controller.set_enabled(group, on)
+            return {}
+
+        return run
+
+    def locked(on: bool) -> Action:
+        async def run(group: str, args: dict[str, str]) -> dict[str, Any]:
+            await controller.set_member_locked(group, args["host"], on)
+            return {}
+
+        return run
+
+    async def restart(group: str, args: dict[str, str]) -> dict[str, Any]:
+        return await controller.restart(group, args["service"], args["host"])
+
+    return {
+        "swact": swact,
+        "enable": enabled(True),
+        "disable": enabled(False),
+        "lock": locked(True),
+        "unlock": locked(False),
+        "restart": restart,
+    }
 
 
 def main() -> None:

@@ -180,7 +180,11 @@ class Controller:
             change = dict(update or {})
             if fields:
                 change["$set"] = fields
-            await self.groups.groups.update_one({"name": name}, change)
+
+            async def work(session: Session) -> None:
+                await self.groups.groups.update_one({"name": name}, change, session=session)
+
+            await self.db.in_transaction(work)  # fenced: only the leader changes controls
             await self._reconcile(name)
             return await self.groups.get(name)
 

@@ -38,3 +38,11 @@ class ServiceSettings(RoostSettings):
     command_deadline_s: float = Field(
         30.0, gt=0, description="Deadline of assign/remove commands to agents."
     )
+    action_wait_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="How long an operator action (swact, restart, enable/disable, member "
+        "lock/unlock) waits for the leader replica to take it (it runs there only; a takeover "
+        "after a crash takes ~3-4 s); then 503 with Retry-After and nothing done.",
+    )
