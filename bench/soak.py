@@ -251,7 +251,7 @@ async def leftovers(site: Site, stack: Stack) -> tuple[int, int]:
 async def run(stack: Stack, tmp: Path) -> list[Any]:
     rng = random.Random(SEED)
     host_env = {"ROOST_SENSOR_POLL_S": "30"}  # the default; the tests' 1 s is for sensor tests
-    async with open_site(stack, tmp / "site", HOSTS, host_env=host_env) as site:
+    async with open_site(stack, tmp / "site", HOSTS, host_env=host_env, ready_within=900) as site:
         soak = Soak(site, stack, rng)
         bus = await stack.bus()
         cpu0 = {name: sum(cpu_s(p) for p in pids) for name, pids in soak.processes().items()}

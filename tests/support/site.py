@@ -62,7 +62,10 @@ async def _poll(site: Site) -> None:
     """What ``make run`` does: follow BMC power, restart exited agents."""
     while True:
         if not site.paused:
-            await asyncio.to_thread(site.supervisor.poll)
+            try:
+                await asyncio.to_thread(site.supervisor.poll)
+            except Exception as exc:  # a slow BMC simulator, say: poll again, never stop
+                print(f"fleet supervisor poll failed: {exc!r}; polling on", flush=True)
         await asyncio.sleep(0.1)
 
 
@@ -77,13 +80,16 @@ async def open_site(
     unsigned_releases: bool = False,
     host_env: dict[str, str] | None = None,
     software_env: dict[str, str] | None = None,
+    ready_within: float = 30.0,
     **service_env: str,
 ) -> AsyncIterator[Site]:
     """Config, host and fault services (+ the service service with ``service``, the software
     service with ``software``) and a simulated fleet of ``count`` hosts, every host
     unlocked-available. ``host_env`` adds to (or overrides) the host service's fast test
     settings; ``service_env`` is the service service's, ``software_env`` the software
-    service's. The software service calls its peers with the site's admin token and accepts
+    service's. ``ready_within``: how long each host may take to be online, then available
+    (a benchmark's hundreds of agents start slowly on 2 cores). The software service calls its
+    peers with the site's admin token and accepts
     releases signed by ``Site.release_key`` (or, with ``unsigned_releases``, unsigned ones)."""
     key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
     fault = stack.start("fault")
@@ -150,13 +156,23 @@ async def open_site(
     try:
         async with s.client(host) as http:
             for h in hosts:
-                await where(http, h.hostname, lambda d: d["availability"] == "online", "online")
+                await where(
+                    http,
+                    h.hostname,
+                    lambda d: d["availability"] == "online",
+                    "online",
+                    ready_within,
+                )
             for h in hosts:
                 r = await http.post(f"/v1/hosts/{h.hostname}/actions", json={"action": "unlock"})
                 assert r.status_code == 200, r.text
             for h in hosts:
                 await where(
-                    http, h.hostname, lambda d: d["availability"] == "available", "available"
+                    http,
+                    h.hostname,
+                    lambda d: d["availability"] == "available",
+                    "available",
+                    ready_within,
                 )
         yield s
     finally:
@@ -175,7 +191,10 @@ async def where(http: httpx.AsyncClient, ref: str, check, what: str, within: flo
     """Wait until host ``ref`` (host service API) passes ``check``; its document."""
 
     async def probe():
-        r = await http.get(f"/v1/hosts/{ref}")
+        try:
+            r = await http.get(f"/v1/hosts/{ref}")
+        except httpx.TimeoutException:  # a slow answer is asked again until the deadline
+            return None
         return r.json() if r.status_code == 200 and check(r.json()) else None
 
     return await eventually(probe, timeout=within, what=f"{ref} {what}")

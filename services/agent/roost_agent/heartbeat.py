@@ -184,7 +184,12 @@ class HeartbeatBus:
                 try:
                     assert self.exchange is not None
                     # A robust channel waits for a reconnect; a heartbeat must not wait that long.
-                    await asyncio.wait_for(self.exchange.publish(_message(body), HEARTBEAT_KEY), 1)
+                    # Not mandatory: with no host service listening yet (starting, or between
+                    # two leaders' terms) the broker drops it instead of returning it to a
+                    # channel that has no use for it (aiormq logs each return as an error).
+                    await asyncio.wait_for(
+                        self.exchange.publish(_message(body), HEARTBEAT_KEY, mandatory=False), 1
+                    )
                     self.published += 1
                 except asyncio.CancelledError:
                     raise
