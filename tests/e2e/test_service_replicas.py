@@ -51,8 +51,10 @@ async def test_actions_through_the_standby_replica_run_once_on_the_leader_and_su
             # A swact sent to the replica that does not lead: one switch, token + 1.
             since = time.monotonic()
             r = await http.post(f"/v1/service-groups/{GROUP}/swact")
+            asked = time.monotonic() - since
             assert r.status_code == 200, r.text
             assert r.json()["active_host"] == "worker-1", r.text
+            print(f"\nswact through the standby replica answered in {asked * 1000:.0f} ms")
             new = await s.active_on("worker-1", token_above=before.token)
             assert new.token == before.token + 1
             await eventually(lambda: group_state(s, "active"), timeout=20, what="standby back")
@@ -87,6 +89,8 @@ async def test_actions_through_the_standby_replica_run_once_on_the_leader_and_su
             since = time.monotonic()
             r = await http.post(f"/v1/service-groups/{GROUP}/swact")
             assert r.status_code == 200, r.text
+            asked = time.monotonic() - since
+            print(f"swact through the new leader answered in {asked * 1000:.0f} ms")
             back = await s.active_on("worker-0", token_above=active[0].token)
             assert back.token == active[0].token + 1
             await eventually(lambda: group_state(s, "active"), timeout=20, what="standby back")

@@ -259,7 +259,6 @@ class Commands:
         self, cid: str, kind: str, group: str, done: asyncio.Event
     ) -> dict[str, Any]:
         started = time.monotonic()
-        poll = 0.01
         while True:
             doc = await self.book.get(cid) or {}
             state = doc.get("state")
@@ -289,10 +288,11 @@ class Commands:
                     group=group,
                     reason="the leader took it but gave no outcome in time; look at the group",
                 )
-            # Our own runner says when it is done; another replica's outcome is polled for.
+            # Our own runner says when it is done; another replica's outcome is polled for:
+            # often while an action usually finishes (tens of ms), rarely once it takes long.
+            poll = 0.01 if waited < 0.1 else 0.025 if waited < 1.0 else 0.1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), poll)
-            poll = min(poll * 2, 0.1)
 
     # -- the leader -----------------------------------------------------------------------
 
