@@ -81,6 +81,8 @@ def test_labels_are_bounded():
         logic.check_labels({"k" * 64: "v"})
     with pytest.raises(ValueError, match="label key"):
         logic.check_labels({"Upper": "v"})
+    with pytest.raises(ValueError, match="label key"):  # ``$`` alone would let a newline end it
+        logic.check_labels({"zone\n": "v"})
     with pytest.raises(ValueError, match="255"):
         logic.check_labels({"k": "v" * 256})
 
@@ -91,6 +93,8 @@ def test_parameters_are_bounded_scalars():
         logic.check_parameters({"nested": {"a": 1}})
     with pytest.raises(ValueError, match="parameter key"):
         logic.check_parameters({"Bad Key": 1})
+    with pytest.raises(ValueError, match="parameter key"):
+        logic.check_parameters({"mtu\n": 1})
 
 
 def test_servers():

@@ -112,7 +112,7 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     if len(labels) > LABELS_MAX:
         raise ValueError(f"at most {LABELS_MAX} labels (got {len(labels)})")
     for key, value in labels.items():
-        if not LABEL_KEY_RE.match(key):
+        if not LABEL_KEY_RE.fullmatch(key):
             raise ValueError(f"label key {key[:70]!r}: 1-63 characters of a-z, 0-9, '.', '/', '-'")
         if not isinstance(value, str) or len(value) > LABEL_VALUE_MAX:
             raise ValueError(f"label {key!r}: the value must be a string of at most 255 characters")
@@ -134,7 +134,7 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     if len(params) > PARAMS_MAX:
         raise ValueError(f"at most {PARAMS_MAX} parameters (got {len(params)})")
     for key, value in params.items():
-        if not PARAM_KEY_RE.match(key):
+        if not PARAM_KEY_RE.fullmatch(key):
             raise ValueError(f"parameter key {key[:70]!r}: 1-63 characters of a-z, 0-9, '_.-'")
         if not isinstance(value, str | int | float | bool):
             raise ValueError(f"parameter {key!r}: the value must be a string, number or boolean")
