@@ -3,16 +3,12 @@ with its reason and field and nothing stored, delete rules, archive downloads wi
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 import os
 import tarfile
 import time
-import uuid
 from pathlib import Path
-
-from pymongo import AsyncMongoClient
 
 from roost_shared.releases import (
     MAX_UNPACKED_BYTES,
@@ -21,12 +17,10 @@ from roost_shared.releases import (
     generate_key,
     read_archive,
 )
-from roost_software.releases import sign_ticket
-from roost_software.tickets import SECRETS, TICKET_KEY_ID
+from roost_software.releases import sign_ticket, ticket_key
 from tests.support.events import Listener
 from tests.support.problems import problem
 from tests.support.releases import build, tampered
-from tests.support.waiting import eventually
 
 GZIP = {"Content-Type": "application/gzip"}
 
@@ -37,36 +31,6 @@ def start(stack, public: str, **env: str):
 
 def state_dir(svc) -> Path:
     return Path(svc.env["ROOST_STATE_DIR"])
-
-
-async def stored(stack, svc) -> dict[str, bytes]:
-    """Every archive in the service's database, by the release that names it (``?<id>`` for
-    chunks no release names), its chunks joined in order."""
-    client = AsyncMongoClient(stack.mongo_url)
-    try:
-        db = client[svc.env["ROOST_DATABASE"]]
-        names = {
-            d["archive"]["id"]: d["id"]
-            async for d in db["releases"].find({"archive": {"$ne": None}})
-        }
-        out: dict[str, bytes] = {}
-        async for chunk in db["release_chunks"].find({}).sort([("archive", 1), ("n", 1)]):
-            name = names.get(chunk["archive"], f"?{chunk['archive']}")
-            out[name] = out.get(name, b"") + bytes(chunk["data"])
-        return out
-    finally:
-        await client.close()
-
-
-async def site_ticket_key(stack, svc) -> bytes:
-    """The download ticket key every replica of the service signs with (in its database)."""
-    client = AsyncMongoClient(stack.mongo_url)
-    try:
-        doc = await client[svc.env["ROOST_DATABASE"]][SECRETS].find_one({"_id": TICKET_KEY_ID})
-        assert doc is not None, "no ticket key in the database"
-        return bytes(doc["key"])
-    finally:
-        await client.close()
 
 
 async def test_upload_list_show_and_events(stack, tmp_path):
@@ -83,9 +47,7 @@ async def test_upload_list_show_and_events(stack, tmp_path):
         assert rel["state"] == "available" and rel["signed_by"] == public
         assert rel["reboot_required"] is True and rel["size"] == len(archive)
         assert set(rel["files"]) == {"payload/readme.txt"}
-        # In the database (every replica serves it), not on this process's disk.
-        assert await stored(stack, svc) == {"roost-1.1.0": archive}
-        assert not (state_dir(svc) / "releases").exists()
+        assert (state_dir(svc) / "releases" / "roost-1.1.0.tar.gz").read_bytes() == archive
 
         newer = build(tmp_path, "roost-1.2.0", "1.2.0", pem, requires=["roost-1.1.0"])
         r = await http.post(
@@ -160,8 +122,9 @@ async def test_bad_uploads_refused_with_field_and_nothing_stored(stack, tmp_path
 
         listed = (await http.get("/v1/releases")).json()["releases"]
         assert [x["id"] for x in listed] == ["good-1"]
-        # No chunk of any refused upload is left behind.
-        assert await stored(stack, svc) == {"good-1": good}
+        stored = sorted(p.name for p in (state_dir(svc) / "releases").iterdir())
+        assert stored == ["good-1.tar.gz"]
+        assert (state_dir(svc) / "releases" / "good-1.tar.gz").read_bytes() == good
 
 
 async def test_unsigned_releases_only_where_allowed_and_keys_file(stack, tmp_path):
@@ -210,9 +173,8 @@ async def test_delete_rules(stack, tmp_path):
         assert (await ro.delete("/v1/releases/top-1")).status_code == 403
         body = problem(await http.delete("/v1/releases/base-1"), 409, "path.id")
         assert "top-1 requires it" in body["detail"]
-        assert set(await stored(stack, svc)) == {"base-1", "top-1"}
         assert (await http.delete("/v1/releases/top-1")).status_code == 204
-        assert set(await stored(stack, svc)) == {"base-1"}  # its chunks went with it
+        assert not (state_dir(svc) / "releases" / "top-1.tar.gz").exists()
         assert (await http.get("/v1/releases/top-1")).status_code == 404
         assert (await http.delete("/v1/releases/base-1")).status_code == 204
         problem(await http.delete("/v1/releases/base-1"), 404, "path.id")
@@ -224,7 +186,7 @@ async def test_archive_download_with_ticket_or_token(stack, tmp_path):
     pem, public = generate_key()
     svc = start(stack, public)
     archive = build(tmp_path, "dl-1", "1.1.0", pem)
-    key = await site_ticket_key(stack, svc)
+    key = ticket_key(state_dir(svc) / "software-download.key")  # the service's (or made now)
     path = "/v1/releases/dl-1/archive"
     async with svc.client(stack.tokens.admin) as http, svc.client(None) as anon:
         assert (await http.post("/v1/releases", content=archive, headers=GZIP)).status_code == 201
@@ -253,7 +215,7 @@ async def test_archive_download_with_ticket_or_token(stack, tmp_path):
             403,
             404,
         )
-    assert not (state_dir(svc) / "software-download.key").exists()  # the database holds it
+    assert oct((state_dir(svc) / "software-download.key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_an_archive_that_would_unpack_too_big_is_refused_before_reading_it():
@@ -269,68 +231,3 @@ def test_an_archive_that_would_unpack_too_big_is_refused_before_reading_it():
         assert exc.field == "archive" and f"more than {MAX_UNPACKED_BYTES} bytes" in exc.reason
     else:
         raise AssertionError("the bomb was read")
-
-
-async def test_archives_an_earlier_version_kept_on_disk_are_imported_at_start(stack, tmp_path):
-    """Upgrade from the single-replica layout: the archive in <state_dir>/releases and the ticket
-    key in a file. The replica holding them imports both; tickets already handed out still
-    work, and the file is gone once its bytes are in the database."""
-    pem, public = generate_key()
-    db = f"roost_software_{uuid.uuid4().hex[:8]}"
-    old = start(stack, public, database=db)
-    archive = build(tmp_path, "old-1", "1.1.0", pem)
-    async with old.client(stack.tokens.admin) as http:
-        assert (await http.post("/v1/releases", content=archive, headers=GZIP)).status_code == 201
-    old.stop()
-    # Rewind to what the earlier version left: a file per archive, the key in a file.
-    legacy_key = os.urandom(32)
-    state = state_dir(old)
-    (state / "releases").mkdir(parents=True)
-    (state / "releases" / "old-1.tar.gz").write_bytes(archive)
-    (state / "software-download.key").write_text(base64.b64encode(legacy_key).decode())
-    client = AsyncMongoClient(stack.mongo_url)
-    try:
-        await client[db]["releases"].update_one({"id": "old-1"}, {"$unset": {"archive": ""}})
-        await client[db]["release_chunks"].delete_many({})
-        await client[db][SECRETS].delete_many({})
-    finally:
-        await client.close()
-
-    new = start(stack, public, database=db, ROOST_STATE_DIR=str(state))
-    assert await stored(stack, new) == {"old-1": archive}
-    assert not (state / "releases" / "old-1.tar.gz").exists()
-    assert await site_ticket_key(stack, new) == legacy_key
-    expires = int(time.time()) + 60
-    ticket = f"{expires}.{sign_ticket(legacy_key, 'old-1', expires)}"
-    async with new.client(None) as anon:
-        r = await anon.get("/v1/releases/old-1/archive", params={"ticket": ticket})
-        assert r.status_code == 200 and r.content == archive
-
-
-async def test_chunks_no_release_names_are_swept_once_old(stack, tmp_path):
-    """An upload cut short by a crash leaves chunks and no release: the leader removes them
-    once older than any upload takes; a younger one (an upload in progress) is left alone."""
-    pem, public = generate_key()
-    db = f"roost_software_{uuid.uuid4().hex[:8]}"
-    now_ms = int(time.time() * 1000)
-    client = AsyncMongoClient(stack.mongo_url)
-    try:
-        chunks = client[db]["release_chunks"]
-        for archive, at_ms in (("crashed", now_ms - 7_200_000), ("uploading", now_ms)):
-            await chunks.insert_many(
-                [{"archive": archive, "n": n, "data": b"x" * 10, "at_ms": at_ms} for n in (0, 1)]
-            )
-        svc = start(stack, public, database=db, ROOST_ARCHIVE_ORPHAN_GRACE_S="3600")
-        archive = build(tmp_path, "kept-1", "1.1.0", pem)
-        async with svc.client(stack.tokens.admin) as http:
-            r = await http.post("/v1/releases", content=archive, headers=GZIP)
-            assert r.status_code == 201, r.text
-
-        async def swept() -> bool:
-            return await chunks.count_documents({"archive": "crashed"}) == 0
-
-        await eventually(swept, timeout=20, what="the crashed upload's chunks swept")
-        assert await chunks.count_documents({"archive": "uploading"}) == 2
-        assert (await stored(stack, svc))["kept-1"] == archive
-    finally:
-        await client.close()

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from roost_shared.api import Platform, create_app, serve
-from roost_software import archives, deploy, releases, strategy_api, strategy_store
+from roost_software import deploy, releases, strategy_api, strategy_store
 from roost_software.executor import WAKE_BINDINGS, WAKE_QUEUE, Executor, wake_handler
 from roost_software.peers import Peers
 from roost_software.release_api import install_handlers
@@ -32,7 +32,6 @@ def build_app(settings: SoftwareSettings | None = None) -> FastAPI:
     async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
         peers = Peers(settings)
         store = releases.ReleaseStore(platform.db, platform.outbox, settings)
-        await store.start()  # the site's ticket key; this replica's archives of a version before
         deployment = deploy.DeployOps(platform.db, platform.outbox, store, peers, settings)
         strategies = strategy_store.StrategyStore(platform.db)
         executor = Executor(platform.db, platform.outbox, strategies, deployment, peers, settings)
@@ -52,7 +51,6 @@ def build_app(settings: SoftwareSettings | None = None) -> FastAPI:
         )
         platform.consume(WAKE_QUEUE, WAKE_BINDINGS, wake_handler(), after_commit=executor.wake)
         platform.spawn_singleton(executor.run, "software-executor")  # leader replica only
-        platform.spawn_singleton(store.sweeper, "software-archive-sweeper")
         app.state.settings = settings
         app.state.releases = store
         app.state.deploy = deployment
@@ -69,12 +67,7 @@ def build_app(settings: SoftwareSettings | None = None) -> FastAPI:
         title="Roost software",
         description=DESCRIPTION,
         routers=[release_router, strategy_router],
-        indexes={
-            **releases.INDEXES,
-            **archives.INDEXES,
-            **deploy.INDEXES,
-            **strategy_store.INDEXES,
-        },
+        indexes={**releases.INDEXES, **deploy.INDEXES, **strategy_store.INDEXES},
         start=start,
     )
     install_handlers(app)

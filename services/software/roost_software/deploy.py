@@ -138,10 +138,6 @@ class DeployOps:
         self.releases = releases
         self.peers = peers
         self.settings = settings
-        # Serialises this replica's own changes (fewer transaction retries); what makes them
-        # safe across replicas is in the database: one ``_id: "current"`` deployment (a second
-        # start's insert is a duplicate: 409), commands sent only if the host's last command is
-        # still the one read (:meth:`_send`), forget only of the deployment read.
         self._lock = asyncio.Lock()
 
     # Reads -----------------------------------------------------------------------------------
@@ -486,30 +482,18 @@ class DeployOps:
     async def _send(
         self, doc: dict[str, Any], host: dict[str, Any], cmd: Destined
     ) -> HostDeployView:
-        hostname = host["hostname"]
-        before = doc["hosts"].get(hostname, {})
-
-        async def work(session: Session) -> dict[str, Any]:
+        async def work(session: Session) -> None:
             fresh = await self._current(session)
             if fresh is None or fresh["uuid"] != doc["uuid"]:
                 raise Conflict(
                     kind="Deployment", id=doc["release_id"], reason="it was forgotten meanwhile"
                 )
-            now = fresh["hosts"].get(hostname, {})
-            if (now.get("command"), now.get("rolling_back")) != (
-                before.get("command"),
-                before.get("rolling_back"),
-            ):
-                # Another replica (or request) sent the host a command since we looked: that
-                # one stands, and the host gets no second one.
-                return now
             await self._save_host(session, fresh, host)
             await self.outbox.add_to(session, [cmd])
-            return host
 
-        saved = await self.db.in_transaction(work)
+        await self.db.in_transaction(work)
         self.outbox.wake()
-        return HostDeployView.of(saved)
+        return HostDeployView.of(host)
 
     async def forget(self) -> None:
         """Forget the deployment: only a finished one (deployed), or one where nothing was
@@ -528,14 +512,7 @@ class DeployOps:
                 )
 
             async def work(session: Session) -> None:
-                # Only the deployment looked at: another replica may have replaced it since.
-                gone = await self.deployments.delete_one(
-                    {"_id": CURRENT, "uuid": doc["uuid"]}, session=session
-                )
-                if gone.deleted_count != 1:
-                    raise Conflict(
-                        kind="Deployment", id=doc["release_id"], reason="it changed meanwhile"
-                    )
+                await self.deployments.delete_one({"_id": CURRENT}, session=session)
                 if doc["state"] != "deployed":
                     release = await self.releases.find(doc["release_id"], session)
                     if release is not None and release["state"] in ("deploying", "removing"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from roost_shared.auth import Principal, current_principal, require_admin, require_reader
 from roost_shared.paging import next_if_full
@@ -136,7 +136,7 @@ async def delete_release(id: ReleaseId, _: Admin, releases: Releases) -> Respons
 
 @router.get(
     "/releases/{id}/archive",
-    response_class=StreamingResponse,
+    response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}}},
 )
 async def download_archive(
@@ -146,29 +146,18 @@ async def download_archive(
     ticket: Annotated[
         str | None, Query(description="A download ticket (from a software.install command).")
     ] = None,
-) -> Response:
-    """The release archive, for a valid download ticket or any API token; streamed from the
-    database a few MB at a time (any replica serves it)."""
+) -> FileResponse:
+    """The release archive, for a valid download ticket or any API token."""
     if not (ticket and releases.check_ticket(id, ticket)):
         has_token = request.headers.get("authorization") or request.headers.get("x-auth-token")
         if ticket and not has_token:
             raise HTTPException(403, "the download ticket is invalid or has expired")
         current_principal(request)  # 401 without a valid token
-    doc = await releases.get(id)
-    stream, path = await releases.open_archive(doc)
-    if path is not None:  # kept on this replica's disk by an earlier version, not imported yet
-        return FileResponse(path, media_type="application/gzip", filename=f"{id}.tar.gz")
-    if stream is None:
+    await releases.get(id)
+    path = releases.archive_path(id)
+    if not path.is_file():
         raise NotFound(kind="Archive of release", id=id, field="path.id")
-    return StreamingResponse(
-        stream,
-        media_type="application/gzip",
-        headers={
-            # A short body (a chunk went missing mid-download) is then visible to the client.
-            "Content-Length": str(doc["size"]),
-            "Content-Disposition": f'attachment; filename="{id}.tar.gz"',
-        },
-    )
+    return FileResponse(path, media_type="application/gzip", filename=f"{id}.tar.gz")
 
 
 # Deployment ----------------------------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 An upload is checked in full before anything is stored (:func:`roost_shared.releases.read_archive`:
 readable archive, valid metadata, every file's digest, nothing unlisted, hooks present; then the
-signature against the site's keys, every ``requires`` uploaded, no duplicate id). The archive
-bytes go to the database in chunks first (:mod:`roost_software.archives`), then the metadata,
-naming them, in one transaction with its event: every replica sees and serves every release,
-and a crash mid-upload leaves no visible release (its chunks are swept later).
+signature against the site's keys, every ``requires`` uploaded, no duplicate id). The metadata
+goes to MongoDB, the archive bytes to ``<state_dir>/releases/<id>.tar.gz``.
 
-Archives of an earlier, single-replica version (``<state_dir>/releases/<id>.tar.gz``) are
-imported into the database when the replica holding them starts (checked against the release's
-sha256, then the file is removed), and served from the file until then.
+Storage note: the archives live on this process's disk, and the download-ticket key in
+``<state_dir>/software-download.key``. Several replicas of the software service need both on
+shared storage (a shared volume, or the archives in GridFS and the key in a secret), or an agent
+may be sent to a replica that does not hold the archive.
 
 Release states: ``available`` → ``deploying`` → ``deployed``; ``removing`` while a host rolls
 back; ``unavailable`` for a version at or below the deployed one (computed at upload, and set on
@@ -18,19 +17,18 @@ the others when a release becomes deployed).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
+import hashlib
 import hmac
-import logging
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from roost_shared.catalog import SoftwareReleaseChanged
 from roost_shared.db import Database, Session
@@ -39,13 +37,7 @@ from roost_shared.outbox import Outbox
 from roost_shared.paging import SortSpec, page
 from roost_shared.problems import Conflict, NotFound, RoostError
 from roost_shared.releases import ReleaseError, read_archive, verify_signature, version_key
-from roost_software.archives import CHUNK_SIZE, ArchiveStore, slices
 from roost_software.settings import SoftwareSettings
-from roost_software.tickets import shared_ticket_key, sign_ticket, ticket_key
-
-__all__ = ["ReleaseStore", "sign_ticket", "ticket_key"]
-
-log = logging.getLogger(__name__)
 
 SOURCE = "roost/software"
 RELEASES = "releases"
@@ -58,7 +50,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([(f, ASCENDING) for f, _ in RELEASE_SORT]),
         IndexModel([("requires", ASCENDING)]),
         IndexModel([("state", ASCENDING)]),
-        IndexModel([("archive.id", ASCENDING)]),
     ],
 }
 
@@ -80,25 +71,27 @@ def version_sort(version: str) -> str:
     return ".".join(f"{p:06d}" for p in version_key(version))
 
 
+def ticket_key(path: Path) -> bytes:
+    """The key download tickets are signed with: ``path``'s, made (mode 0600) if absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(os.urandom(32)).decode())
+    return base64.b64decode(path.read_text().strip())
+
+
+def sign_ticket(key: bytes, release_id: str, expires: int) -> str:
+    """HMAC-SHA256 over the release id and the expiry (unix seconds), URL-safe base64."""
+    mac = hmac.new(key, f"{release_id}\n{expires}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
 def refused(field: str, reason: str) -> ReleaseRefused:
     return ReleaseRefused(f"{field}: {reason}", field=field)
-
-
-def _archive_field(ref: dict[str, Any]) -> dict[str, Any]:
-    """What a release document records of its stored archive."""
-    return {
-        "id": ref["id"],
-        "chunks": ref["chunks"],
-        "chunk_size": ref["chunk_size"],
-        "size": ref["size"],
-    }
-
-
-def _file_pieces(path: Path) -> Iterator[bytes]:
-    """A file's bytes, :data:`CHUNK_SIZE` at a time (the migration reads no file whole)."""
-    with path.open("rb") as f:
-        while piece := f.read(CHUNK_SIZE):
-            yield piece
 
 
 class ReleaseStore:
@@ -109,21 +102,8 @@ class ReleaseStore:
         self.releases = db[RELEASES]
         self.outbox = outbox
         self.settings = settings
-        self.archives = ArchiveStore(db)
-        #: Where a single-replica version kept archives (imported by :meth:`start`).
         self.dir = Path(settings.state_dir) / "releases"
         self._key: bytes | None = None
-
-    async def start(self) -> None:
-        """Before serving: load the site's ticket key and import this replica's local archives
-        of an earlier version (a failed import is logged; the file is served meanwhile)."""
-        self._key = await shared_ticket_key(
-            self.db, Path(self.settings.state_dir) / "software-download.key"
-        )
-        try:
-            await self.import_local()
-        except Exception:
-            log.exception("could not import the local release archives of %s", self.dir)
 
     # Keys ------------------------------------------------------------------------------------
 
@@ -223,9 +203,9 @@ class ReleaseStore:
             "updated_at": now,
             "deployed_at": None,
         }
-        # The bytes first: a crash before the insert leaves chunks no release names (swept).
-        ref = await self.archives.put(slices(data))
-        doc["archive"] = _archive_field(ref)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{meta.id}.{uuid.uuid4().hex}.part"
+        tmp.write_bytes(data)
 
         async def work(session: Session) -> None:
             await self.releases.insert_one(dict(doc), session=session)
@@ -234,14 +214,14 @@ class ReleaseStore:
         try:
             await self.db.in_transaction(work)
         except DuplicateKeyError:
-            await self.archives.remove(ref["id"])
+            tmp.unlink(missing_ok=True)
             raise Conflict(
                 kind="Release", id=meta.id, reason="a release with this id exists", field="id"
             ) from None
         except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.archives.remove(ref["id"]))
+            tmp.unlink(missing_ok=True)
             raise
+        tmp.replace(self.archive_path(meta.id))
         self.outbox.wake()
         return doc
 
@@ -285,7 +265,7 @@ class ReleaseStore:
                 field="path.id",
             )
 
-        async def work(session: Session) -> dict[str, Any]:
+        async def work(session: Session) -> None:
             gone = await self.releases.find_one_and_delete(
                 {"id": release_id, "state": {"$nin": ["deploying", "deployed", "removing"]}},
                 session=session,
@@ -295,13 +275,9 @@ class ReleaseStore:
                     kind="Release", id=release_id, reason="its state changed", field="path.id"
                 )
             await self._event(session, {**gone, "state": "deleted"})
-            return gone
 
-        gone = await self.db.in_transaction(work)
+        await self.db.in_transaction(work)
         self.outbox.wake()
-        # After the commit: a crash in between leaves chunks no release names (swept).
-        if gone.get("archive"):
-            await self.archives.remove(gone["archive"]["id"])
         with contextlib.suppress(OSError):
             self.archive_path(release_id).unlink(missing_ok=True)
 
@@ -344,76 +320,11 @@ class ReleaseStore:
     # Archives and download tickets -----------------------------------------------------------
 
     def archive_path(self, release_id: str) -> Path:
-        """Where a single-replica version kept the archive (read only for the migration)."""
         return self.dir / f"{release_id}.tar.gz"
-
-    async def open_archive(
-        self, doc: dict[str, Any]
-    ) -> tuple[AsyncIterator[bytes] | None, Path | None]:
-        """How to serve a release's archive: ``(stream, None)`` from the database, ``(None,
-        path)`` from a not yet imported local file, ``(None, None)`` when neither has it. The
-        first chunk is read here, so a missing archive is a 404, not a cut-off 200."""
-        ref = doc.get("archive")
-        if ref is not None:
-            first = await self.archives.first(ref)
-            if first is None:
-                return None, None
-            return self.archives.stream(ref, doc["archive_sha256"], first), None
-        path = self.archive_path(doc["id"])
-        return None, (path if path.is_file() else None)
-
-    async def import_local(self) -> int:
-        """Move this replica's archives of an earlier version into the database: each release
-        without a stored archive whose file is here and matches its sha256 (the first replica to
-        record one wins; the loser's copy is removed). How many were imported."""
-        imported = 0
-        async for doc in self.releases.find({"archive": None}, {"id": 1, "archive_sha256": 1}):
-            path = self.archive_path(doc["id"])
-            if not path.is_file():
-                continue
-            ref = await self.archives.put(_file_pieces(path))
-            if ref["sha256"] != doc["archive_sha256"]:
-                await self.archives.remove(ref["id"])
-                log.error("release %s: %s does not match its sha256; not imported", doc["id"], path)
-                continue
-            result = await self.releases.update_one(
-                {"_id": doc["_id"], "archive": None}, {"$set": {"archive": _archive_field(ref)}}
-            )
-            if result.modified_count != 1:
-                await self.archives.remove(ref["id"])
-                continue
-            imported += 1
-            log.info("release %s: archive imported from %s into the database", doc["id"], path)
-            with contextlib.suppress(OSError):
-                path.unlink()
-        return imported
-
-    async def sweep(self, grace_s: float) -> int:
-        """Remove archives no release names that were started more than ``grace_s`` ago (an
-        upload interrupted by a crash, a delete cut short); how many were removed."""
-        cutoff = int((time.time() - grace_s) * 1000)
-        removed = 0
-        for archive in await self.archives.older_than(cutoff):
-            if await self.releases.find_one({"archive.id": archive}, {"_id": 1}) is None:
-                await self.archives.remove(archive)
-                removed += 1
-        if removed:
-            log.info("removed %d release archives no release names", removed)
-        return removed
-
-    async def sweeper(self) -> None:
-        """The leader's loop: :meth:`sweep` at the start of its term, then every
-        ``archive_sweep_s``."""
-        while True:
-            try:
-                await self.sweep(self.settings.archive_orphan_grace_s)
-            except PyMongoError as exc:
-                log.warning("release archive sweep failed: %s", exc)
-            await asyncio.sleep(self.settings.archive_sweep_s)
 
     def _ticket_key(self) -> bytes:
         if self._key is None:
-            raise RuntimeError("the download ticket key is not loaded (ReleaseStore.start)")
+            self._key = ticket_key(Path(self.settings.state_dir) / "software-download.key")
         return self._key
 
     def _sign(self, release_id: str, expires: int) -> str:

@@ -30,15 +30,6 @@ class SoftwareSettings(RoostSettings):
     max_release_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest release archive accepted."
     )
-    archive_orphan_grace_s: float = Field(
-        3600.0,
-        gt=0,
-        description="Stored archive chunks no release names (an upload cut short by a crash) "
-        "are removed once they are this old: longer than any upload takes.",
-    )
-    archive_sweep_s: float = Field(
-        600.0, gt=0, description="Period of the leader's sweep of such chunks."
-    )
     download_ticket_s: float = Field(
         900.0, gt=0, description="How long an agent's download link stays valid."
     )
