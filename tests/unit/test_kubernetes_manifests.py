@@ -119,10 +119,9 @@ def test_every_packaged_service_is_a_deployment_with_its_port_probes_and_service
         port = settings_class(name).model_fields["port"].default
         assert port == SERVICE_PORTS[name]
         pod = dep["spec"]["template"]
-        # Leader leases make the loops safe with replicas; host and service keep one for their
-        # UDP endpoints and operator actions (see each manifest); software keeps its release
-        # archives in its database.
-        replicated = name in ("config", "fault", "dashboard", "software")
+        # Leader leases make the loops safe with replicas; host, service and software keep one
+        # for their UDP endpoints, operator actions and release volume (see each manifest).
+        replicated = name in ("config", "fault", "dashboard")
         assert dep["spec"]["replicas"] == (2 if replicated else 1)
         # Replicated: rolled one pod at a time, never below the count (the lease keeps one copy
         # of each loop); the others are recreated (a second pod would be wrong even briefly).
