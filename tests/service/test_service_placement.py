@@ -106,6 +106,7 @@ async def test_degrade_policy_keeps_the_group_active_and_retries_after_the_windo
         retry = c1.assigns("active")[-1]["data"]
         assert (retry["service"], retry["fencing_token"]) == ("api", max(token, 1))
         await until_state(http, "active")
+
     # Every state transition of gw was announced (service.group.changed), in order. (The
     # scratch group "probe" that hosts_known declares announces its own: not counted.)
     def of_gw() -> list[dict]:
