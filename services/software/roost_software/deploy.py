@@ -351,8 +351,11 @@ class DeployOps:
             self.outbox.wake()
             return DeploymentView.of(await self._current() or doc)
 
-    async def _in_deployment(self, hostname: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        doc = await self._current()
+    async def _in_deployment(
+        self, hostname: str, doc: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The current deployment (``doc`` if given, already read) and ``hostname``'s entry."""
+        doc = doc if doc is not None else await self._current()
         if doc is None:
             raise Conflict(
                 kind="Host",
@@ -381,54 +384,80 @@ class DeployOps:
         installed host, or one installing, is left as it is -- unless its agent never answered
         the install command within the command's deadline (it was down; the command expired):
         then the command is sent again."""
+        return (await self.deploy_hosts([hostname], check_locked=check_locked))[0]
+
+    async def deploy_hosts(
+        self, hostnames: list[str], *, check_locked: bool = True
+    ) -> list[HostDeployView]:
+        """:meth:`deploy_host` for several hosts at once (a strategy stage's): their views asked
+        concurrently and every command recorded in one transaction. One host after another
+        (each with its own reads, host-service call and transaction) put ~0.1 s between two
+        hosts' commands, ~1 s for a stage of 10. All or nothing: a host refused refuses all."""
         async with self._lock:
-            doc, host = await self._in_deployment(hostname)
-            if host["state"] == "installed" and not host.get("rolling_back"):
-                return HostDeployView.of(host)
-            if host["state"] == "installing" and not self._unanswered(host):
-                return HostDeployView.of(host)
-            if host.get("rolling_back"):
-                raise Conflict(
-                    kind="Host", id=hostname, reason="it is rolling back", field="path.hostname"
+            doc = await self._current()
+            found = [await self._in_deployment(h, doc) for h in hostnames]
+            views: dict[str, HostDeployView] = {}
+            todo: list[dict[str, Any]] = []
+            for _, host in found:
+                if host["state"] == "installed" and not host.get("rolling_back"):
+                    views[host["hostname"]] = HostDeployView.of(host)
+                elif host["state"] == "installing" and not self._unanswered(host):
+                    views[host["hostname"]] = HostDeployView.of(host)
+                elif host.get("rolling_back"):
+                    raise Conflict(
+                        kind="Host",
+                        id=host["hostname"],
+                        reason="it is rolling back",
+                        field="path.hostname",
+                    )
+                else:
+                    todo.append(host)
+            if todo:
+                assert doc is not None  # _in_deployment raised otherwise
+                peer_views = await asyncio.gather(*(self.peers.host(h["hostname"]) for h in todo))
+                release = await self.releases.get(doc["release_id"])
+                hooks = release.get("hooks") or {}
+                payload = SoftwareInstall(
+                    release_id=release["id"],
+                    version=release["version"],
+                    url=self.releases.download_url(release["id"]),
+                    archive_sha256=release["archive_sha256"],
+                    files=release["files"],
+                    install_hook=hooks.get("install"),
+                    activate_hook=hooks.get("activate"),
+                    rollback_hook=hooks.get("rollback"),
+                    reboot_required=bool(release.get("reboot_required")),
                 )
-            view = await self.peers.host(hostname)
-            if view is None:
-                raise NotFound(kind="Host", id=hostname, field="path.hostname")
-            if check_locked and view.get("administrative") != "locked":
-                raise Conflict(
-                    kind="Host",
-                    id=hostname,
-                    reason=f"it is {view.get('administrative')}: lock it first",
-                    field="path.hostname",
-                )
-            mac = _mac(view.get("mgmt_mac") or host.get("mgmt_mac"))
-            if not mac:
-                raise _no_mac(hostname)
-            release = await self.releases.get(doc["release_id"])
-            hooks = release.get("hooks") or {}
-            payload = SoftwareInstall(
-                release_id=release["id"],
-                version=release["version"],
-                url=self.releases.download_url(release["id"]),
-                archive_sha256=release["archive_sha256"],
-                files=release["files"],
-                install_hook=hooks.get("install"),
-                activate_hook=hooks.get("activate"),
-                rollback_hook=hooks.get("rollback"),
-                reboot_required=bool(release.get("reboot_required")),
-            )
-            env = self._command(payload, hostname)
-            changed = {
-                **host,
-                "mgmt_mac": mac,
-                "state": "installing",
-                "reason": "",
-                "command": env.id,
-                "command_sent_at": utcnow_ms(),
-                "answered": False,
-                "updated_at": utcnow_ms(),
-            }
-            return await self._send(doc, changed, (env, COMMANDS_EXCHANGE, agent_key(mac)))
+                sends: list[tuple[dict[str, Any], Destined]] = []
+                for host, view in zip(todo, peer_views, strict=True):
+                    hostname = host["hostname"]
+                    if view is None:
+                        raise NotFound(kind="Host", id=hostname, field="path.hostname")
+                    if check_locked and view.get("administrative") != "locked":
+                        raise Conflict(
+                            kind="Host",
+                            id=hostname,
+                            reason=f"it is {view.get('administrative')}: lock it first",
+                            field="path.hostname",
+                        )
+                    mac = _mac(view.get("mgmt_mac") or host.get("mgmt_mac"))
+                    if not mac:
+                        raise _no_mac(hostname)
+                    env = self._command(payload, hostname)
+                    changed = {
+                        **host,
+                        "mgmt_mac": mac,
+                        "state": "installing",
+                        "reason": "",
+                        "command": env.id,
+                        "command_sent_at": utcnow_ms(),
+                        "answered": False,
+                        "updated_at": utcnow_ms(),
+                    }
+                    sends.append((changed, (env, COMMANDS_EXCHANGE, agent_key(mac))))
+                for view in await self._send_all(doc, sends):
+                    views[view.hostname] = view
+            return [views[h] for h in hostnames]
 
     def _command(self, payload: SoftwareInstall | SoftwareRollback, hostname: str) -> Envelope:
         """A command to ``hostname``'s agent, expiring after ``command_deadline_s``."""
@@ -482,18 +511,26 @@ class DeployOps:
     async def _send(
         self, doc: dict[str, Any], host: dict[str, Any], cmd: Destined
     ) -> HostDeployView:
+        return (await self._send_all(doc, [(host, cmd)]))[0]
+
+    async def _send_all(
+        self, doc: dict[str, Any], sends: list[tuple[dict[str, Any], Destined]]
+    ) -> list[HostDeployView]:
+        """Record each host's new state and its command in one transaction."""
+
         async def work(session: Session) -> None:
             fresh = await self._current(session)
             if fresh is None or fresh["uuid"] != doc["uuid"]:
                 raise Conflict(
                     kind="Deployment", id=doc["release_id"], reason="it was forgotten meanwhile"
                 )
-            await self._save_host(session, fresh, host)
-            await self.outbox.add_to(session, [cmd])
+            for host, cmd in sends:
+                await self._save_host(session, fresh, host)
+                await self.outbox.add_to(session, [cmd])
 
         await self.db.in_transaction(work)
         self.outbox.wake()
-        return HostDeployView.of(host)
+        return [HostDeployView.of(host) for host, _ in sends]
 
     async def forget(self) -> None:
         """Forget the deployment: only a finished one (deployed), or one where nothing was

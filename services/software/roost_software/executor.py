@@ -591,9 +591,7 @@ class Executor:
         return dict(zip(hosts, states, strict=True))
 
     async def _step_install(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
-        await asyncio.gather(
-            *(self.deploy.deploy_host(h, check_locked=True) for h in stage["hosts"])
-        )
+        await self.deploy.deploy_hosts(stage["hosts"], check_locked=True)
 
         async def installed() -> str | None:
             waiting = []
