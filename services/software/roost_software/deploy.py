@@ -149,12 +149,14 @@ class DeployOps:
         doc = await self._current()
         return DeploymentView.of(doc) if doc is not None else None
 
-    async def host_state(self, hostname: str) -> HostDeployView | None:
-        """The host's state in the current deployment; ``None`` if it is not part of one."""
+    async def host_states(self, hostnames: list[str]) -> dict[str, HostDeployView | None]:
+        """Each host's state in the current deployment (``None``: not part of one), from one
+        read of the deployment. A strategy checks its stage's hosts on every agent report: a
+        read of the whole deployment document per host held up the recording of the very
+        reports it waited for."""
         doc = await self._current()
-        if doc is None or hostname not in doc["hosts"]:
-            return None
-        return HostDeployView.of(doc["hosts"][hostname])
+        hosts = doc["hosts"] if doc is not None else {}
+        return {h: HostDeployView.of(hosts[h]) if h in hosts else None for h in hostnames}
 
     async def hosts(self) -> list[HostSoftwareView]:
         """Every host's last report (running release and version, agent state, boot, disk)."""

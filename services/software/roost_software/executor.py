@@ -587,8 +587,7 @@ class Executor:
         return "; ".join(n for n in notes if n) or None
 
     async def _deploy_states(self, hosts: list[str]) -> dict[str, Any]:
-        states = await asyncio.gather(*(self.deploy.host_state(h) for h in hosts))
-        return dict(zip(hosts, states, strict=True))
+        return await self.deploy.host_states(hosts)
 
     async def _step_install(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
         await self.deploy.deploy_hosts(stage["hosts"], check_locked=True)
