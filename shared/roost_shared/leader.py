@@ -26,6 +26,11 @@ for one lease document in the ``leases`` collection, ``_id: "<service>/leader"``
   itself alive in the lease document on every attempt (``members``); the leader, seeing a member
   silent past the ttl (or on taking over), aborts the orphaned transactions
   (:meth:`Database.reclaim_orphaned_transactions`), so work moves on within a few seconds.
+* **A leader killed inside a fenced transaction.** Its fence wrote the lease document, so that
+  write stays uncommitted for the transaction's lifetime and every standby's attempt waits on
+  it: nobody could take over for a minute. A standby whose attempts keep failing while the
+  lease's ``renewed_ms`` (read without a lock) stays the same for a ttl aborts the orphaned
+  transactions itself (:meth:`Leader.tick`), as the new leader would right after taking over.
 """
 
 from __future__ import annotations
@@ -162,6 +167,10 @@ class LeaseDocument:
         # SecantusDB answers a concurrent first upsert that lost with no document at all.
         return LeaseState.of(doc) if doc is not None else None
 
+    async def peek(self) -> dict[str, Any] | None:
+        """The lease document as last committed (a plain read: never waits on a writer)."""
+        return await self.leases.find_one({"_id": self.name})
+
     async def release(self, holder: str, token: int) -> bool:
         """Free the lease at once (a clean shutdown), so a standby need not wait for expiry."""
         result = await self.leases.update_one(
@@ -229,6 +238,8 @@ class Leader:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: asyncio.Task[None] | None = None
         self._reclaims_seen: int | None = None
+        #: A standby's view of a lease it cannot write: (renewed_ms seen, since when).
+        self._stuck: tuple[Any, float] | None = None
         self._changed = asyncio.Event()
         self._gauge = (
             metrics.gauge(
@@ -312,7 +323,11 @@ class Leader:
                     budget,
                 )
             except (TimeoutError, PyMongoError) as exc:
-                log.warning("leader lease %s: attempt failed: %s", self.lease.name, exc)
+                log.warning(
+                    "leader lease %s: attempt failed: %s", self.lease.name, str(exc) or repr(exc)
+                )
+                if self.token is None and self.reclaim:
+                    await self._unblock(started)
         if state is not None and state.holder == self.holder:
             if self.token is not None and state.token != self.token:
                 await self._step_down("lease re-granted under a new token")
@@ -354,6 +369,35 @@ class Leader:
             dead = [m for m, until in state.members.items() if until <= state.now_ms]
             if dead:
                 await self._reclaim(state, dead)
+
+    async def _unblock(self, started: float) -> None:
+        """A standby whose attempt failed: if nobody has renewed the lease for a ttl, the holder
+        is gone and what blocks the attempt is likely its open transaction (a fenced write of
+        the lease document): abort the orphaned transactions instead of waiting out their
+        lifetime. A live leader renews, which resets the count, so its sessions are left alone."""
+        try:
+            doc = await asyncio.wait_for(self.lease.peek(), self.renew_s)
+        except (TimeoutError, PyMongoError):
+            return
+        renewed = (doc or {}).get("renewed_ms")
+        if self._stuck is None or self._stuck[0] != renewed:
+            self._stuck = (renewed, started)
+            return
+        if started - self._stuck[1] < self.ttl_s:
+            return
+        self._stuck = (renewed, started)  # at most once a ttl
+        try:
+            n = await self.db.reclaim_orphaned_transactions()
+        except PyMongoError as exc:
+            log.warning("leader lease %s: could not reclaim: %s", self.lease.name, exc)
+            return
+        log.warning(
+            "leader lease %s: not renewed for %.1f s and not writable; aborted transactions of "
+            "%d sessions",
+            self.lease.name,
+            self.ttl_s,
+            n,
+        )
 
     async def _reclaim(self, state: LeaseState, dead: list[str]) -> None:
         try:

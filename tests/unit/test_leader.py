@@ -7,6 +7,7 @@ the same as with the defaults (3 s / 1 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -212,3 +213,45 @@ async def test_a_crashing_singleton_loop_is_restarted_while_leading(db: Database
         assert leader.leading
     finally:
         await leader.stop()
+
+
+async def test_a_leader_killed_inside_a_fenced_transaction_is_replaced_within_seconds(
+    db: Database, mongo_url: str
+) -> None:
+    """The leader fenced (wrote the lease document) in a transaction and died before committing:
+    the transaction stays open on the server for its lifetime (60 s) and the standby's attempts
+    wait on that write. The standby sees nobody renewing, aborts the orphaned transaction and
+    takes over within a few ttls, not a minute."""
+    journal = Journal()
+    # Two processes: each replica its own client (a replica never kills its own sessions).
+    other = Database(mongo_url, db.db.name)
+    await other.connect()
+    a = Leader(other, "svc", ttl_s=TTL_S, renew_s=RENEW_S)
+    a.singleton(journal.loop("a"), "loop-a")
+    b = Leader(db, "svc", ttl_s=TTL_S, renew_s=RENEW_S)
+    b.singleton(journal.loop("b"), "loop-b")
+    a.start()
+    assert await a.wait_leading(5)
+    token = a.token
+    assert token is not None
+    session = other.client.start_session()
+    await other._record_session(session)  # as every transaction's session is (in_transaction)
+    await session.start_transaction()
+    await a.lease.fence(session, a.holder, token)
+    await other["effects"].insert_one({"tag": "never committed"}, session=session)
+    assert a._runner is not None
+    a._runner.cancel()  # "killed": no renewal, no release, the transaction left open
+    killed = time.monotonic()
+    b.start()
+    try:
+        assert await b.wait_leading(20), "the standby never took over"
+        took = time.monotonic() - killed
+        assert took < 4 * TTL_S + 2.0, took
+        assert b.token is not None and b.token > token
+        assert await db["effects"].count_documents({}) == 0
+    finally:
+        await b.stop()
+        await a.stop()
+        with contextlib.suppress(Exception):
+            await session.end_session()
+        await other.close()
