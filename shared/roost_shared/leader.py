@@ -379,25 +379,24 @@ class Leader:
             doc = await asyncio.wait_for(self.lease.peek(), self.renew_s)
         except (TimeoutError, PyMongoError):
             return
-        renewed = (doc or {}).get("renewed_ms")
+        if doc is None:
+            return  # no lease yet: nobody can have fenced
+        renewed = doc.get("renewed_ms")
         if self._stuck is None or self._stuck[0] != renewed:
             self._stuck = (renewed, started)
             return
         if started - self._stuck[1] < self.ttl_s:
             return
         self._stuck = (renewed, started)  # at most once a ttl
-        try:
-            n = await self.db.reclaim_orphaned_transactions()
-        except PyMongoError as exc:
-            log.warning("leader lease %s: could not reclaim: %s", self.lease.name, exc)
-            return
         log.warning(
-            "leader lease %s: not renewed for %.1f s and not writable; aborted transactions of "
-            "%d sessions",
+            "leader lease %s: not renewed for %.1f s and not writable; reclaiming",
             self.lease.name,
             self.ttl_s,
-            n,
         )
+        # The same reclaim as a new leader's (live replicas learn their sessions' record went
+        # with it); bounded, in case what blocks the lease is not a dead transaction after all.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reclaim(LeaseState.of(doc), []), self.ttl_s)
 
     async def _reclaim(self, state: LeaseState, dead: list[str]) -> None:
         try:
