@@ -36,9 +36,17 @@ async def page(
     marker: str | None,
     limit: int,
     what: str = "item",
+    sort_indexed: bool = False,
 ) -> list[dict[str, Any]]:
     """One page of ``collection`` matching ``query`` in ``sort`` order, after the document whose
-    ``uuid`` is ``marker`` (404 naming ``query.marker`` if there is none)."""
+    ``uuid`` is ``marker`` (404 naming ``query.marker`` if there is none).
+
+    ``sort_indexed``: the collection has an index on exactly ``sort``, and the query walks it
+    (a hint). Without the hint the embedded database (SecantusDB 0.7) scans the whole collection
+    for any filter and sorts every match; walking the index instead took the alarm list of
+    1,500 (filtered on suppression status) from 72 to 51 ms. MongoDB picks the same index
+    unhinted for a filter no other index serves.
+    """
     selector: dict[str, Any] = dict(query)
     if marker:
         marker_doc = await collection.find_one({"uuid": marker})
@@ -47,7 +55,10 @@ async def page(
         selector = (
             {"$and": [selector, after(sort, marker_doc)]} if selector else after(sort, marker_doc)
         )
-    return await collection.find(selector).sort(list(sort)).limit(limit).to_list()
+    cursor = collection.find(selector).sort(list(sort)).limit(limit)
+    if sort_indexed:
+        cursor = cursor.hint(list(sort))
+    return await cursor.to_list()
 
 
 def next_link(request: Request, path: str, *, limit: int, marker: str, **defaults: Any) -> str:

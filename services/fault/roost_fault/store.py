@@ -125,7 +125,15 @@ class FaultStore:
     async def list_alarms(
         self, query: dict[str, Any], *, marker: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        return await page(self.alarms, query, ALARM_SORT, marker=marker, limit=limit, what="alarm")
+        return await page(
+            self.alarms,
+            query,
+            ALARM_SORT,
+            marker=marker,
+            limit=limit,
+            what="alarm",
+            sort_indexed=True,
+        )
 
     async def severity_counts(self, *, suppressed: bool) -> list[dict[str, Any]]:
         status = SuppressionStatus.suppressed if suppressed else SuppressionStatus.unsuppressed
