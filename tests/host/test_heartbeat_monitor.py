@@ -280,11 +280,14 @@ async def _pause() -> None:
 async def test_unknown_and_malformed_heartbeats_are_counted_not_trusted(stack):
     svc = stack.start("host", **FAST)
     port = int(svc.env["ROOST_HEARTBEAT_PORT"])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _ in range(5):
-            s.sendto(b"not a heartbeat", ("127.0.0.1", port))
 
     async def counted():
+        # Sent on every probe: the port is bound by the leader's loop, which may start just
+        # after the service reports ready; datagrams sent before that are lost (as a real
+        # agent's would be, which sends again ten times a second).
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(5):
+                s.sendto(b"not a heartbeat", ("127.0.0.1", port))
         async with httpx.AsyncClient(base_url=svc.url) as http:
             text = (await http.get("/metrics")).text
         line = [

@@ -121,11 +121,10 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             Service or the same port on every replica's host)."""
             await monitor.reset()
             await monitor.refresh()
-            await link.start()
             try:
-                await asyncio.gather(monitor.run(), recovery.run())
+                async with link.running():
+                    await asyncio.gather(monitor.run(), recovery.run())
             finally:
-                await link.stop()
                 await recovery.aclose()
                 await monitor.aclose()
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -131,17 +131,27 @@ class HeartbeatLink:
         self._channel: AbstractChannel | None = None  # this start's (closed by stop)
 
     async def start(self) -> None:
+        """Bind the UDP port and consume bus heartbeats. Whatever it got before failing or
+        being cancelled (a leader term that ends while it starts) is released by :meth:`stop`,
+        which the caller must always run after it: a socket left bound would keep this replica
+        from ever binding the port again on its next term."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((self.bind_host, self.port))
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((self.bind_host, self.port))
+        except BaseException:
+            sock.close()
+            raise
         self.port = sock.getsockname()[1]
         self._datagrams = _Datagrams(self, sock, BATCH_S)
         self._flusher = asyncio.create_task(self._flush_counts(), name="heartbeat-counts")
         assert self.bus.connection is not None
         # Heartbeats and probes: no confirms, transient, short-lived (see roost_shared.heartbeat).
-        channel = self._channel = await self.bus.connection.channel(publisher_confirms=False)
+        # Held before it opens, so that stop() closes it even if this start is cancelled now.
+        channel = self._channel = self.bus.connection.channel(publisher_confirms=False)
+        await channel
         await channel.set_qos(prefetch_count=0)
         self._exchange = await channel.declare_exchange(
             HEARTBEAT_EXCHANGE, ExchangeType.DIRECT, durable=True
@@ -161,11 +171,26 @@ class HeartbeatLink:
         await queue.consume(self._on_bus, no_ack=True)
         log.info("heartbeats: UDP %s:%d and the bus (%s)", self.bind_host, self.port, queue.name)
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Started for the body, stopped after it, however either ends (a leader term that
+        ends while the link starts must still release the port, or every later term fails
+        to bind it: seen at 200 agents, where renewals time out under load and terms end
+        often)."""
+        try:
+            await self.start()
+            yield
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
-        if self._datagrams is not None:
-            self._datagrams.close()
-        if self._flusher is not None:
-            self._flusher.cancel()
+        """Release what :meth:`start` got, however far it went; safe to call again."""
+        datagrams, self._datagrams = self._datagrams, None
+        if datagrams is not None:
+            datagrams.close()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
         self.flush()
         # Stop consuming too: the link stops when this replica's leader term ends and starts
         # again (a new socket and queue) on the next one.

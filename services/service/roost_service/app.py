@@ -118,11 +118,8 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             """The controller and the service link (UDP + bus hellos answered with the
             controller's grants): the leader replica's only; a standby binds no UDP port."""
             link.peers.clear()  # heard by an earlier term: stale; each agent gets its grace
-            await link.start()
-            try:
+            async with link.running():
                 await asyncio.gather(controller.run(), link.watch())
-            finally:
-                await link.stop()
 
         platform.spawn_singleton(control, "service-controller")
         # Operator actions run on the leader only, whichever replica was asked (commands.py).

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from aio_pika import DeliveryMode, ExchangeType, Message
@@ -93,14 +93,24 @@ class LinkServer:
     _exchange: AbstractExchange | None = None
 
     async def start(self) -> None:
+        """Bind the UDP port and consume bus hellos. Whatever it got before failing or being
+        cancelled (a leader term that ends while it starts) is released by :meth:`stop`, which
+        the caller must always run after it: a socket left bound would keep this replica from
+        ever binding the port again on its next term."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.bind((self.bind_host, self.port))
-        self.port = sock.getsockname()[1]
-        _, self._udp = await loop.create_datagram_endpoint(lambda: _Hellos(self), sock=sock)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.bind_host, self.port))
+            self.port = sock.getsockname()[1]
+            _, self._udp = await loop.create_datagram_endpoint(lambda: _Hellos(self), sock=sock)
+        except BaseException:
+            sock.close()  # the transport, if any was made, owns it: closing twice is harmless
+            raise
         assert self.bus.connection is not None
-        channel = await self.bus.connection.channel(publisher_confirms=False)
+        # Held before it opens, so that stop() closes it even if this start is cancelled now.
+        channel = self._channel = self.bus.connection.channel(publisher_confirms=False)
+        await channel
         self._exchange = await channel.declare_exchange(
             SM_EXCHANGE, ExchangeType.DIRECT, durable=True
         )
@@ -112,15 +122,29 @@ class LinkServer:
         )
         await queue.bind(self._exchange, HELLO_KEY)
         await queue.consume(self._on_bus, no_ack=True)
-        self._channel = channel
         log.info("service link: UDP %s:%d and the bus (%s)", self.bind_host, self.port, queue.name)
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Started for the body, stopped after it, however either ends (a leader term that
+        ends while the link starts must still release the port, or every later term fails
+        to bind it: seen at 200 agents, where renewals time out under load and terms end
+        often)."""
+        try:
+            await self.start()
+            yield
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
-        if self._channel is not None:
+        """Release what :meth:`start` got, however far it went; safe to call again."""
+        udp, self._udp = self._udp, None
+        if udp is not None and udp.transport is not None:
+            udp.transport.close()
+        channel, self._channel, self._exchange = self._channel, None, None
+        if channel is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._channel.close(), 5)
+                await asyncio.wait_for(channel.close(), 5)
 
     def answer(self, data: bytes, path: str) -> tuple[bytes, str] | None:
         """Record a hello heard on ``path``: (the grant to send back, the sender's MAC), or
