@@ -255,3 +255,38 @@ async def test_a_leader_killed_inside_a_fenced_transaction_is_replaced_within_se
         with contextlib.suppress(Exception):
             await session.end_session()
         await other.close()
+
+
+async def test_a_new_term_runs_a_loop_only_after_the_last_terms_has_ended(db: Database) -> None:
+    """A loop slower to end than the step-down's 5 s wait (a link closing its bus channel on
+    a loaded machine): the next term's run of it must wait, never run beside it (seen at 200
+    agents: the new term's link could not bind the UDP port the old one still held)."""
+    events: list[str] = []
+
+    async def slow_to_stop() -> None:
+        events.append("start")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(6.5)
+            events.append("stop")
+
+    async def hang(*_args: object) -> None:
+        await asyncio.Event().wait()
+
+    leader = Leader(db, "svc", ttl_s=TTL_S, renew_s=RENEW_S)
+    leader.singleton(slow_to_stop, "slow")
+    leader.start()
+    try:
+        assert await leader.wait_leading(5)
+        await eventually(lambda: events == ["start"], timeout=5, what="the first term's loop")
+        attempt = leader.lease.attempt
+        leader.lease.attempt = hang  # type: ignore[method-assign]
+        await eventually(lambda: not leader.leading, timeout=5, what="a step-down")
+        leader.lease.attempt = attempt  # type: ignore[method-assign]
+        await eventually(
+            lambda: events.count("start") == 2, timeout=20, what="the second term's loop"
+        )
+        assert events == ["start", "stop", "start"], events
+    finally:
+        await leader.stop()
