@@ -6,6 +6,7 @@ MongoDB wire protocol, exactly as to mongod. It is a dev/run dependency, not a s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from roost_sim.processes import ManagedProcess, port_ready, python_module
@@ -15,12 +16,18 @@ def url_for(port: int) -> str:
     return f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
-def embedded_db(port: int, storage: Path | str, log_path: Path | None = None) -> ManagedProcess:
+def embedded_db(
+    port: int, storage: Path | str, log_path: Path | None = None, cache_size: str | None = None
+) -> ManagedProcess:
     """A SecantusDB server on ``port`` keeping data in ``storage`` (``":memory:"`` for tests).
 
-    The WiredTiger cache is held to 64 MB (its default is 1 GB): edge hosts are small and
-    Roost's working set is tiny.
+    The WiredTiger cache is held to ``cache_size``, else ``ROOST_DB_CACHE_SIZE``, else 64 MB
+    (its default is 1 GB): edge hosts are small and Roost's working set is tiny. A benchmark
+    of 200 simulated hosts asks for more: with 64 MB, two of its runs wedged the server at
+    the same point of the rollout (every connection thread waiting on the storage lock held
+    by one stuck in a WiredTiger search; see bench/README.md, software_rollout).
     """
+    cache = cache_size or os.environ.get("ROOST_DB_CACHE_SIZE") or "64M"
     return ManagedProcess(
         "database",
         python_module(
@@ -32,7 +39,7 @@ def embedded_db(port: int, storage: Path | str, log_path: Path | None = None) ->
             "--storage-path",
             str(storage),
             "--cache-size",
-            "64M",
+            cache,
             "--log-level",
             "WARNING",
         ),
