@@ -431,8 +431,8 @@ class Leader:
 
         Never beside the same loop of an earlier term still unwinding in this process (a
         step-down waits 5 s for it, no longer): two would share its resources (the UDP port
-        a link binds: the new one could not bind it) and could both write under a re-granted
-        token. Found at 200 agents on 2 cores, where terms ended every few seconds."""
+        a link binds) and could both write under a re-granted token. At 200 agents on 2
+        cores terms ended every few seconds, which is when this matters."""
         if previous is not None and not previous.done():
             log.warning("singleton loop %s: waiting for the previous term's to end", name)
             while not previous.done():

@@ -259,8 +259,8 @@ async def test_a_leader_killed_inside_a_fenced_transaction_is_replaced_within_se
 
 async def test_a_new_term_runs_a_loop_only_after_the_last_terms_has_ended(db: Database) -> None:
     """A loop slower to end than the step-down's 5 s wait (a link closing its bus channel on
-    a loaded machine): the next term's run of it must wait, never run beside it (seen at 200
-    agents: the new term's link could not bind the UDP port the old one still held)."""
+    a loaded machine): the next term's run of it must wait, never run beside it (two links
+    would contend for one UDP port; two writers for one re-granted token)."""
     events: list[str] = []
 
     async def slow_to_stop() -> None:
