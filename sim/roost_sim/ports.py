@@ -25,12 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_udp_port() -> int:
+def free_udp_port(low: int = 10000, high: int = 20000) -> int:
     """A UDP port on 127.0.0.1 that nothing is bound to right now (TCP and UDP ports are
-    separate: a free TCP port may be some sender's or simulated BMC's UDP port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    separate: a free TCP port may be some sender's or simulated BMC's UDP port).
+
+    Chosen below the kernel's ephemeral range (``ip_local_port_range``, 32768+) and below the
+    simulated BMCs' blocks (20000+), like the all-in-one's fixed 8198/8199: a leader's link
+    port is free between two terms, and an ephemeral one could meanwhile go to any socket the
+    system opens (at 200 simulated hosts a new term of the service service found its port
+    taken and could not bind it)."""
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free UDP port in [{low}, {high})")
 
 
 def udp_port_block(count: int, low: int = 20000, high: int = 40000) -> int:
