@@ -477,12 +477,17 @@ class Leader:
 
 
 def _where(task: asyncio.Task[Any]) -> str:
-    """Where a task is suspended (its innermost frame), for a log line."""
-    stack = task.get_stack()
-    if not stack:
-        return "not started or done"
-    frame = stack[-1]
-    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    """Where a task is suspended (the innermost coroutine it awaits, asyncio's own left
+    out), for a log line.
+    (``Task.get_stack`` gives only the task's own frame for a suspended coroutine.)"""
+    where = "done or not started"
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None and "/asyncio/" not in frame.f_code.co_filename:
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return where
 
 
 class FencedDatabase:
