@@ -40,9 +40,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -488,6 +488,27 @@ def _where(task: asyncio.Task[Any]) -> str:
             where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     return where
+
+
+class Startable(Protocol):
+    """A part a leader term holds: started for the term, stopped when it ends."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def running(part: Startable) -> AsyncIterator[None]:
+    """``part`` started for the body and stopped after it, however either ends: a term that
+    ends while the part starts must still release what it got (a UDP link's port: else every
+    later term fails to bind it; seen at 200 agents, where renewals time out under load and
+    terms end every few seconds). ``part.stop()`` must cope with a start cut short."""
+    try:
+        await part.start()
+        yield
+    finally:
+        await part.stop()
 
 
 class FencedDatabase:

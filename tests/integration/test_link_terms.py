@@ -16,6 +16,7 @@ from typing import Any
 from roost_host.heartbeat import HeartbeatLink
 from roost_service.link import LinkServer
 from roost_shared.bus import Bus
+from roost_shared.leader import running
 from roost_shared.metrics import Metrics
 from roost_sim.ports import free_udp_port
 from tests.support.waiting import eventually
@@ -46,7 +47,7 @@ async def one_term(link: Any, after_s: float) -> None:
     """A leader term that holds the running link and ends ``after_s`` after it began."""
 
     async def term() -> None:
-        async with link.running():
+        async with running(link):
             await asyncio.Event().wait()
 
     task = asyncio.create_task(term())
@@ -65,7 +66,7 @@ async def check_terms(link: Any, bus: Bus, port: int) -> None:
 
         await eventually(released, timeout=2, what=f"port and channel released ({after_s} s)")
     # And the next term still gets the port.
-    async with link.running():
+    async with running(link):
         assert not port_free(port), "the link holds its port while it runs"
         assert open_channels(bus) == baseline + 1
     await eventually(lambda: _free(port), timeout=2, what="port released after a full term")

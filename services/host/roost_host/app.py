@@ -24,7 +24,7 @@ from roost_host.settings import HostSettings
 from roost_host.steps import StepRunner
 from roost_host.store import INDEXES, HostStore
 from roost_shared.api import Platform, create_app, serve
-from roost_shared.leader import FencedDatabase
+from roost_shared.leader import FencedDatabase, running
 
 DESCRIPTION = """Host lifecycle and state (StarlingX mtce): administrative, operational and
 availability states, operator actions (lock, force-lock, unlock with in-test, reboot, reset,
@@ -122,7 +122,7 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             await monitor.reset()
             await monitor.refresh()
             try:
-                async with link.running():
+                async with running(link):
                     await asyncio.gather(monitor.run(), recovery.run())
             finally:
                 await recovery.aclose()

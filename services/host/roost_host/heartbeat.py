@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -133,8 +133,8 @@ class HeartbeatLink:
     async def start(self) -> None:
         """Bind the UDP port and consume bus heartbeats. Whatever it got before failing or
         being cancelled (a leader term that ends while it starts) is released by :meth:`stop`,
-        which the caller must always run after it: a socket left bound would keep this replica
-        from ever binding the port again on its next term."""
+        which the caller must always run after it (``roost_shared.leader.running``): a socket
+        left bound would keep this replica from ever binding the port again on its next term."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -170,18 +170,6 @@ class HeartbeatLink:
         await queue.bind(self._exchange, HEARTBEAT_KEY)
         await queue.consume(self._on_bus, no_ack=True)
         log.info("heartbeats: UDP %s:%d and the bus (%s)", self.bind_host, self.port, queue.name)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Started for the body, stopped after it, however either ends (a leader term that
-        ends while the link starts must still release the port, or every later term fails
-        to bind it: seen at 200 agents, where renewals time out under load and terms end
-        often)."""
-        try:
-            await self.start()
-            yield
-        finally:
-            await self.stop()
 
     async def stop(self) -> None:
         """Release what :meth:`start` got, however far it went; safe to call again."""

@@ -26,7 +26,7 @@ from roost_service.placements import PlacementStore
 from roost_service.settings import ServiceSettings
 from roost_service.store import INDEXES, GroupStore
 from roost_shared.api import Platform, create_app, serve
-from roost_shared.leader import FencedDatabase
+from roost_shared.leader import FencedDatabase, running
 
 DESCRIPTION = """HA service groups (StarlingX sm): an operator declares a group of services
 that move together (start/stop commands, health probes, dependencies), its redundancy model
@@ -118,7 +118,7 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             """The controller and the service link (UDP + bus hellos answered with the
             controller's grants): the leader replica's only; a standby binds no UDP port."""
             link.peers.clear()  # heard by an earlier term: stale; each agent gets its grace
-            async with link.running():
+            async with running(link):
                 await asyncio.gather(controller.run(), link.watch())
 
         platform.spawn_singleton(control, "service-controller")

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aio_pika import DeliveryMode, ExchangeType, Message
@@ -123,18 +123,6 @@ class LinkServer:
         await queue.bind(self._exchange, HELLO_KEY)
         await queue.consume(self._on_bus, no_ack=True)
         log.info("service link: UDP %s:%d and the bus (%s)", self.bind_host, self.port, queue.name)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Started for the body, stopped after it, however either ends (a leader term that
-        ends while the link starts must still release the port, or every later term fails
-        to bind it: seen at 200 agents, where renewals time out under load and terms end
-        often)."""
-        try:
-            await self.start()
-            yield
-        finally:
-            await self.stop()
 
     async def stop(self) -> None:
         """Release what :meth:`start` got, however far it went; safe to call again."""
