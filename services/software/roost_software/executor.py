@@ -589,15 +589,12 @@ class Executor:
             await self._until(drained, self.settings.drain_timeout_s, "the drain")
         return "; ".join(n for n in notes if n) or None
 
-    async def _deploy_states(self, hosts: list[str]) -> dict[str, Any]:
-        return await self.deploy.host_states(hosts)
-
     async def _step_install(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
         await self.deploy.deploy_hosts(stage["hosts"], check_locked=True)
 
         async def installed() -> str | None:
             waiting = []
-            for h, state in (await self._deploy_states(stage["hosts"])).items():
+            for h, state in (await self.deploy.host_states(stage["hosts"])).items():
                 if state is None:
                     waiting.append(f"{h}: no deploy state")
                 elif state.state == "failed":
@@ -616,7 +613,7 @@ class Executor:
     async def _step_reboot(self, doc: dict[str, Any], stage: dict[str, Any]) -> str | None:
         async def rebooted() -> str | None:
             waiting = []
-            for h, state in (await self._deploy_states(stage["hosts"])).items():
+            for h, state in (await self.deploy.host_states(stage["hosts"])).items():
                 if state is not None and state.state == "failed":
                     raise StepFailed(f"{h}: {state.reason or 'failed after its reboot'}")
                 if state is None or state.state != "installed":
