@@ -30,7 +30,7 @@ for one lease document in the ``leases`` collection, ``_id: "<service>/leader"``
   write stays uncommitted for the transaction's lifetime and every standby's attempt waits on
   it: nobody could take over for a minute. A standby whose attempts keep failing while the
   lease's ``renewed_ms`` (read without a lock) stays the same for a ttl aborts the orphaned
-  transactions itself (:meth:`Leader.tick`), as the new leader would right after taking over.
+  transactions itself (:meth:`Leader._unblock`), as the new leader would right after taking over.
 """
 
 from __future__ import annotations
