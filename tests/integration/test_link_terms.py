@@ -61,19 +61,16 @@ async def check_terms(link: Any, bus: Bus, port: int) -> None:
     for after_s in CANCEL_AFTER_S:
         await one_term(link, after_s)
 
-        async def released() -> bool:
-            return port_free(port) and open_channels(bus) == baseline
-
-        await eventually(released, timeout=2, what=f"port and channel released ({after_s} s)")
+        await eventually(
+            lambda: port_free(port) and open_channels(bus) == baseline,
+            timeout=2,
+            what=f"port and channel released ({after_s} s)",
+        )
     # And the next term still gets the port.
     async with running(link):
         assert not port_free(port), "the link holds its port while it runs"
         assert open_channels(bus) == baseline + 1
-    await eventually(lambda: _free(port), timeout=2, what="port released after a full term")
-
-
-async def _free(port: int) -> bool:
-    return port_free(port)
+    await eventually(lambda: port_free(port), timeout=2, what="port released after a full term")
 
 
 async def test_the_service_link_releases_its_port_whenever_a_term_ends(stack):
