@@ -3,6 +3,7 @@ other's queues), the embedded SecantusDB server, API tokens, and service process
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ import pytest
 from roost_shared.bus import Bus
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
+from roost_shared.signing import Signer
+from roost_sim.credentials import ensure_command_keys
 from roost_sim.ports import free_udp_port
 from tests.support import nft
 from tests.support.stack import ServiceUnderTest, Tokens, Vhost, start_database
@@ -29,6 +32,29 @@ def _no_leftover_nft_tables() -> None:
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("roost")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def command_keys(workdir: Path) -> Iterator[Path]:
+    """The site's command signing keys, as make run makes them: every service process a test
+    starts signs with its own (ROOST_COMMAND_KEYS_DIR), every agent trusts them all
+    (ROOST_COMMAND_KEYS_FILE); children inherit both from this process's environment."""
+    keys_dir, trust_file = ensure_command_keys(workdir)
+    saved = {k: os.environ.get(k) for k in ("ROOST_COMMAND_KEYS_DIR", "ROOST_COMMAND_KEYS_FILE")}
+    os.environ["ROOST_COMMAND_KEYS_DIR"] = str(keys_dir)
+    os.environ["ROOST_COMMAND_KEYS_FILE"] = str(trust_file)
+    yield keys_dir
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def site_signers() -> dict[str, Signer]:
+    """Every issuer's command signing key: a test stands in for any issuing service."""
+    keys_dir = Path(os.environ["ROOST_COMMAND_KEYS_DIR"])
+    return {path.stem: Signer.from_file(path) for path in sorted(keys_dir.glob("*.pem"))}
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +121,11 @@ class Stack:
 
     async def bus(self) -> Bus:
         """A producer's bus connection, as any script or service would use."""
-        b = Bus(RoostSettings(service="test-producer", amqp_url=self.amqp_url), Metrics("test"))
+        b = Bus(
+            RoostSettings(service="test-producer", amqp_url=self.amqp_url),
+            Metrics("test"),
+            signers=site_signers(),
+        )
         await b.connect(deadline_s=10)
         self.buses.append(b)
         return b

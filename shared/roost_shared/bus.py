@@ -44,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 
 from roost_shared.agentbus import agent_id, sender_id
 from roost_shared.catalog import host_identity, parse_data
+from roost_shared.commands import ISSUERS, CommandSigner, load_signers
 from roost_shared.events import Envelope, utcnow
 from roost_shared.logging import correlation_id
 from roost_shared.retry import backoff, until_available
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
     from roost_shared.db import Database, Session
     from roost_shared.metrics import Metrics
+    from roost_shared.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +122,26 @@ class Bus:
     """
 
     def __init__(
-        self, settings: RoostSettings, metrics: Metrics, *, via: str | None = None
+        self,
+        settings: RoostSettings,
+        metrics: Metrics,
+        *,
+        via: str | None = None,
+        signers: dict[str, Signer] | None = None,
     ) -> None:
         """``via``: publish everything (events and parked messages) through this exchange,
-        declared by someone else (an agent with per-host credentials may declare nothing)."""
+        declared by someone else (an agent with per-host credentials may declare nothing).
+        ``signers``: the command signing keys by issuer (default: the service's own, from
+        ``command_key_file`` or ``command_keys_dir``); a command is signed by its type's issuer
+        (:data:`roost_shared.commands.ISSUERS`) when it is published."""
         self.settings = settings
         self.metrics = metrics
         self.via = via
+        if signers is None:
+            signers = load_signers(
+                settings.command_key_file, settings.command_keys_dir, settings.service
+            )
+        self.signers = {name: CommandSigner(name, key) for name, key in signers.items()}
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
@@ -211,16 +226,36 @@ class Bus:
                 log.warning("publish failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
+    def _signed(self, envelope: Envelope, routing_key: str | None) -> Envelope:
+        """A command signed by its issuer for the agent it goes to (commands are signed here,
+        as they are published, so that their sequence numbers follow the publishing order)."""
+        issuer = ISSUERS.get(envelope.type)
+        signer = self.signers.get(issuer) if issuer is not None else None
+        if signer is None or routing_key is None:
+            raise ValueError(
+                f"cannot send command {envelope.type}: this process has no signing key of its "
+                f"issuer ({issuer or 'none: not a command agents run'})"
+            )
+        return signer.sign(envelope, routing_key)
+
     async def _publish_once(self, items: Sequence[Destined]) -> None:
         if not self.exchanges:
             raise ConnectionError("bus is not connected")
+        messages = [
+            (
+                self._signed(e, routing_key) if exchange == COMMANDS_EXCHANGE else e,
+                exchange,
+                routing_key,
+            )
+            for e, exchange, routing_key in items
+        ]
         # Publishes are written to the channel in this order; the confirms come back together.
         await asyncio.gather(
             *(
                 self.exchanges[exchange].publish(
                     to_message(e), routing_key=routing_key or e.type, mandatory=False
                 )
-                for e, exchange, routing_key in items
+                for e, exchange, routing_key in messages
             )
         )
         for e, _, _ in items:

@@ -192,6 +192,18 @@ class ConfigApplied(_Strict):
     error: str | None = Field(None, max_length=2000)
 
 
+class CommandRefused(_Strict):
+    """``agent.command.refused``: an agent did not run a command it received (roost_shared.commands:
+    unsigned, signed by the wrong key or issuer, meant for another host, expired, replayed)."""
+
+    mgmt_mac: str = Field(pattern=MAC_PATTERN)
+    command_type: str = Field(max_length=200)
+    command_id: str = Field(max_length=200)
+    reason: str = Field(max_length=40)
+    detail: str = Field("", max_length=500)
+    forgery: bool = Field(description="The reason says someone tried to make the agent act.")
+
+
 class ConfigApply(_Strict):
     """Command ``config.apply`` (to ``roost.commands``, key ``agent.<mac hex>``): bring the host to
     configuration ``version``. Agents apply it idempotently and remember the version."""
@@ -457,6 +469,7 @@ CATALOG: dict[str, type[BaseModel]] = {
     "agent.host.announced": HostAnnounced,
     "agent.inventory.reported": InventoryReported,
     "agent.config.applied": ConfigApplied,
+    "agent.command.refused": CommandRefused,
     # The config service tells everyone about hosts.
     "config.host.added": HostRecord,
     "config.host.updated": HostRecord,
@@ -490,7 +503,14 @@ _TYPE_BY_MODEL: dict[type[BaseModel], str] = {
 
 
 #: What agents publish; each names the host it is about by ``mgmt_mac``.
-AGENT_REPORTS = (HostAnnounced, InventoryReported, ConfigApplied, InstanceChanged, SoftwareReported)
+AGENT_REPORTS = (
+    HostAnnounced,
+    InventoryReported,
+    ConfigApplied,
+    CommandRefused,
+    InstanceChanged,
+    SoftwareReported,
+)
 
 
 def host_identity(payload: BaseModel | None) -> str | None:

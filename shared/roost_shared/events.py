@@ -39,6 +39,13 @@ class Envelope(BaseModel):
     deadline: datetime | None = Field(
         None, description="Commands only: after this the receiver rejects it instead of acting."
     )
+    # Commands only (roost_shared.commands): who signed it, for which agent, in which order.
+    target: str | None = Field(None, max_length=64, description="Commands only: the agent id.")
+    seq: int | None = Field(None, ge=0, description="Commands only: the issuer's sequence number.")
+    signer: str | None = Field(None, max_length=64, description="Commands only: the issuer.")
+    signature: str | None = Field(
+        None, max_length=200, description="Commands only: base64 Ed25519 signature."
+    )
     datacontenttype: str = "application/json"
     data: dict[str, Any] = Field(default_factory=dict)
 

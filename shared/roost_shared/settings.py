@@ -61,6 +61,16 @@ class RoostSettings(BaseSettings):
         200, ge=1, description="Requests a caller may make at once before the rate applies."
     )
 
+    # Commands to agents are signed by their issuing service (roost_shared.commands).
+    command_key_file: Path | None = Field(
+        None,
+        description="This service's Ed25519 command signing key (PKCS#8 PEM); default "
+        "<command_keys_dir>/<service>.pem.",
+    )
+    command_keys_dir: Path | None = Field(
+        None, description="Directory of the site's command signing keys, one <service>.pem each."
+    )
+
     # Bus consumer behaviour.
     prefetch: int = Field(256, ge=1, le=5000, description="Unacked messages per consumer.")
     retry_delays_ms: list[int] = Field(

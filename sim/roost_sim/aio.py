@@ -23,7 +23,12 @@ from urllib.parse import urlparse
 import httpx
 
 from roost_shared.auth import Role, issue_token
-from roost_sim.credentials import credentials_path, ensure_credentials, ensure_release_keys
+from roost_sim.credentials import (
+    credentials_path,
+    ensure_command_keys,
+    ensure_credentials,
+    ensure_release_keys,
+)
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
 from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     # token, so its rollout traffic is never rate-limited and its actions are audited as 'peers'.
     peer_token = issue_token(tokens_file, "peers", Role.admin, peer=True)
     ensure_release_keys(state)  # roost software pack --key state/release-signing.pem
+    command_keys, _ = ensure_command_keys(state)  # agents trust them (Fleet.agent_env)
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "ROOST_MONGO_URL": mongo_url,
         "ROOST_AUTH_TOKENS_FILE": str(tokens_file),
         "ROOST_STATE_DIR": str(state),
+        "ROOST_COMMAND_KEYS_DIR": str(command_keys),
     }
     services: list[ManagedProcess] = []
     installed = installed_services()

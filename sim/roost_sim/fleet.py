@@ -44,6 +44,7 @@ import httpx
 from roost_agent.software import REBOOT_EXIT_CODE
 from roost_sim.bmc import CONTROL_PORT as BMC_CONTROL_PORT
 from roost_sim.bmc import FIRST_PORT as BMC_FIRST_PORT
+from roost_sim.credentials import COMMAND_TRUST_FILE
 from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -185,7 +186,7 @@ class Fleet:
         profile = state / "profile.json"
         if not profile.exists():  # a test or a user may edit it to change the inventory
             profile.write_text(json.dumps(render_profile(host.profile, host.index), indent=2))
-        return {
+        env = {
             "ROOST_AMQP_URL": amqp_url,
             "ROOST_MGMT_MAC": host.mac,
             "ROOST_HOSTNAME": host.hostname,
@@ -194,6 +195,11 @@ class Fleet:
             "ROOST_PROFILE": str(profile),
             **bytecode_env(self.dir),
         }
+        # The site's command keys, as a real node gets them at enrolment (made by make run).
+        trust = self.dir.parent / COMMAND_TRUST_FILE
+        if trust.exists():
+            env["ROOST_COMMAND_KEYS_FILE"] = str(trust)
+        return env
 
     def process(
         self,

@@ -76,16 +76,22 @@ async def test_config_apply_is_idempotent_ordered_and_rejects_expired(stack, age
     assert not (config / "2.json").exists()
     assert json.loads((config / "current.json").read_text())["version"] == 3
 
-    # Expired: rejected, nothing applied or published. Commands are handled in order, so once
-    # the next command is acknowledged the expired one has been dealt with.
+    # Expired: refused (reported as such, not as a forgery), nothing applied. Commands are
+    # handled in order, so once the next command is acknowledged the expired one was dealt with.
     seen = len(events.got)
     await apply(bus, agent.mac, 4, deadline_s=-1)
     await apply(bus, agent.mac, 5)
     await events.wait_for(APPLIED, agent.mac, after=seen)
     assert [e["data"]["version"] for e in events.of(APPLIED, agent.mac)][-1:] == [5]
-    assert len(events.got[seen:]) == 1
+    after = [
+        (e["type"], e["data"].get("reason"), e["data"].get("forgery")) for e in events.got[seen:]
+    ]
+    assert after == [("agent.command.refused", "expired", False), (APPLIED, None, None)]
     assert not (config / "4.json").exists()
-    assert agent.metric("roost_agent_commands_total", type="config.apply", outcome="expired") == 1
+    refused = agent.metric(
+        "roost_agent_commands_total", type="config.apply", outcome="refused-expired"
+    )
+    assert refused == 1
 
 
 async def test_failing_hook_reports_the_error_and_keeps_the_old_version(stack, agents, tmp_path):

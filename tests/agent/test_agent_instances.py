@@ -206,7 +206,7 @@ async def test_invalid_spec_fails_naming_the_field_and_expired_assign_is_ignored
     assert "\n" not in failed["reason"]
     assert [e["data"]["instance_id"] for e in events.of(CHANGED, agent.mac)] == ["gw-bad"]
     await eventually(
-        lambda: _metric(agent, "service.instance.assign", "expired"), what="expired counted"
+        lambda: _metric(agent, "service.instance.assign", "refused-expired"), what="expired counted"
     )
 
 

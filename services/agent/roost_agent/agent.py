@@ -6,8 +6,11 @@
 * Every ``inventory_poll_s`` it re-reads its inventory and publishes it again if it changed.
 * It heartbeats (:mod:`roost_agent.heartbeat`): UDP from construction on (before the broker is
   reachable, and while it is away), the bus path once connected.
-* It consumes ``agent.<mac hex>`` (classic durable queue on ``roost.commands``) and handles
-  ``config.apply``: expired commands are rejected (logged, counted, nothing published), versions
+* It consumes ``agent.<mac hex>`` (classic durable queue on ``roost.commands``) and runs only
+  commands signed by their issuing service for this host, within their deadline and newer than
+  the last one from that issuer (:mod:`roost_shared.commands`); any other is refused: logged,
+  counted and reported as ``agent.command.refused`` (the config service alarms on forgeries).
+  It handles ``config.apply``: versions
   at or below the applied one are re-acknowledged without being re-applied, newer ones are
   written, hooked and acknowledged with ``agent.config.applied``.
 * It runs the service instances the service service assigns to it
@@ -48,6 +51,7 @@ from roost_agent.tally import Tally
 from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus, Consumer, Delivery
 from roost_shared.catalog import (
+    CommandRefused,
     ConfigApplied,
     ConfigApply,
     HostAnnounced,
@@ -60,7 +64,7 @@ from roost_shared.catalog import (
     SoftwareReported,
     SoftwareRollback,
 )
-from roost_shared.commands import agent_key, expired
+from roost_shared.commands import CommandVerifier, Refusal, TrustedIssuers, agent_key
 from roost_shared.events import Envelope
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,14 @@ class Agent:
         self.state = AgentState(settings.state_dir)
         self.applier = Applier(self.state, settings.apply_hooks, settings.hook_timeout_s)
         self.queue = agent_key(settings.mgmt_mac)
+        trusted = None
+        if settings.command_keys_file is not None:
+            trusted = TrustedIssuers.read(settings.command_keys_file)
+        else:
+            log.error("no command keys (ROOST_COMMAND_KEYS_FILE): every command will be refused")
+        self.verifier = CommandVerifier(
+            trusted, self.queue.removeprefix("agent."), settings.state_dir / "command-seq.json"
+        )
         # Per-host credentials: its own exchanges and queues, declared by the control plane.
         self.names = AgentBusNames.of(settings.mgmt_mac) if settings.bus_secured else None
         self.consumer = Consumer(
@@ -310,28 +322,50 @@ class Agent:
         """Commands one at a time, in order. An exception parks the command (roost.dead)."""
         for delivery in deliveries:
             envelope = delivery.envelope
-            if expired(envelope):
-                log.warning(
-                    "rejected expired command %s %s (deadline %s)",
-                    envelope.type,
-                    envelope.id,
-                    envelope.deadline,
-                )
-                self._commands.labels(envelope.type, "expired").inc()
-            elif isinstance(delivery.payload, ConfigApply):
-                await self._config_apply(envelope, delivery.payload)
-            elif isinstance(delivery.payload, InstanceAssign | InstanceRemove | InstanceRestart):
-                await self._instance_command(envelope, delivery.payload)
-            elif isinstance(delivery.payload, SoftwareInstall | SoftwareRollback):
-                # Runs in a task of its own: a long install does not hold up instance commands.
-                ctx = Ctx(envelope.id, envelope.correlationid or envelope.id)
-                outcome = self.software.handle(ctx, delivery.payload)
-                log.info("%s %s: %s", envelope.type, delivery.payload.release_id, outcome)
-                self._commands.labels(envelope.type, outcome).inc()
-            else:
-                log.warning("ignored command %s %s: not for agents", envelope.type, envelope.id)
-                self._commands.labels(envelope.type, "ignored").inc()
+            try:
+                self.verifier.check(envelope)
+            except Refusal as refused:
+                await self._refused(envelope, refused)
+                continue
+            await self._run(delivery)
+            self.verifier.ran(envelope)
         await asyncio.to_thread(self._write_metrics)
+
+    async def _refused(self, envelope: Envelope, refused: Refusal) -> None:
+        """Log, count and report a command that will not run (never raises: a refusal is final,
+        and parking it would only keep the attacker's message around)."""
+        logger = log.error if refused.forgery else log.warning
+        logger("refused command %s %s: %s", envelope.type, envelope.id, refused)
+        self._commands.labels(envelope.type[:60], f"refused-{refused.reason}").inc()
+        report = CommandRefused(
+            mgmt_mac=self.settings.mgmt_mac,
+            command_type=envelope.type,
+            command_id=envelope.id[:200],
+            reason=refused.reason,
+            detail=refused.detail[:500],
+            forgery=refused.forgery,
+        )
+        try:
+            await self._publish(report)
+        except Exception as exc:
+            log.warning("could not report the refused command: %s", exc)
+
+    async def _run(self, delivery: Delivery) -> None:
+        """Run one verified command."""
+        envelope = delivery.envelope
+        if isinstance(delivery.payload, ConfigApply):
+            await self._config_apply(envelope, delivery.payload)
+        elif isinstance(delivery.payload, InstanceAssign | InstanceRemove | InstanceRestart):
+            await self._instance_command(envelope, delivery.payload)
+        elif isinstance(delivery.payload, SoftwareInstall | SoftwareRollback):
+            # Runs in a task of its own: a long install does not hold up instance commands.
+            ctx = Ctx(envelope.id, envelope.correlationid or envelope.id)
+            outcome = self.software.handle(ctx, delivery.payload)
+            log.info("%s %s: %s", envelope.type, delivery.payload.release_id, outcome)
+            self._commands.labels(envelope.type, outcome).inc()
+        else:
+            log.warning("ignored command %s %s: not for agents", envelope.type, envelope.id)
+            self._commands.labels(envelope.type, "ignored").inc()
 
     async def _config_apply(self, envelope: Envelope, command: ConfigApply) -> None:
         outcome = await self.applier.apply(command)

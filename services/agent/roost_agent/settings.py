@@ -142,6 +142,11 @@ class AgentSettings(RoostSettings):
         "plane declared for this host (python -m roost_agent.credentials add MAC). Default: the "
         "shared topology, declared by the agent itself.",
     )
+    command_keys_file: Path | None = Field(
+        None,
+        description='JSON file of the issuers\' command public keys ({"config": "<base64>", '
+        "...}), provisioned with the node. Without it every command is refused.",
+    )
     heartbeat_key: SecretStr | None = Field(
         None, description="Sign heartbeats (HMAC-SHA256) with the bytes of this value."
     )
