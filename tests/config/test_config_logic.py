@@ -193,7 +193,47 @@ def test_applied_moves_forward_and_provisions():
 def test_applied_never_goes_backwards_nor_past_the_target():
     h = host(install_state="provisioned", config_target=3, config_applied=3)
     assert not logic.on_applied(h, 2, True, None, NOW).changed
-    assert not logic.on_applied(h, 4, True, None, NOW).changed
+    assert "config_applied" not in logic.on_applied(h, 4, True, None, NOW).set
+
+
+def test_a_version_never_sent_raises_250_012_once_and_a_sane_report_clears_it():
+    """A host claiming a version above the target would otherwise refuse every real one."""
+    h = host(install_state="provisioned", config_target=3, config_applied=3)
+    fx = logic.on_applied(h, 1_000_000, True, None, NOW)
+    [alarm] = fx.alarms
+    assert isinstance(alarm, AlarmSet) and alarm.alarm_id == logic.ALARM_CONFIG_AHEAD
+    assert "1000000" in alarm.reason_text and fx.set == {"ahead_alarmed": True}
+    h.update(fx.set)
+    assert not logic.on_applied(h, 1_000_000, True, None, NOW).alarms, "raised once"
+    fx = logic.on_applied(h, 3, True, None, NOW)
+    assert [(type(a), a.alarm_id) for a in fx.alarms] == [(AlarmClear, logic.ALARM_CONFIG_AHEAD)]
+
+
+def test_repeated_forgeries_raise_250_011_at_the_threshold_and_not_for_every_one():
+    h = host()
+    times = [NOW + timedelta(seconds=i) for i in range(4)]
+    alarms = []
+    for t in times:
+        fx = logic.on_refused(
+            h, "unsigned", "service.instance.assign", t, threshold=3, window_s=120
+        )
+        h.update(fx.set)
+        alarms.append([a.alarm_id for a in fx.alarms])
+    assert alarms == [[], [], [logic.ALARM_FORGED_COMMANDS], []]  # then at most once a minute
+    assert h["forgeries_total"] == 4 and len(h["forgeries"]) == 3
+    later = NOW + timedelta(seconds=65)  # a minute after the alarm, still within the window
+    fx = logic.on_refused(h, "bad-signature", "config.apply", later, threshold=3, window_s=120)
+    assert [a.alarm_id for a in fx.alarms] == [logic.ALARM_FORGED_COMMANDS]
+    assert "refused 5 forged" in fx.alarms[0].reason_text
+
+
+def test_forgeries_spread_beyond_the_window_raise_nothing():
+    h = host()
+    for i in range(5):
+        t = NOW + timedelta(minutes=11 * i)
+        fx = logic.on_refused(h, "unsigned", "config.apply", t, threshold=3, window_s=600)
+        h.update(fx.set)
+        assert not fx.alarms
 
 
 def test_failure_raises_200_011_and_success_clears_it():

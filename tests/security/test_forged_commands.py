@@ -17,11 +17,12 @@ import aio_pika
 import pytest
 
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus, to_message
-from roost_shared.catalog import InstanceAssign, InstanceRemove
+from roost_shared.catalog import ConfigApply, InstanceAssign, InstanceRemove, Personality
 from roost_shared.commands import CommandSigner, agent_key, command
 from roost_shared.events import Envelope
 from roost_shared.signing import Signer
 from tests.agent.conftest import agents  # noqa: F401 - the fixture
+from tests.config.conftest import start_config  # noqa: F401 - the fixture
 from tests.conftest import site_signers
 from tests.support.agents import Events, listen
 from tests.support.waiting import eventually
@@ -216,3 +217,43 @@ async def test_a_signature_cannot_be_moved_to_a_command_without_a_deadline(stack
     with pytest.raises(ValueError, match="no deadline"):
         signer.sign(undated, agent_key(agent.mac))
     assert base64.b64decode(genuine.signature or "")  # a real signature was there to strip
+
+
+async def test_repeated_forgeries_raise_an_alarm_and_genuine_config_still_applies(
+    stack,
+    agents,
+    start_config,  # noqa: F811
+):
+    """The config service signs what it sends (the agent applies it) and alarms (250.011) when a
+    host's agent keeps refusing forged commands."""
+    config = start_config(ROOST_FORGERY_ALARM_THRESHOLD="3")
+    bus = await stack.bus()
+    events = await listen(bus, "#")
+    agent = agents()
+    async with config.client(stack.tokens.admin) as http:
+        r = await http.post(
+            "/v1/hosts",
+            json={"hostname": "worker-0", "personality": "worker", "mgmt_mac": agent.mac},
+        )
+        assert r.status_code in (200, 201), r.text
+        applied = await events.wait_for("agent.config.applied", agent.mac, timeout=30)
+        assert applied["data"]["ok"] is True and applied["data"]["version"] >= 1
+
+        forged = [
+            ConfigApply(version=10**9, hostname="worker-0", personality=Personality.worker)
+            for _ in range(3)
+        ]
+        for payload in forged:
+            env = command(payload, source="config", subject=agent.mac, deadline_s=30)
+            await publish_raw(stack.amqp_url, env, agent_key(agent.mac))
+
+        def raised(data: dict[str, Any]) -> bool:
+            return data["alarm_id"] == "250.011" and data["entity_instance_id"] == "host=worker-0"
+
+        alarm = await events.wait_for("fault.alarm.set", where=raised, timeout=20)
+        assert (
+            alarm["data"]["severity"] == "critical"
+            and "config.apply" in (alarm["data"]["reason_text"])
+        )
+        host = (await http.get(f"/v1/hosts/{agent.mac}")).json()
+        assert host["config_applied"] == applied["data"]["version"], "the host is not wedged"

@@ -1,20 +1,26 @@
 """Events the config service consumes and emits.
 
 Consumes (queue ``config.agents``): ``agent.host.announced``, ``agent.inventory.reported``,
-``agent.config.applied``. Emits through its outbox: ``config.host.added|updated|deleted``
-(``HostRecord``) on ``roost.events``; ``config.apply`` commands on ``roost.commands`` (key
-``agent.<mac hex>``); ``fault.alarm.set|clear`` and ``fault.log.write`` for the fault service.
+``agent.config.applied``, ``agent.command.refused`` (250.011 on repeated forgeries). Emits
+through its outbox: ``config.host.added|updated|deleted`` (``HostRecord``) on ``roost.events``;
+``config.apply`` commands on ``roost.commands`` (key ``agent.<mac hex>``, signed when the relay
+publishes them); ``fault.alarm.set|clear`` and ``fault.log.write`` for the fault service.
 """
 
 from __future__ import annotations
 
 from roost_config.operations import ConfigOperations
 from roost_shared.bus import BatchHandler, Delivery
-from roost_shared.catalog import ConfigApplied, HostAnnounced, InventoryReported
+from roost_shared.catalog import CommandRefused, ConfigApplied, HostAnnounced, InventoryReported
 from roost_shared.db import Session
 
 QUEUE = "config.agents"
-BINDINGS = ("agent.host.announced", "agent.inventory.reported", "agent.config.applied")
+BINDINGS = (
+    "agent.host.announced",
+    "agent.inventory.reported",
+    "agent.config.applied",
+    "agent.command.refused",
+)
 
 
 def agent_handler(ops: ConfigOperations) -> BatchHandler:
@@ -35,6 +41,8 @@ def agent_handler(ops: ConfigOperations) -> BatchHandler:
                 await ops.announced(session, payload)
             elif isinstance(payload, InventoryReported):
                 await ops.inventory_reported(session, payload)
+            elif isinstance(payload, CommandRefused):
+                await ops.command_refused(session, payload)
         if applied:
             await ops.config_applied(session, applied)
 

@@ -79,6 +79,10 @@ ALARM_CONFIG_OUT_OF_DATE = "250.001"
 #: Not in StarlingX: two nodes claim one hostname. A configuration-family id of its own, so that
 #: clearing a configuration failure never clears an identity conflict and vice versa.
 ALARM_HOST_CONFLICT = "250.010"
+#: Not in StarlingX: a host's agent refused commands that someone forged (roost_shared.commands).
+ALARM_FORGED_COMMANDS = "250.011"
+#: Not in StarlingX: a host reports a configuration version config never sent it.
+ALARM_CONFIG_AHEAD = "250.012"
 #: StarlingX's customer log "<host> has been 'discovered' on the network".
 LOG_HOST_DISCOVERED = "200.020"
 
@@ -322,8 +326,14 @@ def on_applied(
     target = int(host.get("config_target") or 0)
     applied = int(host.get("config_applied") or 0)
     if version > target:
-        fx.note = f"ignored: version {version} was never sent (target is {target})"
+        fx.note = f"version {version} was never sent (target is {target}): alarmed"
+        if not host.get("ahead_alarmed"):
+            fx.alarms.append(config_ahead_alarm(host, version))
+            fx.set["ahead_alarmed"] = True
         return fx
+    if host.get("ahead_alarmed"):
+        fx.alarms.append(AlarmClear(alarm_id=ALARM_CONFIG_AHEAD, entity_instance_id=entity(host)))
+        fx.set["ahead_alarmed"] = False
     if not ok:
         fx.set = {"config_failed_version": version, "config_error": (error or "")[:2000]}
         if host.get("install_state") == InstallState.provisioning:
@@ -352,6 +362,35 @@ def on_applied(
                 AlarmClear(alarm_id=ALARM_CONFIG_OUT_OF_DATE, entity_instance_id=entity(host))
             )
             fx.set["drift_alarmed"] = False
+    return fx
+
+
+def on_refused(
+    host: Mapping[str, Any],
+    reason: str,
+    command_type: str,
+    now: datetime,
+    *,
+    threshold: int,
+    window_s: float,
+    realarm_s: float = 60.0,
+) -> Effects:
+    """An agent refused a forged command. ``threshold`` of them within ``window_s`` raise
+    250.011 (re-raised with the new count at most every ``realarm_s``, so a flood of forgeries
+    is not a flood of alarm updates). It is never cleared by itself: someone holds the site's
+    broker credentials and is using them, which an operator must look into."""
+    fx = Effects()
+    since = now - timedelta(seconds=window_s)
+    recent = [t for t in host.get("forgeries") or [] if t > since][-(threshold - 1) :]
+    recent.append(now)
+    total = int(host.get("forgeries_total") or 0) + 1
+    fx.set = {"forgeries": recent if threshold > 1 else [now], "forgeries_total": total}
+    last_alarm = host.get("forgery_alarm_at")
+    if len(recent) >= threshold and (
+        last_alarm is None or now - last_alarm >= timedelta(seconds=realarm_s)
+    ):
+        fx.alarms.append(forged_commands_alarm(host, total, reason, command_type))
+        fx.set["forgery_alarm_at"] = now
     return fx
 
 
@@ -443,6 +482,51 @@ def conflict_alarm(owner_hostname: str, mac: str, reported_hostname: str) -> Ala
             "Assign the node another hostname, or delete it if it is not meant to join"
         ),
         mgmt_affecting=False,
+    )
+
+
+def forged_commands_alarm(
+    host: Mapping[str, Any], total: int, reason: str, command_type: str
+) -> AlarmSet:
+    name = host.get("hostname") or host["mgmt_mac"]
+    return AlarmSet(
+        alarm_id=ALARM_FORGED_COMMANDS,
+        entity_instance_id=entity(host),
+        entity_type_id="host",
+        severity=Severity.critical,
+        reason_text=(
+            f"{name} refused {total} forged command(s); the last was {command_type} ({reason}). "
+            "Someone with broker access is trying to make the host act"
+        )[:2048],
+        alarm_type=AlarmType.integrity_violation,
+        probable_cause="unauthorized-access",
+        proposed_repair_action=(
+            "Find who publishes to roost.commands (the host's agent log names each command), "
+            "rotate the broker credentials, then delete this alarm"
+        ),
+        mgmt_affecting=False,
+    )
+
+
+def config_ahead_alarm(host: Mapping[str, Any], version: int) -> AlarmSet:
+    name = host.get("hostname") or host["mgmt_mac"]
+    target = int(host.get("config_target") or 0)
+    return AlarmSet(
+        alarm_id=ALARM_CONFIG_AHEAD,
+        entity_instance_id=entity(host),
+        entity_type_id="host",
+        severity=Severity.major,
+        reason_text=(
+            f"{name} reports configuration version {version}, which was never sent to it "
+            f"(target {target}); it will not take newer configuration until this is resolved"
+        ),
+        alarm_type=AlarmType.integrity_violation,
+        probable_cause="configuration-or-customization-error",
+        proposed_repair_action=(
+            "Check the host for tampering; reset its agent's applied.json to the target version "
+            "or below and restart the agent"
+        ),
+        mgmt_affecting=True,
     )
 
 

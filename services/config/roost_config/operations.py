@@ -26,6 +26,7 @@ from roost_config.store import ConfigStore
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Destined
 from roost_shared.catalog import (
     AlarmClear,
+    CommandRefused,
     ConfigApplied,
     ConfigApply,
     HostAnnounced,
@@ -437,8 +438,9 @@ class ConfigOperations:
             alarms.append(self._conflict_clear(host))
             changes.update({"conflict": None, "conflict_with": None})
         target = int(host.get("config_target") or 0)
-        if int(host.get("config_applied") or 0) < msg.config_applied <= target:
-            # The agent applied a version whose report we never got: catch up (never backwards).
+        if int(host.get("config_applied") or 0) < msg.config_applied:
+            # The agent applied a version whose report we never got: catch up (never backwards);
+            # or one that was never sent: alarmed.
             fx = logic.on_applied(host, msg.config_applied, True, None, now)
             changes.update(fx.set)
             alarms.extend(fx.alarms)
@@ -563,6 +565,34 @@ class ConfigOperations:
         ]
         await self._fault(session, alarms)
         await self.outbox.add_to(session, messages)
+
+    async def command_refused(self, session: Session, msg: CommandRefused) -> None:
+        """``agent.command.refused``: count forgeries per host; repeated ones raise 250.011."""
+        self._reports.labels("refused", msg.reason).inc()
+        if not msg.forgery:
+            log.info("agent %s refused %s: %s", msg.mgmt_mac, msg.command_type, msg.reason)
+            return
+        log.error(
+            "agent %s refused a forged %s (%s): %s",
+            msg.mgmt_mac,
+            msg.command_type,
+            msg.reason,
+            msg.detail,
+        )
+        hosts = await self.store.hosts_by_macs(session, {msg.mgmt_mac})
+        host = hosts.get(msg.mgmt_mac)
+        if host is None:
+            return
+        fx = logic.on_refused(
+            host,
+            msg.reason,
+            msg.command_type,
+            utcnow(),
+            threshold=self.settings.forgery_alarm_threshold,
+            window_s=self.settings.forgery_alarm_window_s,
+        )
+        await self.store.update_hosts(session, [(host["uuid"], fx.set)])
+        await self._fault(session, fx.alarms)
 
     # Drift ----------------------------------------------------------------------------------
 

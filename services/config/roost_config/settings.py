@@ -21,6 +21,14 @@ class ConfigSettings(RoostSettings):
     command_deadline_s: float = Field(
         120.0, gt=0, description="A config.apply command not started by then is rejected."
     )
+    forgery_alarm_threshold: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Forged commands a host's agent refuses within forgery_alarm_window_s "
+        "before alarm 250.011 is raised.",
+    )
+    forgery_alarm_window_s: float = Field(600.0, gt=0, description="See forgery_alarm_threshold.")
     host_service_url: str | None = Field(
         None, description="Host service base URL; when set, deleting an unlocked host is refused."
     )

@@ -30,6 +30,10 @@ KNOWN_ALARMS: dict[str, str] = {
     "250.004": "IPsec certificate renewal failed",
     # Not in StarlingX: two hosts announce the same hostname (raised by the config service).
     "250.010": "Host name conflict",
+    # Not in StarlingX: a host's agent refused forged commands (raised by the config service).
+    "250.011": "Host refused forged commands",
+    # Not in StarlingX: a host reports a configuration version it was never sent.
+    "250.012": "Host configuration version ahead of the control plane",
     "400.001": "Service group failure or degraded",
     "400.002": "Service group loss of redundancy",
     "400.003": "License key problem",
