@@ -138,8 +138,12 @@ class Bus:
         self.metrics = metrics
         self.via = via
         if signers is None:
+            key = settings.command_key
             signers = load_signers(
-                settings.command_key_file, settings.command_keys_dir, settings.service
+                key.get_secret_value() if key is not None else None,
+                settings.command_key_file,
+                settings.command_keys_dir,
+                settings.service,
             )
         self.signers = {name: CommandSigner(name, key) for name, key in signers.items()}
         self.connection: AbstractRobustConnection | None = None

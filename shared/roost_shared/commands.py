@@ -122,13 +122,42 @@ class CommandSigner:
         return signed
 
 
-def load_signers(key_file: Path | None, keys_dir: Path | None, name: str) -> dict[str, Signer]:
-    """The issuing service's own signing key: ``key_file``, else ``<keys_dir>/<name>.pem`` if it
-    exists; empty when neither names one (the process then cannot send commands)."""
+def load_signers(
+    key: str | None, key_file: Path | None, keys_dir: Path | None, name: str
+) -> dict[str, Signer]:
+    """The issuing service's own signing key: ``key`` (PEM text), ``key_file``, else
+    ``<keys_dir>/<name>.pem`` if it exists; empty when none names one (the process then cannot
+    send commands)."""
+    if key:
+        return {name: Signer.from_pem(key)}
     path = key_file or (keys_dir / f"{name}.pem" if keys_dir is not None else None)
     if path is None or (key_file is None and not path.exists()):
         return {}
     return {name: Signer.from_file(path)}
+
+
+#: What ``keygen`` writes beside the private keys: the public keys every agent is given.
+TRUST_FILE = "command-keys.json"
+
+
+def ensure_site_keys(keys_dir: Path, trust_file: Path | None = None) -> Path:
+    """Make the site's command signing keys where missing (existing ones are kept): one private
+    key per issuer, ``<keys_dir>/<issuer>.pem`` (mode 0600, for that service alone), and the
+    public keys for the agents, ``trust_file`` (default ``<keys_dir>/command-keys.json``).
+    Returns the trust file's path."""
+    trust_file = trust_file or keys_dir / TRUST_FILE
+    public: dict[str, str] = {}
+    for issuer in sorted(set(ISSUERS.values())):
+        path = keys_dir / f"{issuer}.pem"
+        if path.exists():
+            signer = Signer.from_file(path)
+        else:
+            signer = Signer.generate()
+            signer.write(path)
+        public[issuer] = signer.public_key
+    keys_dir.chmod(0o700)
+    TrustedIssuers.write(trust_file, public)
+    return trust_file
 
 
 class Refusal(Exception):
@@ -151,6 +180,10 @@ class TrustedIssuers:
     keys: dict[str, VerifyKey]
 
     @classmethod
+    def of(cls, public_keys: dict[str, str]) -> TrustedIssuers:
+        return cls({str(name): verify_key(str(key)) for name, key in public_keys.items()})
+
+    @classmethod
     def read(cls, path: Path) -> TrustedIssuers:
         """From a JSON file ``{"config": "<base64 public key>", ...}``; a corrupt file fails here,
         at start, not at the first command."""
@@ -158,7 +191,7 @@ class TrustedIssuers:
             document = json.loads(path.read_text())
             if not isinstance(document, dict):
                 raise ValueError("expected a JSON object of issuer name to public key")
-            return cls({str(name): verify_key(str(key)) for name, key in document.items()})
+            return cls.of(document)
         except (ValueError, BadKey) as exc:
             raise ValueError(f"{path}: {exc}") from None
 
@@ -232,3 +265,37 @@ class CommandVerifier:
         if envelope.seq > self.last_seq.get(envelope.signer, 0):
             self.last_seq[envelope.signer] = envelope.seq
             write_atomic(self.seq_path, json.dumps(self.last_seq, sort_keys=True).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m roost_shared.commands keygen DIR``: the site's command signing keys."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m roost_shared.commands", description=__doc__)
+    parser.add_argument("action", choices=["keygen"])
+    parser.add_argument("dir", type=Path, help="where the keys go (made if missing)")
+    parser.add_argument(
+        "--env",
+        action="store_true",
+        help="print them instead as docker-compose .env lines (ROOST_<ISSUER>_COMMAND_KEY, "
+        "ROOST_COMMAND_KEYS)",
+    )
+    args = parser.parse_args(argv)
+    trust = ensure_site_keys(args.dir)
+    if args.env:
+        for issuer in sorted(set(ISSUERS.values())):
+            line = Signer.from_file(args.dir / f"{issuer}.pem").one_line()
+            print(f"ROOST_{issuer.upper()}_COMMAND_KEY={line}")
+        print(f"ROOST_COMMAND_KEYS='{json.dumps(json.loads(trust.read_text()))}'")
+        return 0
+    issuers = ", ".join(f"{i}.pem" for i in sorted(set(ISSUERS.values())))
+    print(
+        f"private keys in {args.dir}: {issuers} (each to its service alone, "
+        f"ROOST_COMMAND_KEY_FILE)\npublic keys for every agent: {trust} "
+        "(ROOST_COMMAND_KEYS_FILE)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,6 +62,9 @@ class RoostSettings(BaseSettings):
     )
 
     # Commands to agents are signed by their issuing service (roost_shared.commands).
+    command_key: SecretStr | None = Field(
+        None, description="This service's Ed25519 command signing key as PEM text."
+    )
     command_key_file: Path | None = Field(
         None,
         description="This service's Ed25519 command signing key (PKCS#8 PEM); default "

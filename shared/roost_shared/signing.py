@@ -31,10 +31,14 @@ class BadKey(ValueError):
 
 
 def _seed_of_pem(pem: str) -> bytes:
+    """The seed of a PEM key, or of its base64 body alone (one line: what fits an environment
+    variable or a docker-compose .env file)."""
     text = pem.strip()
-    if not (text.startswith(_PEM_HEADER) and text.endswith(_PEM_FOOTER)):
+    if text.startswith(_PEM_HEADER) and text.endswith(_PEM_FOOTER):
+        text = text[len(_PEM_HEADER) : -len(_PEM_FOOTER)]
+    elif text.startswith("-----"):
         raise BadKey("not a PEM private key (BEGIN PRIVATE KEY)")
-    body = "".join(text[len(_PEM_HEADER) : -len(_PEM_FOOTER)].split())
+    body = "".join(text.split())
     try:
         der = base64.b64decode(body, validate=True)
     except binascii.Error:
@@ -72,6 +76,10 @@ class Signer:
 
     def pem(self) -> str:
         return _pem_of_seed(bytes(self._key))
+
+    def one_line(self) -> str:
+        """The PEM's base64 body alone, which :meth:`from_pem` also reads."""
+        return self.pem().splitlines()[1]
 
     def write(self, path: Path) -> None:
         """Write the private key, readable by its owner only (never world-readable, even for a

@@ -93,23 +93,10 @@ COMMAND_TRUST_FILE = "command-keys.json"
 
 
 def ensure_command_keys(state_dir: Path) -> tuple[Path, Path]:
-    """Make the site's command signing keys once (kept across runs): one private key per issuing
-    service, ``<state>/command-keys/<service>.pem`` (mode 0600, read by that service), and the
+    """The site's command signing keys, made once and kept across runs: one private key per
+    issuing service, ``<state>/command-keys/<service>.pem`` (read by that service), and the
     public keys every agent trusts, ``<state>/command-keys.json``. Returns both paths."""
-    from roost_shared.commands import ISSUERS, TrustedIssuers
-    from roost_shared.signing import Signer
+    from roost_shared.commands import ensure_site_keys
 
     keys_dir = state_dir / COMMAND_KEYS_DIR
-    trust_file = state_dir / COMMAND_TRUST_FILE
-    public: dict[str, str] = {}
-    for issuer in sorted(set(ISSUERS.values())):
-        path = keys_dir / f"{issuer}.pem"
-        if path.exists():
-            key = Signer.from_file(path)
-        else:
-            key = Signer.generate()
-            key.write(path)
-        public[issuer] = key.public_key
-    keys_dir.chmod(0o700)
-    TrustedIssuers.write(trust_file, public)
-    return keys_dir, trust_file
+    return keys_dir, ensure_site_keys(keys_dir, state_dir / COMMAND_TRUST_FILE)

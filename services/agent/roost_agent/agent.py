@@ -109,8 +109,10 @@ class Agent:
         trusted = None
         if settings.command_keys_file is not None:
             trusted = TrustedIssuers.read(settings.command_keys_file)
+        elif settings.command_keys:
+            trusted = TrustedIssuers.of(settings.command_keys)
         else:
-            log.error("no command keys (ROOST_COMMAND_KEYS_FILE): every command will be refused")
+            log.error("no command keys (ROOST_COMMAND_KEYS_FILE): every command is refused")
         self.verifier = CommandVerifier(
             trusted, self.queue.removeprefix("agent."), settings.state_dir / "command-seq.json"
         )

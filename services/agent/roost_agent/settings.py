@@ -144,8 +144,12 @@ class AgentSettings(RoostSettings):
     )
     command_keys_file: Path | None = Field(
         None,
-        description='JSON file of the issuers\' command public keys ({"config": "<base64>", '
-        "...}), provisioned with the node. Without it every command is refused.",
+        description="JSON file of the issuers' command public keys ({config: <base64>, ...}; "
+        "python -m roost_shared.commands keygen makes it), provisioned with the node. Without "
+        "it (or command_keys) every command is refused.",
+    )
+    command_keys: dict[str, str] | None = Field(
+        None, description="The same public keys given inline (JSON), e.g. from a Secret."
     )
     heartbeat_key: SecretStr | None = Field(
         None, description="Sign heartbeats (HMAC-SHA256) with the bytes of this value."
