@@ -21,8 +21,6 @@ from roost_shared.catalog import ConfigApply, InstanceAssign, InstanceRemove, Pe
 from roost_shared.commands import CommandSigner, agent_key, command
 from roost_shared.events import Envelope
 from roost_shared.signing import Signer
-from tests.agent.conftest import agents  # noqa: F401 - the fixture
-from tests.config.conftest import start_config  # noqa: F401 - the fixture
 from tests.conftest import site_signers
 from tests.support.agents import Events, listen
 from tests.support.waiting import eventually
@@ -68,7 +66,7 @@ async def refusal(events: Events, mac: str, command_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def target(stack, agents, tmp_path):  # noqa: F811 - the fixture imported above
+async def target(stack, agents, tmp_path):
     bus = await stack.bus()
     events = await listen(bus)
     agent = agents()
@@ -182,7 +180,7 @@ async def test_a_replayed_command_runs_nothing_twice(stack, target):
         assert ran(markers, "svc") == 1
 
 
-async def test_a_command_for_another_host_runs_nothing(stack, agents, target):  # noqa: F811
+async def test_a_command_for_another_host_runs_nothing(stack, agents, target):
     """A genuine command recorded off one host's queue and re-published to another's."""
     bus, events, agent, markers = target
     other = agents()
@@ -222,7 +220,7 @@ async def test_a_signature_cannot_be_moved_to_a_command_without_a_deadline(stack
 async def test_repeated_forgeries_raise_an_alarm_and_genuine_config_still_applies(
     stack,
     agents,
-    start_config,  # noqa: F811
+    start_config,
 ):
     """The config service signs what it sends (the agent applies it) and alarms (250.011) when a
     host's agent keeps refusing forged commands."""
