@@ -175,24 +175,30 @@ class Refusal(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TrustedIssuers:
-    """The issuers' public keys an agent trusts, by issuer name."""
+    """The issuers' public keys an agent trusts, by issuer name: one each, or several while a
+    key is being rotated (the old and the new, until every issuer signs with the new one)."""
 
-    keys: dict[str, VerifyKey]
+    keys: dict[str, list[VerifyKey]]
 
     @classmethod
-    def of(cls, public_keys: dict[str, str]) -> TrustedIssuers:
-        return cls({str(name): verify_key(str(key)) for name, key in public_keys.items()})
+    def of(cls, public_keys: dict[str, str | list[str]]) -> TrustedIssuers:
+        return cls(
+            {
+                str(name): [verify_key(str(k)) for k in ([keys] if isinstance(keys, str) else keys)]
+                for name, keys in public_keys.items()
+            }
+        )
 
     @classmethod
     def read(cls, path: Path) -> TrustedIssuers:
-        """From a JSON file ``{"config": "<base64 public key>", ...}``; a corrupt file fails here,
-        at start, not at the first command."""
+        """From a JSON file ``{"config": "<base64 public key>", "service": [old, new], ...}``; a
+        corrupt file fails here, at start, not at the first command."""
         try:
             document = json.loads(path.read_text())
             if not isinstance(document, dict):
-                raise ValueError("expected a JSON object of issuer name to public key")
+                raise ValueError("expected a JSON object of issuer name to public key(s)")
             return cls.of(document)
-        except (ValueError, BadKey) as exc:
+        except (ValueError, TypeError, BadKey) as exc:
             raise ValueError(f"{path}: {exc}") from None
 
     @staticmethod
@@ -236,8 +242,8 @@ class CommandVerifier:
             raise Refusal(
                 "wrong-signer", f"{envelope.type} is {issuer}'s to send, not {envelope.signer}'s"
             )
-        key = self.trusted.keys.get(envelope.signer)
-        if key is None:
+        keys = self.trusted.keys.get(envelope.signer)
+        if not keys:
             raise Refusal("unknown-signer", f"no key for issuer {envelope.signer}")
         if envelope.target != self.target:
             raise Refusal("misdirected", f"meant for agent {envelope.target}")
@@ -245,7 +251,8 @@ class CommandVerifier:
             signature = base64.b64decode(envelope.signature, validate=True)
         except (binascii.Error, ValueError):
             raise Refusal("bad-signature", "the signature is not base64") from None
-        if not verifies(key, signed_bytes(envelope), signature):
+        message = signed_bytes(envelope)
+        if not any(verifies(key, message, signature) for key in keys):
             raise Refusal("bad-signature", f"not signed by {envelope.signer}'s key")
         if envelope.deadline is None:
             raise Refusal("no-deadline", "the command has no deadline")

@@ -167,3 +167,15 @@ def test_key_files(tmp_path):
     trusted.write_text('{"config": "short"}')
     with pytest.raises(ValueError, match=r"trusted\.json"):
         TrustedIssuers.read(trusted)
+
+
+def test_rotation_trusts_the_old_and_the_new_key_until_the_old_is_dropped(keys, tmp_path):
+    new = Signer.generate()
+    both = TrustedIssuers.of({"config": [keys["config"].public_key, new.public_key]})
+    verifier = CommandVerifier(both, TARGET, tmp_path / "seq.json")
+    verifier.check(config_signed(keys))
+    verifier.check(wire(CommandSigner("config", new).sign(apply(), agent_key(MAC))))
+    only_new = CommandVerifier(
+        TrustedIssuers.of({"config": new.public_key}), TARGET, tmp_path / "s"
+    )
+    assert refusal(only_new, config_signed(keys)) == "bad-signature"

@@ -148,7 +148,7 @@ class AgentSettings(RoostSettings):
         "python -m roost_shared.commands keygen makes it), provisioned with the node. Without "
         "it (or command_keys) every command is refused.",
     )
-    command_keys: dict[str, str] | None = Field(
+    command_keys: dict[str, str | list[str]] | None = Field(
         None, description="The same public keys given inline (JSON), e.g. from a Secret."
     )
     heartbeat_key: SecretStr | None = Field(
