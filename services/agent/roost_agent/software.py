@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from roost_agent.download import Sources
+from roost_agent.download import DownloadFailed, Refused, Sources, download
 from roost_agent.state import write_atomic
 from roost_shared.catalog import SoftwareInstall, SoftwareReported, SoftwareRollback
 from roost_shared.events import utcnow
@@ -398,8 +398,6 @@ class SoftwareManager:
         self._count_refusal(exc.reason)
 
     def _check_source(self, url: str) -> None:
-        from roost_agent.download import Refused
-
         try:
             self.trust.sources.check(url)
         except Refused as exc:
@@ -412,7 +410,10 @@ class SoftwareManager:
         staging = self.releases / f".{rid}.partial"
         archive = self.downloads / f"{rid}.tar.gz.partial"
         try:
-            await asyncio.to_thread(self._clear_staging, staging, archive)
+            try:
+                await asyncio.to_thread(self._clear_staging, staging, archive)
+            except OSError as exc:
+                raise _Refused("download", f"cannot prepare {self.downloads}: {exc}") from None
             digest = await self._download(command, archive)
             if digest != command.archive_sha256:
                 raise _Refused(
@@ -422,7 +423,10 @@ class SoftwareManager:
                 )
             unpacked = await self._unpack(archive, staging)
             hooks = self._verify(command, unpacked, keys)
-            await asyncio.to_thread(self._put_in_place, command, unpacked, staging, hooks)
+            try:
+                await asyncio.to_thread(self._put_in_place, command, unpacked, staging, hooks)
+            except OSError as exc:
+                raise _Refused("archive", f"cannot put the release in place: {exc}") from None
         except _Refused:
             await asyncio.to_thread(self._clear_staging, staging, archive)
             raise
@@ -434,8 +438,6 @@ class SoftwareManager:
         return hooks
 
     async def _download(self, command: SoftwareInstall, archive: Path) -> str:
-        from roost_agent.download import DownloadFailed, Refused, download
-
         try:
             got = await asyncio.to_thread(
                 download,
