@@ -11,16 +11,19 @@ Layout of an archive::
 One signature covers everything: it signs the metadata, and the metadata pins every file by its
 sha256, so a changed byte anywhere is found (StarlingX signs its patch metadata the same way, with
 the payload digests inside). The software service verifies on upload (signature against the
-site's keys, digests, no unlisted or missing file); an agent re-verifies the digests of what it
-downloaded before running a hook.
+site's keys, digests, no unlisted or missing file); an agent verifies both again on what it
+downloaded (:func:`unpack` streams the archive to disk, hashing every file as it is written, and
+:func:`verify_signature` checks the metadata against the site's keys held on the node) before
+running a hook.
 
 An author writes a directory with ``release.yaml`` (or ``release.json``): every field of
 :class:`ReleaseMetadata` but ``files``; :func:`pack` computes ``files``, signs and builds the
 archive. ``python -m roost_shared.releases keygen|pack`` are the command-line forms (also
 ``roost software keygen|pack``).
 
-Signing needs ``cryptography`` (declared by the software service and the CLI); reading and
-checking digests needs only the standard library (the agent).
+Signing needs ``cryptography`` (declared by the software service and the CLI); verifying a
+signature needs only PyNaCl (:mod:`roost_shared.signing`, what agents can afford), reading and
+checking digests only the standard library.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,6 +57,10 @@ MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
 #: any file is read.
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
 MAX_FILES = 10_000
+#: Largest metadata.json (or metadata.sig) read while streaming an archive (:func:`unpack`).
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+#: Bytes copied at a time by :func:`unpack`.
+CHUNK_BYTES = 256 * 1024
 
 
 class ReleaseError(ValueError):
@@ -179,25 +188,8 @@ def read_archive(data: bytes) -> Release:
         metadata = ReleaseMetadata.model_validate_json(raw)
     except ValidationError as exc:
         raise _metadata_error(exc) from None
-    sig = members.pop(SIGNATURE, None)
-    signature = None
-    if sig is not None:
-        try:
-            signature = base64.b64decode(sig.strip(), validate=True)
-        except ValueError:
-            raise ReleaseError("signature", "metadata.sig is not base64") from None
-    for name, digest in metadata.files.items():
-        if name not in members:
-            raise ReleaseError(f"files.{name}", "listed in the metadata but not in the archive")
-        if sha256(members[name]) != digest:
-            raise ReleaseError(f"files.{name}", "sha256 does not match the metadata (tampered?)")
-    for name in members:
-        if name not in metadata.files:
-            raise ReleaseError(f"files.{name}", "in the archive but not listed in the metadata")
-    for hook in HOOKS:
-        path = getattr(metadata.hooks, hook)
-        if path is not None and path not in metadata.files:
-            raise ReleaseError(f"metadata.hooks.{hook}", f"{path!r} is not a file of the release")
+    signature = _signature(members.pop(SIGNATURE, None))
+    check_contents(metadata, {name: sha256(data) for name, data in members.items()})
     return Release(
         metadata=metadata,
         metadata_bytes=raw,
@@ -206,6 +198,32 @@ def read_archive(data: bytes) -> Release:
         archive_sha256=sha256(data),
         size=len(data),
     )
+
+
+def _signature(sig: bytes | None) -> bytes | None:
+    if sig is None:
+        return None
+    try:
+        return base64.b64decode(sig.strip(), validate=True)
+    except ValueError:
+        raise ReleaseError("signature", "metadata.sig is not base64") from None
+
+
+def check_contents(metadata: ReleaseMetadata, digests: dict[str, str]) -> None:
+    """The files of an archive (name → sha256 of its bytes) are exactly those the metadata
+    lists, with its digests, and its hooks are among them. Raises :class:`ReleaseError`."""
+    for name, digest in metadata.files.items():
+        if name not in digests:
+            raise ReleaseError(f"files.{name}", "listed in the metadata but not in the archive")
+        if digests[name] != digest:
+            raise ReleaseError(f"files.{name}", "sha256 does not match the metadata (tampered?)")
+    for name in digests:
+        if name not in metadata.files:
+            raise ReleaseError(f"files.{name}", "in the archive but not listed in the metadata")
+    for hook in HOOKS:
+        path = getattr(metadata.hooks, hook)
+        if path is not None and path not in metadata.files:
+            raise ReleaseError(f"metadata.hooks.{hook}", f"{path!r} is not a file of the release")
 
 
 def _members(data: bytes) -> dict[str, bytes]:
@@ -234,6 +252,99 @@ def _members(data: bytes) -> dict[str, bytes]:
             assert extracted is not None
             members[name] = extracted.read()
     return members
+
+
+class Unpacked(BaseModel):
+    """An archive streamed to a directory (:func:`unpack`): what was written, never in memory."""
+
+    metadata: ReleaseMetadata
+    metadata_bytes: bytes
+    signature: bytes | None
+    #: sha256 of every file as written, by name (equal to ``metadata.files``).
+    files: dict[str, str]
+    #: Permission bits of every file in the archive, by name.
+    modes: dict[str, int]
+
+
+def unpack(archive: Path, dest: Path) -> Unpacked:
+    """Stream the ``.tar.gz`` at ``archive`` into the new directory ``dest``, one pass and
+    :data:`CHUNK_BYTES` at a time, hashing every file as it is written; then check it as
+    :func:`read_archive` does (metadata valid, every file with its digest, nothing unlisted,
+    hooks among the files). Does not check the signature (:func:`verify_signature` on the
+    result). Files are written mode 0600; ``dest`` is left as it is when this raises
+    :class:`ReleaseError` (the caller removes it)."""
+    dest.mkdir(parents=True)
+    specials: dict[str, bytes] = {}
+    digests: dict[str, str] = {}
+    modes: dict[str, int] = {}
+    unpacked = 0
+    try:
+        with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+            for info in tar:
+                if info.isdir():
+                    continue
+                name = info.name.removeprefix("./")
+                if not info.isfile():
+                    raise ReleaseError(f"files.{name}", "only regular files are allowed")
+                if name in specials or name in digests:
+                    raise ReleaseError(f"files.{name}", "appears twice in the archive")
+                unpacked += info.size
+                if unpacked > MAX_UNPACKED_BYTES:
+                    raise ReleaseError(
+                        "archive", f"unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+                    )
+                if len(digests) + len(specials) >= MAX_FILES:
+                    raise ReleaseError("archive", f"more than {MAX_FILES} files")
+                source = tar.extractfile(info)
+                assert source is not None
+                if name in (METADATA, SIGNATURE):
+                    if info.size > MAX_METADATA_BYTES:
+                        raise ReleaseError(name, f"larger than {MAX_METADATA_BYTES} bytes")
+                    specials[name] = source.read()
+                    continue
+                try:
+                    _check_member_name(name)
+                except ValueError as exc:
+                    raise ReleaseError(f"files.{name}", str(exc)) from None
+                digests[name] = _write_member(source, dest, name)
+                modes[name] = info.mode & 0o777
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ReleaseError("archive", f"not a readable .tar.gz: {exc}") from None
+    raw_metadata = specials.get(METADATA)
+    if raw_metadata is None:
+        raise ReleaseError("archive", f"no {METADATA} in the archive")
+    try:
+        metadata = ReleaseMetadata.model_validate_json(raw_metadata)
+    except ValidationError as exc:
+        raise _metadata_error(exc) from None
+    signature = _signature(specials.get(SIGNATURE))
+    check_contents(metadata, digests)
+    return Unpacked(
+        metadata=metadata,
+        metadata_bytes=raw_metadata,
+        signature=signature,
+        files=digests,
+        modes=modes,
+    )
+
+
+def _write_member(source: Any, dest: Path, name: str) -> str:
+    """Copy one member to ``dest/name`` (a new file: never through a link, never over another
+    file); its sha256."""
+    path = dest.joinpath(*PurePosixPath(name).parts)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ReleaseError(f"files.{name}", f"cannot be written: {exc.strerror}") from None
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
+    with os.fdopen(fd, "wb") as out:
+        while n := source.readinto(buffer):
+            digest.update(view[:n])
+            out.write(view[:n])
+    return digest.hexdigest()
 
 
 # Keys and signatures ---------------------------------------------------------------------------
@@ -273,22 +384,18 @@ def sign(metadata_bytes: bytes, private_pem: str) -> bytes:
     return key.sign(metadata_bytes)
 
 
-def verify_signature(release: Release, public_keys: Iterable[str]) -> str | None:
+def verify_signature(release: Release | Unpacked, public_keys: Iterable[str]) -> str | None:
     """The base64 public key (of ``public_keys``) that signed ``release``; ``None`` if unsigned.
-    Raises :class:`ReleaseError` for a signature no key verifies."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    Raises :class:`ReleaseError` for a signature no key verifies (and
+    :class:`roost_shared.signing.BadKey` for a key that is not one)."""
+    from roost_shared.signing import signed_by
 
     if release.signature is None:
         return None
-    for encoded in public_keys:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
-        try:
-            key.verify(release.signature, release.metadata_bytes)
-        except InvalidSignature:
-            continue
-        return encoded
-    raise ReleaseError("signature", "not made by any of the site's release signing keys")
+    key = signed_by(public_keys, release.metadata_bytes, release.signature)
+    if key is None:
+        raise ReleaseError("signature", "not made by any of the site's release signing keys")
+    return key
 
 
 # Packing ---------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the plain tokens from the user's config (``$XDG_CONFIG_HOME/roost/credentials.js
 The release signing key pair is made once in the state directory: the private key
 ``release-signing.pem`` (mode 0600; ``roost software pack DIR -o R.tar.gz --key
 state/release-signing.pem``) and the public key ``release-keys.pub``, which the software service
-reads as the site's accepted keys (its default ``release_keys_file``).
+reads as the site's accepted keys (its default ``release_keys_file``) and every simulated agent
+verifies releases with (``ROOST_RELEASE_KEYS_FILE``, :class:`roost_sim.fleet.Fleet`).
 """
 
 from __future__ import annotations
@@ -57,34 +58,29 @@ RELEASE_SIGNING_KEY = "release-signing.pem"
 RELEASE_PUBLIC_KEYS = "release-keys.pub"
 
 
-def ensure_release_keys(state_dir: Path) -> Path | None:
+def ensure_release_keys(state_dir: Path) -> Path:
     """Make the all-in-one release signing key pair once (kept across runs); the private key's
-    path, or ``None`` when ``cryptography`` is not installed (no software service either)."""
+    path. The public key file is what the software service accepts and what every simulated
+    agent verifies releases with (PyNaCl: nothing to install)."""
+    from roost_shared.signing import Signer
+
     private = state_dir / RELEASE_SIGNING_KEY
     public = state_dir / RELEASE_PUBLIC_KEYS
     if private.exists():
         if not public.exists():
-            from roost_shared.releases import public_key_of
-
-            public.write_text(
-                f"# make run's release signing key\n{public_key_of(private.read_text())}\n"
-            )
+            key = Signer.from_file(private).public_key
+            public.write_text(f"# make run's release signing key\n{key}\n")
         return private
-    try:
-        from roost_shared.releases import generate_key
-
-        pem, key = generate_key()
-    except ImportError:
-        return None
     state_dir.mkdir(parents=True, exist_ok=True)
+    signer = Signer.generate()
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(pem)
+        f.write(signer.pem())
     if public.exists():  # keys added by the operator stay; make run's is appended
         with public.open("a") as f:
-            f.write(f"# make run's release signing key\n{key}\n")
+            f.write(f"# make run's release signing key\n{signer.public_key}\n")
     else:
-        public.write_text(f"# make run's release signing key\n{key}\n")
+        public.write_text(f"# make run's release signing key\n{signer.public_key}\n")
     return private
 
 

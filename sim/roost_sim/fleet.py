@@ -44,7 +44,8 @@ import httpx
 from roost_agent.software import REBOOT_EXIT_CODE
 from roost_sim.bmc import CONTROL_PORT as BMC_CONTROL_PORT
 from roost_sim.bmc import FIRST_PORT as BMC_FIRST_PORT
-from roost_sim.credentials import COMMAND_TRUST_FILE
+from roost_sim.credentials import COMMAND_TRUST_FILE, RELEASE_PUBLIC_KEYS
+from roost_sim.ports import SERVICE_PORTS
 from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -94,12 +95,19 @@ class SimHost:
 
 
 class Fleet:
-    """The registry of simulated hosts under ``<state>/fleet``."""
+    """The registry of simulated hosts under ``<state>/fleet``.
+
+    Every agent is provisioned as a node is at enrolment: the site's release signing keys
+    (``<state>/release-keys.pub``, which ``make run`` makes with its signing key) and the
+    software service it downloads releases from (``make run``'s, 127.0.0.1:8105); without
+    them an agent installs no release. A test's own service overrides both in ``extra_env``."""
 
     def __init__(self, state_dir: Path, bmc_first_port: int = BMC_FIRST_PORT) -> None:
         self.dir = state_dir / "fleet"
         self.registry = self.dir / "hosts.json"
         self.bmc_first_port = bmc_first_port
+        self.release_keys = state_dir / RELEASE_PUBLIC_KEYS
+        self.software_url = f"http://127.0.0.1:{SERVICE_PORTS['software']}"
 
     def bmc_port(self, host: SimHost) -> int:
         """The UDP port of the host's BMC on 127.0.0.1."""
@@ -193,6 +201,8 @@ class Fleet:
             "ROOST_MGMT_IP": host.ip,
             "ROOST_STATE_DIR": str(state),
             "ROOST_PROFILE": str(profile),
+            "ROOST_RELEASE_KEYS_FILE": str(self.release_keys),
+            "ROOST_SOFTWARE_URL": self.software_url,
             **bytecode_env(self.dir),
         }
         # The site's command keys, as a real node gets them at enrolment (made by make run).
@@ -436,7 +446,8 @@ async def run_in_process(
 
     fleet = Fleet(state_dir)
     tally = Tally("agent")
-    base = AgentSettings(amqp_url=amqp_url, state_dir=state_dir, **settings)
+    provisioned = {"release_keys_file": fleet.release_keys, "software_url": fleet.software_url}
+    base = AgentSettings(amqp_url=amqp_url, state_dir=state_dir, **{**provisioned, **settings})
     bus = Bus(base, tally)  # type: ignore[arg-type]
     await bus.connect(deadline_s=30)
     agents = []

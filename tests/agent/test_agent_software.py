@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from roost_agent.software import REBOOT_EXIT_CODE
-from roost_shared.bus import COMMANDS_EXCHANGE, Bus
+from roost_shared.bus import Bus
 from roost_shared.catalog import SoftwareInstall, SoftwareRollback
-from roost_shared.commands import agent_key, command
-from roost_shared.releases import pack, read_archive
+from roost_shared.releases import read_archive
 from roost_sim.fleet import Fleet, FleetSupervisor
 from roost_sim.processes import ManagedProcess
-from tests.support.agents import AgentUnderTest, Events, apply, listen
+from tests.support.agents import AgentUnderTest, Events, apply, listen, send
+from tests.support.releases import signed
 from tests.support.waiting import eventually
 
 REPORTED = "agent.software.reported"
@@ -43,9 +42,13 @@ class Served:
     port: int
     files: dict[str, bytes] = field(default_factory=dict)
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def add(self, name: str, data: bytes) -> str:
         self.files[name] = data
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"{self.base}/{name}"
 
 
 @pytest.fixture
@@ -74,6 +77,16 @@ def served() -> Iterator[Served]:
     server.server_close()
 
 
+@pytest.fixture
+def agents(agents, served):
+    """Agents that download releases from ``served`` (their software service here)."""
+
+    def start(profile: str = "worker", **env: str) -> AgentUnderTest:
+        return agents(profile, **{"ROOST_SOFTWARE_URL": served.base, **env})
+
+    return start
+
+
 def hook(kind: str, log: Path, body: str = "") -> str:
     """A hook that appends what it saw (its environment and cwd) to ``log``, then ``body``."""
     seen = (
@@ -94,7 +107,8 @@ def build(
     install: str = "",
     rollback: str = "",
 ) -> bytes:
-    """A release archive (unsigned) with install, activate and rollback hooks."""
+    """A release archive (signed by the test site's key) with install, activate and rollback
+    hooks."""
     source = tmp_path / "src" / f"{rid}-{hashlib.sha256(payload + install.encode()).hexdigest()}"
     (source / "hooks").mkdir(parents=True)
     (source / "bin").mkdir()
@@ -110,7 +124,7 @@ def build(
         "hooks": {k: f"hooks/{k}" for k in ("install", "activate", "rollback")},
     }
     (source / "release.json").write_text(json.dumps(meta))
-    return pack(source, None)
+    return signed(source)
 
 
 def install_of(
@@ -131,12 +145,6 @@ def install_of(
 
 
 # Helpers ---------------------------------------------------------------------------------------
-
-
-async def send(bus: Bus, mac: str, payload: BaseModel) -> str:
-    envelope = command(payload, source="test", subject=mac, deadline_s=30)
-    await bus.publish([envelope], exchange=COMMANDS_EXCHANGE, routing_key=agent_key(mac))
-    return envelope.id
 
 
 async def reported(

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel
 
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Bus
 from roost_shared.catalog import ConfigApply, Personality
 from roost_shared.commands import agent_key, command
 from roost_sim.fleet import Fleet, SimHost
 from roost_sim.processes import ManagedProcess
+from tests.support.releases import write_keys
 from tests.support.waiting import eventually
 
 
@@ -72,30 +74,37 @@ async def listen(bus: Bus, pattern: str = "agent.#", *, durable: bool = False) -
     return events
 
 
-async def apply(
-    bus: Bus, mac: str, version: int, *, deadline_s: float = 30.0, hostname: str = "worker-0"
-) -> str:
-    """Send ``config.apply`` to the agent ``mac``; returns the command's id."""
-    envelope = command(
-        ConfigApply(
-            version=version,
-            hostname=hostname,
-            personality=Personality.worker,
-            config={"ntp": ["10.0.0.1"], "version_note": f"v{version}"},
-        ),
-        source="test",
-        subject=mac,
-        deadline_s=deadline_s,
-    )
+async def send(bus: Bus, mac: str, payload: BaseModel, *, deadline_s: float = 30.0) -> str:
+    """Send the command ``payload`` to the agent ``mac``, as the control plane does; returns the
+    command's id."""
+    envelope = command(payload, source="test", subject=mac, deadline_s=deadline_s)
     await bus.publish([envelope], exchange=COMMANDS_EXCHANGE, routing_key=agent_key(mac))
     return envelope.id
 
 
+async def apply(
+    bus: Bus, mac: str, version: int, *, deadline_s: float = 30.0, hostname: str = "worker-0"
+) -> str:
+    """Send ``config.apply`` to the agent ``mac``; returns the command's id."""
+    payload = ConfigApply(
+        version=version,
+        hostname=hostname,
+        personality=Personality.worker,
+        config={"ntp": ["10.0.0.1"], "version_note": f"v{version}"},
+    )
+    return await send(bus, mac, payload, deadline_s=deadline_s)
+
+
 class AgentUnderTest:
-    """One simulated host and its agent process, started the way ``make run``'s fleet does."""
+    """One simulated host and its agent process, started the way ``make run``'s fleet does:
+    provisioned with the test site's release signing key (``root/release-keys.pub``,
+    :data:`tests.support.releases.SITE`); ``ROOST_SOFTWARE_URL`` names where it may download
+    releases from (default: ``make run``'s software service, which no test runs)."""
 
     def __init__(self, amqp_url: str, root: Path, profile: str = "worker", **env: str) -> None:
         self.fleet = Fleet(root)
+        if not self.fleet.release_keys.exists():
+            write_keys(self.fleet.release_keys)
         self.host: SimHost = self.fleet.add(profile)
         self.amqp_url = amqp_url
         self.env = {"ROOST_LOG_JSON": "false", **env}

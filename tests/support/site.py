@@ -90,7 +90,8 @@ async def open_site(
     service's. ``ready_within``: how long each host may take to be online, then available
     (a benchmark's hundreds of agents start slowly on 2 cores). The software service calls its
     peers with the site's admin token and accepts
-    releases signed by ``Site.release_key`` (or, with ``unsigned_releases``, unsigned ones)."""
+    releases signed by ``Site.release_key`` (or, with ``unsigned_releases``, unsigned ones,
+    which the agents, verifying releases themselves, refuse to install)."""
     key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
     fault = stack.start("fault")
     common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
@@ -127,6 +128,10 @@ async def open_site(
             release_key, public = generate_key()
             peers["ROOST_RELEASE_PUBLIC_KEYS"] = f'["{public}"]'
         sw = stack.start("software", **{**peers, **(software_env or {})})
+        # The agents are provisioned as nodes are at enrolment: the software service to
+        # download from, the site's release key to verify with (none: they install nothing).
+        agent_env["ROOST_SOFTWARE_URL"] = sw.url
+        agent_env["ROOST_RELEASE_PUBLIC_KEYS"] = peers.get("ROOST_RELEASE_PUBLIC_KEYS", "[]")
     fleet = Fleet(tmp_path / "fleet", bmc_first_port=udp_port_block(count))
     hosts = fleet.seed(count)  # controller-0, worker-0, worker-1, ...
     supervisor = FleetSupervisor(

@@ -39,13 +39,14 @@ from urllib.parse import urlparse
 
 from roost_agent import __version__
 from roost_agent.apply import Applier
+from roost_agent.download import Sources
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender, default_bind_ip
 from roost_agent.instances import Instances
 from roost_agent.inventory import digest, read_inventory
 from roost_agent.link import LinkClient
 from roost_agent.reports import Reporter
 from roost_agent.settings import AgentSettings
-from roost_agent.software import REBOOT_EXIT_CODE, Ctx, RebootFailed, SoftwareManager
+from roost_agent.software import REBOOT_EXIT_CODE, Ctx, RebootFailed, SoftwareManager, Trust
 from roost_agent.state import AgentState, write_atomic
 from roost_agent.tally import Tally
 from roost_shared.agentbus import AgentBusNames
@@ -160,6 +161,19 @@ class Agent:
             hook_timeout_s=settings.hook_timeout_s,
             emit=self._report_software,
             reboot=self._reboot,
+            trust=Trust(
+                sources=Sources.of(settings.software_url),
+                keys_file=settings.release_keys_file,
+                public_keys=tuple(settings.release_public_keys),
+                max_archive_bytes=settings.max_release_bytes,
+            ),
+            count_refusal=self._count_software_refusal,
+        )
+        self._software_refusals = tally.counter(
+            "agent_software_refusals",
+            "software.install commands refused before a hook ran (no site keys, a URL not the "
+            "software service's, a bad download, digest or signature), by reason.",
+            ["reason"],
         )
         #: Set when the agent asked to be started again (a simulated reboot): the process
         #: exits with it after a clean stop.
@@ -419,6 +433,10 @@ class Agent:
     def _report_software(self, report: SoftwareReported, correlationid: str | None) -> None:
         # Queued (never waits for the broker), kept and retried while the broker is away.
         self.software_reports.put("software", self._envelope_of(report, correlationid))
+
+    def _count_software_refusal(self, reason: str) -> None:
+        self._software_refusals.labels(reason).inc()
+        self._spawn(asyncio.to_thread(self._write_metrics), "metrics")
 
     async def _software_reports_flushed(self, timeout_s: float) -> bool:
         """Wait until every queued software report is confirmed by the broker."""

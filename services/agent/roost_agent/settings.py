@@ -87,6 +87,30 @@ class AgentSettings(RoostSettings):
         "reboot'); unset (simulation, containers): the agent stops as on SIGTERM and exits "
         "with roost_agent.software.REBOOT_EXIT_CODE for its supervisor to start it again.",
     )
+    software_url: str | None = Field(
+        None,
+        description="Base URL of the software service (comma-separated for several): release "
+        "archives are downloaded from there and nowhere else (http or https; any other scheme, "
+        "host, port or path, and a redirect elsewhere, is refused before a request). Unset: "
+        "every software.install is refused.",
+    )
+    release_keys_file: Path | None = Field(
+        None,
+        description="The site's release signing public keys, one base64 Ed25519 key a line "
+        "('#' comments; the software service's release-keys.pub), provisioned on the node and "
+        "read at every install. A release is installed only when its metadata is signed by one.",
+    )
+    release_public_keys: list[str] = Field(
+        default_factory=list,
+        description='More release signing keys (JSON list, e.g. ["n8hT...="]), as the software '
+        "service's setting of that name. No key at all: every software.install is refused.",
+    )
+    max_release_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Largest release archive downloaded (streamed to disk, never held in "
+        "memory); a larger one fails its install.",
+    )
     inventory_poll_s: float = Field(60.0, gt=0, description="How often inventory is re-read.")
     publish_retry_s: float = Field(
         300.0, ge=0, description="How long a publish is retried while the broker is unreachable."
@@ -161,6 +185,17 @@ class AgentSettings(RoostSettings):
         value = value.strip().lower().replace("-", ":")
         if not re.fullmatch(MAC_PATTERN, value):
             raise ValueError("expected a MAC address like 02:00:00:00:00:01")
+        return value
+
+    @field_validator("software_url")
+    @classmethod
+    def _software_url(cls, value: str | None) -> str | None:
+        from roost_agent.download import Refused, parse_bases
+
+        try:
+            parse_bases(value)
+        except Refused as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("hostname")

@@ -3,10 +3,21 @@
 The software service sends a release to install (where to download its archive, the archive's
 sha256, the sha256 of every file from the signed metadata, the hooks, whether it needs a
 reboot); the agent downloads, verifies, extracts, runs the release's hooks and reports every
-step as ``agent.software.reported``. Nothing is ever half-applied silently: every action in
-progress is written down first (``software/journal.json``), so an agent that dies or a node
-that reboots finds it at the next start and finishes it (after the reboot it asked for) or
-rolls it back and says so.
+step as ``agent.software.reported``.
+
+The agent does not take the command's word for what it runs. Before any request it refuses an
+install when no release signing key is provisioned on the node (:mod:`roost_agent.release_keys`)
+or when the URL is not the software service's (:mod:`roost_agent.download`); it streams the
+archive to disk (never whole in memory) and checks the command's archive sha256, unpacks it to
+a staging directory hashing every file, and checks the Ed25519 signature of the metadata
+against the node's keys, every file against the digests of that signed metadata, and that the
+command's release, files and hooks are the signed ones. Only then is the release put in place
+and a hook run. Each refusal is logged, counted (``roost_agent_software_refusals_total`` by
+reason) and reported as a failed install saying why.
+
+Nothing is ever half-applied silently: every action in progress is written down first
+(``software/journal.json``), so an agent that dies or a node that reboots finds it at the next
+start and finishes it (after the reboot it asked for) or rolls it back and says so.
 
 Layout under ``<state_dir>/software/`` (every file written atomically)::
 
@@ -20,6 +31,8 @@ Layout under ``<state_dir>/software/`` (every file written atomically)::
                               metadata.json
     releases/<id>.json        what the install command said about it (version, hooks), for a
                               later rollback
+    downloads/                the archive being downloaded and checked (removed once unpacked,
+                              on any failure, and at every start)
 
 A reboot is the node's (``ROOST_REBOOT_COMMAND``, e.g. ``systemctl reboot``); without one
 (simulation, containers) the agent stops as on SIGTERM and exits with :data:`REBOOT_EXIT_CODE`
@@ -30,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -42,12 +54,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from roost_agent.download import DownloadFailed, Refused, Sources, download
 from roost_agent.state import write_atomic
 from roost_shared.catalog import SoftwareInstall, SoftwareReported, SoftwareRollback
 from roost_shared.events import utcnow
 
-# urllib.request, tarfile and roost_shared.releases are imported when a release is installed:
-# together they cost an idle agent ~1 MB of its 40 MB budget.
+# http.client, tarfile, roost_shared.releases and roost_shared.signing (PyNaCl) are imported
+# when a release is installed: together they cost an idle agent a few MB of its 40 MB budget.
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,8 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 
 Emit = Callable[[SoftwareReported, "str | None"], None]
 Reboot = Callable[[], Awaitable[None]]
+#: Counts a refused install by its reason (a label of roost_agent_software_refusals_total).
+CountRefusal = Callable[[str], None]
 
 
 class RebootFailed(RuntimeError):
@@ -71,7 +86,32 @@ class RebootFailed(RuntimeError):
 
 
 class _Refused(Exception):
-    """A step that failed before anything on the host changed (download, verification)."""
+    """A step that failed before anything on the host changed (download, verification);
+    ``reason`` is what it is counted as."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """What this host trusts releases from: where it downloads them, the keys their metadata
+    must be signed by, and how large an archive may be."""
+
+    sources: Sources
+    keys_file: Path | None
+    public_keys: tuple[str, ...]
+    max_archive_bytes: int
+
+    def keys(self) -> list[str]:
+        """The site's keys (read now); :class:`_Refused` when there is none."""
+        from roost_agent.release_keys import NoReleaseKeys, site_release_keys
+
+        try:
+            return site_release_keys(self.keys_file, self.public_keys)
+        except NoReleaseKeys as exc:
+            raise _Refused("no-keys", f"{exc}: nothing is installed") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,31 +120,6 @@ class Ctx:
 
     id: str
     correlationid: str | None
-
-
-def download(url: str, limit: int) -> bytes:
-    """GET ``url`` (blocking: run it in a thread); at most ``limit`` bytes."""
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"User-Agent": "roost-agent"})
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-        data = response.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes")
-    return data
-
-
-def _modes(data: bytes) -> dict[str, int]:
-    """Permission bits of every file of an archive (``read_archive`` gives only the bytes)."""
-    import io
-    import tarfile
-
-    modes: dict[str, int] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for info in tar:
-            if info.isfile():
-                modes[info.name.removeprefix("./")] = info.mode & 0o777
-    return modes
 
 
 def _tail(text: str, n: int = STDERR_TAIL) -> str:
@@ -126,6 +141,8 @@ class SoftwareManager:
         hook_timeout_s: float,
         emit: Emit,
         reboot: Reboot,
+        trust: Trust,
+        count_refusal: CountRefusal,
     ) -> None:
         self.mgmt_mac = mgmt_mac
         self.hostname = hostname
@@ -135,8 +152,11 @@ class SoftwareManager:
         self.hook_timeout_s = hook_timeout_s
         self._emit = emit
         self._reboot = reboot
+        self.trust = trust
+        self._count_refusal = count_refusal
         self.dir = state_dir / "software"
         self.releases = self.dir / "releases"
+        self.downloads = self.dir / "downloads"
         self.running_path = self.dir / "running.json"
         self.journal_path = self.dir / "journal.json"
         self.running = self._load_running()
@@ -278,6 +298,8 @@ class SoftwareManager:
     def start(self) -> None:
         """Finish or roll back what a previous run left in the journal (in a task of its own;
         idempotent)."""
+        if not self.busy:
+            self.clear_downloads()
         journal = self._load_journal()
         if self._task is None and journal is not None:
             install = journal.get("action", "install") == "install"
@@ -345,11 +367,19 @@ class SoftwareManager:
         if not re.fullmatch(r"^[a-z0-9][a-z0-9._-]{0,63}$", rid):  # releases.RELEASE_ID_PATTERN
             self.report("failed", release_id=rid, ctx=ctx, error=f"invalid release id {rid!r}")
             return
+        try:  # before any request: keys to verify with, and the URL is the software service's
+            keys = self.trust.keys()
+            self._check_source(command.url)
+        except _Refused as exc:
+            self._refused(rid, exc)
+            self.report("failed", release_id=rid, ctx=ctx, error=str(exc))
+            return
         await self._journal(journal, "downloading")
         self.report("downloading", release_id=rid, ctx=ctx)
         try:
-            journal["hooks"] = await self._fetch(command)
+            journal["hooks"] = await self._fetch(command, keys)
         except _Refused as exc:
+            self._refused(rid, exc)
             await self._fail(journal, ctx, str(exc), rollback=False)
             return
         await self._journal(journal, "installing")
@@ -363,31 +393,100 @@ class SoftwareManager:
             return
         await self._activate(journal, ctx)
 
-    async def _fetch(self, command: SoftwareInstall) -> dict[str, str | None]:
-        """Download, verify and extract; the hooks to run. Raises :class:`_Refused`."""
-        import tarfile
+    def _refused(self, release_id: str, exc: _Refused) -> None:
+        log.warning("refused to install release %s (%s): %s", release_id, exc.reason, exc)
+        self._count_refusal(exc.reason)
 
-        from roost_shared.releases import MAX_ARCHIVE_BYTES, ReleaseError, read_archive
-
+    def _check_source(self, url: str) -> None:
         try:
-            data = await asyncio.to_thread(download, command.url, MAX_ARCHIVE_BYTES)
-        except Exception as exc:
-            raise _Refused(f"download failed: {exc}") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != command.archive_sha256:
-            raise _Refused(
-                f"archive sha256 {digest} does not match the command's {command.archive_sha256}"
-                " (tampered or truncated download); nothing was run"
+            self.trust.sources.check(url)
+        except Refused as exc:
+            raise _Refused("url", f"download refused: {exc}; nothing was requested") from None
+
+    async def _fetch(self, command: SoftwareInstall, keys: list[str]) -> dict[str, str | None]:
+        """Download, verify and put the release in place; the hooks to run. Raises
+        :class:`_Refused` (and leaves neither the download nor a staged release behind)."""
+        rid = command.release_id
+        staging = self.releases / f".{rid}.partial"
+        archive = self.downloads / f"{rid}.tar.gz.partial"
+        try:
+            try:
+                await asyncio.to_thread(self._clear_staging, staging, archive)
+            except OSError as exc:
+                raise _Refused("download", f"cannot prepare {self.downloads}: {exc}") from None
+            digest = await self._download(command, archive)
+            if digest != command.archive_sha256:
+                raise _Refused(
+                    "digest",
+                    f"archive sha256 {digest} does not match the command's "
+                    f"{command.archive_sha256} (tampered or truncated download); nothing was run",
+                )
+            unpacked = await self._unpack(archive, staging)
+            hooks = self._verify(command, unpacked, keys)
+            try:
+                await asyncio.to_thread(self._put_in_place, command, unpacked, staging, hooks)
+            except OSError as exc:
+                raise _Refused("archive", f"cannot put the release in place: {exc}") from None
+        except _Refused:
+            await asyncio.to_thread(self._clear_staging, staging, archive)
+            raise
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._clear_staging(staging, archive)
+            raise
+        await asyncio.to_thread(self._clear_staging, None, archive)
+        return hooks
+
+    async def _download(self, command: SoftwareInstall, archive: Path) -> str:
+        try:
+            got = await asyncio.to_thread(
+                download,
+                command.url,
+                archive,
+                sources=self.trust.sources,
+                limit=self.trust.max_archive_bytes,
+                timeout_s=DOWNLOAD_TIMEOUT_S,
             )
+        except Refused as exc:  # a redirect to elsewhere
+            raise _Refused("url", f"download refused: {exc}") from None
+        except (DownloadFailed, OSError) as exc:
+            raise _Refused("download", f"download failed: {exc}; nothing was run") from None
+        log.info("software %s: downloaded %d bytes", command.release_id, got.size)
+        return got.sha256
+
+    async def _unpack(self, archive: Path, staging: Path) -> Any:
+        from roost_shared.releases import ReleaseError, unpack
+
         try:
-            release = await asyncio.to_thread(read_archive, data)
+            return await asyncio.to_thread(unpack, archive, staging)
         except ReleaseError as exc:
-            raise _Refused(f"invalid release archive: {exc}; nothing was run") from None
-        meta = release.metadata
+            raise _Refused("archive", f"invalid release archive: {exc}; nothing was run") from None
+        except OSError as exc:
+            raise _Refused("archive", f"cannot unpack the release: {exc}") from None
+
+    def _verify(
+        self, command: SoftwareInstall, unpacked: Any, keys: list[str]
+    ) -> dict[str, str | None]:
+        """The signature of the metadata is the site's, and the command asks for what it signed
+        (``unpacked`` has checked every file against the signed metadata); the hooks to run."""
+        from roost_shared.releases import ReleaseError, verify_signature
+
+        meta = unpacked.metadata
+        try:
+            signer = verify_signature(unpacked, keys)
+        except ReleaseError as exc:
+            raise _Refused(
+                "signature", f"the release's signature is {exc.reason}; nothing was run"
+            ) from None
+        if signer is None:
+            raise _Refused(
+                "unsigned", "the release is not signed (no metadata.sig); nothing was run"
+            )
         if meta.id != command.release_id or meta.version != command.version:
             raise _Refused(
+                "mismatch",
                 f"the archive is release {meta.id} {meta.version}, not "
-                f"{command.release_id} {command.version}; nothing was run"
+                f"{command.release_id} {command.version}; nothing was run",
             )
         if meta.files != command.files:
             differ = sorted(
@@ -396,42 +495,60 @@ class SoftwareManager:
                 if meta.files.get(n) != command.files.get(n)
             )
             raise _Refused(
+                "mismatch",
                 f"the archive's files do not match the command's: {', '.join(differ[:10])}; "
-                "nothing was run"
+                "nothing was run",
             )
         hooks = {
-            "install": command.install_hook or meta.hooks.install,
-            "activate": command.activate_hook or meta.hooks.activate,
-            "rollback": command.rollback_hook or meta.hooks.rollback,
+            "install": meta.hooks.install,
+            "activate": meta.hooks.activate,
+            "rollback": meta.hooks.rollback,
         }
-        for kind, path in hooks.items():
-            if path is not None and path not in meta.files:
-                raise _Refused(f"{kind} hook {path!r} is not a file of the release")
-        try:
-            await asyncio.to_thread(self._extract, command, release, data, hooks)
-        except (OSError, tarfile.TarError) as exc:
-            raise _Refused(f"cannot extract the release: {exc}") from None
+        asked = {
+            "install": command.install_hook,
+            "activate": command.activate_hook,
+            "rollback": command.rollback_hook,
+        }
+        for kind, path in asked.items():
+            if path is not None and path != hooks[kind]:
+                raise _Refused(
+                    "mismatch",
+                    f"the command's {kind} hook {path!r} is not the signed release's "
+                    f"({hooks[kind]!r}); nothing was run",
+                )
         return hooks
 
-    def _extract(
-        self, command: SoftwareInstall, release: Any, data: bytes, hooks: dict[str, str | None]
+    def _clear_staging(self, staging: Path | None, archive: Path) -> None:
+        archive.unlink(missing_ok=True)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def clear_downloads(self) -> None:
+        """Remove what an interrupted download or unpack left (at start)."""
+        shutil.rmtree(self.downloads, ignore_errors=True)
+        if self.releases.is_dir():
+            for leftover in self.releases.glob(".*.partial"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _put_in_place(
+        self,
+        command: SoftwareInstall,
+        unpacked: Any,
+        staging: Path,
+        hooks: dict[str, str | None],
     ) -> None:
+        """The verified staging directory becomes ``releases/<id>`` (hooks executable)."""
         rid = command.release_id
         target = self.releases / rid
-        partial = self.releases / f".{rid}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        modes = _modes(data)
         executables = {h for h in hooks.values() if h}
-        for name, content in release.files.items():
-            path = partial.joinpath(*PurePosixPath(name).parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            mode = modes.get(name, 0o644) & 0o755
+        for name in unpacked.files:
+            path = staging.joinpath(*PurePosixPath(name).parts)
+            mode = unpacked.modes.get(name, 0o644) & 0o755
             path.chmod(mode | 0o755 if name in executables else mode | 0o600)
-        (partial / "metadata.json").write_bytes(release.metadata_bytes)
+        (staging / "metadata.json").write_bytes(unpacked.metadata_bytes)
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
+        os.replace(staging, target)
         record = {
             "release_id": rid,
             "version": command.version,
