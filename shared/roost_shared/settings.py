@@ -61,6 +61,13 @@ class RoostSettings(BaseSettings):
         200, ge=1, description="Requests a caller may make at once before the rate applies."
     )
 
+    db_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        description="Deadline of every database operation (PyMongo timeoutMS; each operation "
+        "of a transaction on its own; 0: none).",
+    )
+
     # Bus consumer behaviour.
     prefetch: int = Field(256, ge=1, le=5000, description="Unacked messages per consumer.")
     retry_delays_ms: list[int] = Field(
