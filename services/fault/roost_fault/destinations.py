@@ -134,7 +134,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> AsyncNetworkStream:
         try:
-            addresses = await self.resolve(host, port)
+            async with asyncio.timeout(timeout):
+                addresses = await self.resolve(host, port)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} took too long") from exc
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         # Every address the name has must be allowed: otherwise a name with one public and
