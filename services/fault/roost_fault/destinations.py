@@ -17,6 +17,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import anyio
 import httpcore
 import httpx
 from httpcore import AsyncNetworkStream
@@ -122,7 +123,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             return [ipaddress.ip_address(host)]
         except ValueError:
             pass
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        # anyio's resolver, as httpx's own connections use: its worker threads are apart from
+        # the event loop's default executor, so slow look-ups do not hold up the database's.
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
     async def connect_tcp(
