@@ -627,6 +627,7 @@ def main() -> int:
                 "ROOST_DATABASE": "roost_fault",
                 "ROOST_AUTH_TOKENS_FILE": str(tokens),
                 "ROOST_STATE_DIR": str(tmp / "state"),
+                "ROOST_WEBHOOK_ALLOW_NETS": '["127.0.0.0/8"]',  # the receiver is on 127.0.0.1
             },
             log_path=tmp / "fault.log",
             ready=http_ready(f"http://127.0.0.1:{port}/readyz"),

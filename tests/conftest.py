@@ -92,6 +92,9 @@ class Stack:
             # Short back-offs keep failure-path tests quick; production defaults are longer.
             "ROOST_RETRY_DELAYS_MS": "[100, 200]",
             "ROOST_WEBHOOK_RETRY_CAP_S": "0.5",
+            # The tests' webhook receivers listen on 127.0.0.1, which webhooks may not reach
+            # unless allow-listed (tests/security/test_webhook_ssrf.py starts without it).
+            "ROOST_WEBHOOK_ALLOW_NETS": '["127.0.0.0/8"]',
         }
 
     def start(

@@ -305,7 +305,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.service, settings.log_level, settings.log_json)
         metrics = Metrics(settings.service)
-        db = Database(settings.mongo_url, settings.database_name)
+        db = Database(
+            settings.mongo_url, settings.database_name, operation_timeout_ms=settings.db_timeout_ms
+        )
         await db.connect()
         await db.reclaim_orphaned_transactions()
         await db.ensure_indexes(

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,33 @@ def to_message(envelope: Envelope, headers: dict[str, Any] | None = None) -> Mes
     )
 
 
+class JitteredRobustConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection with a reconnect interval drawn afresh from
+    :func:`~roost_shared.retry.backoff` (0.5 s to 3 s) each time aio-pika reads it (before each
+    attempt, and in its log lines), starting again from the shortest once connected. With a
+    fixed interval every process retried in lock-step: after a broker restart a whole fleet
+    reconnected in the same instant, again and again."""
+
+    RECONNECT_INITIAL_S = 0.5
+    RECONNECT_CAP_S = 3.0
+    _delays: Iterator[float]
+
+    @property  # type: ignore[override]
+    def reconnect_interval(self) -> float:
+        return next(self._delays)
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, _value: float) -> None:
+        self._restart_delays()
+
+    def _restart_delays(self) -> None:
+        self._delays = backoff(initial=self.RECONNECT_INITIAL_S, cap=self.RECONNECT_CAP_S)
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        self._restart_delays()
+
+
 class Bus:
     """A robust connection, a confirming publish channel and the shared exchanges.
 
@@ -160,7 +187,7 @@ class Bus:
                 self.connection = await aio_pika.connect_robust(
                     self.settings.amqp_url,
                     client_properties={"connection_name": f"roost-{self.settings.service}"},
-                    reconnect_interval=1,
+                    connection_class=JitteredRobustConnection,
                 )
         assert self.connection is not None
         self.connection.reconnect_callbacks.add(self._on_reconnect)

@@ -27,16 +27,33 @@ Session = AsyncClientSession
 #: ``Database.reclaim_orphaned_transactions``).
 TXN_SESSIONS = "txn_sessions"
 
+#: Longer than any single operation Roost makes (the largest, a retention ``delete_many`` of
+#: thousands of records, takes a few seconds), shorter than the 60 s an orphaned transaction
+#: holds its locks.
+DEFAULT_OPERATION_TIMEOUT_MS = 30_000
+
 
 class Database:
     """One service's database plus the client it came from; created and closed by the lifespan."""
 
-    def __init__(self, url: str, name: str, *, timeout_ms: int = 5_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        timeout_ms: int = 5_000,
+        operation_timeout_ms: int = DEFAULT_OPERATION_TIMEOUT_MS,
+    ) -> None:
+        """``timeout_ms`` bounds finding the server and connecting; ``operation_timeout_ms``
+        (PyMongo's ``timeoutMS``, 0: none) bounds every operation, each one inside a
+        transaction and every cursor's whole iteration included, so a call blocked on a lock
+        or a silent server fails instead of hanging its loop forever."""
         self.client: AsyncMongoClient = AsyncMongoClient(
             url,
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
+            timeoutMS=operation_timeout_ms or None,
             appname=name,
         )
         self.db: AsyncDatabase = self.client[name]

@@ -273,9 +273,8 @@ class Leader:
         """Stop competing, end the term (cancel the loops) and release the lease."""
         token = self.token  # before the runner's own step-down forgets it
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            # Longer than a step-down's own wait for its loops (5 s).
+            await cancel_until_done(self._runner, every_s=6.0)
             self._runner = None
         await self._step_down("shutting down")
         if token is not None:
@@ -474,6 +473,19 @@ class Leader:
                     _where(task),
                 )
         self._changed.set()
+
+
+async def cancel_until_done(task: asyncio.Task[Any], *, every_s: float) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling it again every ``every_s`` (longer
+    than its own clean-up, which a second cancel would cut short) while it runs on.
+
+    On Python 3.11 ``asyncio.wait_for`` with a timeout loses a cancellation that arrives as
+    its inner await completes (fixed in 3.12), and PyMongo sends every message through one
+    when operations have a deadline: a runner cancelled in mid-send would otherwise run on
+    and its ``stop`` never return."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every_s)
 
 
 def _where(task: asyncio.Task[Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,14 @@ def until_available(
     )
 
 
-def backoff(initial: float = 0.2, cap: float = 30.0, factor: float = 2.0) -> Iterator[float]:
-    """An endless sequence of delays for long-running loops (relays, webhook delivery)."""
+def backoff(initial: float = 0.2, cap: float = 30.0, factor: float = 3.0) -> Iterator[float]:
+    """An endless sequence of delays for long-running loops (relays, webhook delivery).
+
+    Decorrelated jitter (each delay drawn between ``initial`` and ``factor`` times the previous
+    one, at most ``cap``): many processes that failed together (a broker or database restart)
+    do not retry together, and every delay stays within ``[initial, cap]``.
+    """
     delay = initial
     while True:
+        delay = min(cap, random.uniform(initial, delay * factor))
         yield delay
-        delay = min(cap, delay * factor)

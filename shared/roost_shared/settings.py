@@ -74,6 +74,14 @@ class RoostSettings(BaseSettings):
         None, description="Directory of the site's command signing keys, one <service>.pem each."
     )
 
+    # Storage.
+    db_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        description="Deadline of every database operation (PyMongo timeoutMS; each operation "
+        "of a transaction on its own; 0: none).",
+    )
+
     # Bus consumer behaviour.
     prefetch: int = Field(256, ge=1, le=5000, description="Unacked messages per consumer.")
     retry_delays_ms: list[int] = Field(

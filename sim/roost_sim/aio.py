@@ -5,6 +5,10 @@ at ``ROOST_AMQP_URL`` (starting a local ``rabbitmq-server`` if one is installed)
 Roost service that exists, then a simulated fleet (``ROOST_SIM_HOSTS`` hosts, default 3:
 controller-0, worker-0, worker-1; 0 for none; see ``roost_sim.fleet``), prints where everything
 listens and stops it all on Ctrl-C.
+
+One run per state directory (``runlock``): a second says so in one line and exits with 1. The
+services, the database and the fleet die with this process, even when it is SIGKILLed
+(``roost_sim.processes``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import httpx
 
 from roost_shared.auth import Role, issue_token
+from roost_sim import runlock
 from roost_sim.credentials import (
     credentials_path,
     ensure_command_keys,
@@ -44,7 +50,7 @@ DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 RESTARTS_PER_MINUTE = 5
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"roost: {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     state: Path = args.state_dir.resolve()
+    try:
+        lock = runlock.acquire(state, f"http://127.0.0.1:{SERVICE_PORTS['dashboard']}")
+    except runlock.AlreadyRunning as exc:
+        fail(str(exc))
     logs = state / "logs"
     creds, tokens_file = ensure_credentials(state)
     # The software service's own admin token (new each run, never on disk in plain): a peer
@@ -219,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         fleet.stop()
         (fleet.fleet.dir / "supervisor.pid").unlink(missing_ok=True)
     _stop_all(children, services)
+    lock.close()
     print("stopped.")
     return 0
 

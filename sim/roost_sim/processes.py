@@ -1,7 +1,14 @@
-"""Child processes with readiness checks and clean stops (used by ``make run`` and the tests)."""
+"""Child processes with readiness checks and clean stops (used by ``make run`` and the tests).
+
+Every child dies with its parent: on Linux each asks the kernel (``PR_SET_PDEATHSIG``) for a
+SIGTERM when the thread that started it exits, so a supervisor that is SIGKILLed (or crashes)
+leaves no service running and holding its ports. Start children from a thread that lives as
+long as they should (the main thread, a long-lived executor), or pass ``die_with_parent=False``.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -31,8 +38,10 @@ class ManagedProcess:
         log_path: Path | None = None,
         ready: Callable[[], bool] | None = None,
         cwd: Path | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.name = name
+        self.die_with_parent = die_with_parent
         self.argv = list(argv)
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
@@ -54,6 +63,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             cwd=self.cwd,
             start_new_session=True,
+            preexec_fn=_death_signal(os.getpid()) if self.die_with_parent else None,
         )
         return self
 
@@ -104,6 +114,24 @@ class ManagedProcess:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child receive SIGTERM when its parent dies (Linux; None
+    elsewhere). ``prctl`` is looked up here, before the fork: the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request: nobody would signal
+            os._exit(1)
+
+    return in_child
 
 
 def stop_together(procs: list[ManagedProcess], timeout_s: float = 10.0) -> None:

@@ -21,6 +21,7 @@ class WebhookReceiver:
         self.port = port
         self.received: list[dict[str, Any]] = []
         self.posts = 0
+        self.authorizations: list[str | None] = []
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.app = Starlette(routes=[Route("/hook", self._hook, methods=["POST"])])
@@ -32,6 +33,7 @@ class WebhookReceiver:
     async def _hook(self, request: Request) -> JSONResponse:
         body = await request.json()
         self.posts += 1
+        self.authorizations.append(request.headers.get("authorization"))
         self.received.extend(body["notifications"])
         return JSONResponse({"ok": True})
 

@@ -290,3 +290,23 @@ async def test_a_new_term_runs_a_loop_only_after_the_last_terms_has_ended(db: Da
         assert events == ["start", "stop", "start"], events
     finally:
         await leader.stop()
+
+
+async def test_stop_ends_a_runner_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's wait_for (inside PyMongo's sends once operations have a deadline) can lose
+    a cancellation; the runner must still end."""
+    from roost_shared.leader import cancel_until_done
+
+    ends: list[str] = []
+
+    async def swallows_once() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ends.append("swallowed")  # as a lost cancellation leaves it: running on
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(swallows_once())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_until_done(task, every_s=0.1), 5)
+    assert task.cancelled() and ends == ["swallowed"]

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from roost_fault import logic
+from roost_fault.destinations import DestinationRefused, redacted
 from roost_fault.models import (
     ALARM_BRIEF_FIELDS,
     EVENT_BRIEF_FIELDS,
@@ -70,6 +71,7 @@ def ctx(request: Request) -> FaultContext:
 
 Ctx = Annotated[FaultContext, Depends(ctx)]
 Admin = Annotated[Principal, Depends(require_admin)]
+Reader = Annotated[Principal, Depends(require_reader)]
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_reader)])
 
@@ -321,13 +323,15 @@ async def patch_suppression(
 # Subscriptions (webhooks) ----------------------------------------------------------------------
 
 
-async def _subscription_view(c: FaultContext, doc: dict[str, Any]) -> SubscriptionView:
+async def _subscription_view(
+    c: FaultContext, doc: dict[str, Any], who: Principal
+) -> SubscriptionView:
     pending = await c.store.notifications.count_documents(
         {"seq": {"$gt": doc.get("cursor", 0)}, **logic.subscription_query(doc)}
     )
     return SubscriptionView(
         uuid=doc["_id"],
-        url=doc["url"],
+        url=doc["url"] if who.is_admin else redacted(doc["url"]),
         severities=doc["severities"],
         alarm_id_prefixes=doc["alarm_id_prefixes"],
         include_suppressed=doc["include_suppressed"],
@@ -336,6 +340,7 @@ async def _subscription_view(c: FaultContext, doc: dict[str, Any]) -> Subscripti
         state=DeliveryState(doc.get("state", "ok")),
         pending=pending,
         delivered=doc.get("delivered", 0),
+        dropped=doc.get("dropped", 0),
         attempts=doc.get("attempts", 0),
         last_error=doc.get("last_error"),
         last_delivered_at=doc.get("last_delivered_at"),
@@ -350,14 +355,21 @@ async def _subscription(c: FaultContext, sub_uuid: str) -> dict[str, Any]:
 
 
 @router.get("/subscriptions", response_model=SubscriptionCollection)
-async def list_subscriptions(c: Ctx) -> SubscriptionCollection:
+async def list_subscriptions(c: Ctx, who: Reader) -> SubscriptionCollection:
     docs = await c.store.subscriptions_all()
-    return SubscriptionCollection(subscriptions=[await _subscription_view(c, d) for d in docs])
+    return SubscriptionCollection(subscriptions=[await _subscription_view(c, d, who) for d in docs])
 
 
 @router.post("/subscriptions", status_code=201, response_model=SubscriptionView)
 async def create_subscription(c: Ctx, body: SubscriptionCreate, who: Admin) -> SubscriptionView:
-    """Register a webhook; alarm changes from now on are delivered to it at least once."""
+    """Register a webhook; alarm changes from now on are delivered to it at least once.
+
+    A URL naming a loopback, link-local, private, unspecified or multicast address is refused
+    unless ``ROOST_WEBHOOK_ALLOW_NETS`` allows it; a host name is checked at each delivery."""
+    try:
+        c.dispatcher.check_destination(str(body.url))
+    except DestinationRefused as exc:
+        raise Invalid(str(exc), field="url") from exc
     doc = {
         "_id": str(ObjectId()),
         **body.model_dump(mode="json"),
@@ -370,12 +382,12 @@ async def create_subscription(c: Ctx, body: SubscriptionCreate, who: Admin) -> S
     }
     await c.store.subscriptions.insert_one(doc)
     c.dispatcher.subscriptions_changed()
-    return await _subscription_view(c, doc)
+    return await _subscription_view(c, doc, who)
 
 
 @router.get("/subscriptions/{sub_uuid}", response_model=SubscriptionView)
-async def show_subscription(c: Ctx, sub_uuid: str) -> SubscriptionView:
-    return await _subscription_view(c, await _subscription(c, sub_uuid))
+async def show_subscription(c: Ctx, sub_uuid: str, who: Reader) -> SubscriptionView:
+    return await _subscription_view(c, await _subscription(c, sub_uuid), who)
 
 
 @router.delete("/subscriptions/{sub_uuid}", status_code=204)

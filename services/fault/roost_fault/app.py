@@ -39,6 +39,8 @@ def build_app(settings: FaultSettings | None = None) -> FastAPI:
             timeout_s=settings.webhook_timeout_s,
             batch_max=settings.webhook_batch_max,
             retry_cap_s=settings.webhook_retry_cap_s,
+            allowed_nets=settings.webhook_allow_nets,
+            backlog_max=settings.webhook_backlog_max,
         )
         retention = Retention(
             store,

@@ -183,11 +183,12 @@ class SubscriptionCreate(BaseModel):
 class DeliveryState(StrEnum):
     ok = "ok"  # nothing pending, or delivering normally
     retrying = "retrying"  # the receiver failed; retries with back-off, nothing skipped
+    refused = "refused"  # the URL resolves to a forbidden address; retried, never reached
 
 
 class SubscriptionView(BaseModel):
     uuid: str
-    url: str
+    url: str = Field(description="Any user:password in it shows as *** to readers.")
     severities: list[Severity]
     alarm_id_prefixes: list[str]
     include_suppressed: bool
@@ -196,6 +197,9 @@ class SubscriptionView(BaseModel):
     state: DeliveryState
     pending: int
     delivered: int
+    dropped: int = Field(
+        0, description="Notifications dropped unreceived: the receiver fell too far behind."
+    )
     attempts: int = Field(description="Failed attempts since the last success.")
     last_error: str | None = None
     last_delivered_at: datetime | None = None

@@ -1,6 +1,6 @@
 """Fault service settings (``ROOST_*`` environment variables)."""
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 
 from roost_shared.settings import RoostSettings
 
@@ -18,3 +18,15 @@ class FaultSettings(RoostSettings):
         500, ge=1, le=1000, description="Most notifications per POST (fewer round trips)."
     )
     webhook_retry_cap_s: float = Field(30, gt=0, description="Longest back-off between tries.")
+    webhook_allow_nets: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Networks webhooks may reach although they are loopback, link-local, "
+        'private, unspecified or multicast (JSON list of CIDRs, e.g. ["10.20.0.0/16"]); '
+        "everything else in those ranges is refused.",
+    )
+    webhook_backlog_max: int = Field(
+        10_000,
+        ge=1,
+        description="Notifications kept for one subscription; beyond that, the oldest it has "
+        "not received are dropped and counted (a dead receiver cannot grow the log forever).",
+    )

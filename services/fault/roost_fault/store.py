@@ -9,7 +9,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, DeleteOne, IndexModel, InsertOne, ReplaceOne, UpdateOne
 
-from roost_fault.logic import AlarmKey
+from roost_fault.logic import AlarmKey, subscription_query
 from roost_fault.models import SuppressionStatus
 from roost_shared.db import Database, Session
 from roost_shared.events import utcnow
@@ -278,6 +278,19 @@ class FaultStore:
             .limit(limit)
             .to_list()
         )
+
+    async def skip_notifications(self, sub: dict[str, Any], upto: int) -> int | None:
+        """Move a subscription's cursor on to ``upto``, counting the notifications it wanted
+        among those skipped (``dropped``); None if its cursor moved meanwhile."""
+        cursor = sub.get("cursor", 0)
+        wanted = await self.notifications.count_documents(
+            {"seq": {"$gt": cursor, "$lte": upto}, **subscription_query(sub)}
+        )
+        result = await self.subscriptions.update_one(
+            {"_id": sub["_id"], "cursor": cursor},
+            {"$set": {"cursor": upto}, "$inc": {"dropped": wanted}},
+        )
+        return wanted if result.modified_count else None
 
     async def prune_notifications(self) -> int:
         """Drop notifications every subscription has passed (all, if there is none)."""

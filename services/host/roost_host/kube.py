@@ -425,7 +425,7 @@ class KubeDrainer:
         if outcome.pdb is not None:
             outcome.pdb.reason = f"{outcome.pdb.reason} ({attempts} attempts)"
         # 2. Wait until it is gone (kubectl polls each pod too; a new uid is a new pod).
-        polls = backoff(initial=0.05, cap=1.0, factor=1.5)
+        polls = backoff(initial=0.05, cap=1.0)
         while True:
             try:
                 current = await self._call(
