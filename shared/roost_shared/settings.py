@@ -50,12 +50,24 @@ class RoostSettings(BaseSettings):
         description="Audit every mutating request (POST/PUT/PATCH/DELETE, refused ones too) as a "
         "customer log in the fault service's event log (fault.log.write).",
     )
+    audit_refusals_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="Refused requests (401, 403, 429) are audited as one record per client "
+        "address and caller per this many seconds, with a count, never one record each.",
+    )
     rate_limit_per_s: float = Field(
         50.0,
         ge=0,
         description="API requests per second each caller may make on average (a token bucket "
         "per token, or per client address without a valid token); 0 disables the limit. "
         "Peer tokens, /healthz, /readyz and /metrics are never limited.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body any API route takes (413 above it, refused before "
+        "authentication and parsing); a release upload has its own cap (max_release_bytes).",
     )
     rate_limit_burst: int = Field(
         200, ge=1, description="Requests a caller may make at once before the rate applies."
