@@ -44,6 +44,12 @@ class RoostSettings(BaseSettings):
     auth_tokens_file: Path | None = None
     admin_token: SecretStr | None = None
     reader_token: SecretStr | None = None
+    peer_secret: SecretStr | None = Field(
+        None,
+        description="Derives each service's peer token (its own, for calling other services) "
+        "and the peer tokens every service accepts; default: the admin token. Sites with a "
+        "tokens file (make run) list peer tokens there instead.",
+    )
     auth_disabled: bool = Field(False, description="Accept every request as admin (tests only).")
     audit: bool = Field(
         True,

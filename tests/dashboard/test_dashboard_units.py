@@ -133,7 +133,7 @@ async def test_a_page_gets_what_happened_while_it_loaded_or_is_told_to_reload():
 
 
 def test_make_run_points_the_dashboard_at_every_service():
-    env = service_env("dashboard", ["dashboard", "config", "fault", "host", "service"], "t")
+    env = service_env("dashboard", ["dashboard", "config", "fault", "host", "service"], {})
     assert env == {
         "ROOST_FAULT_URL": "http://127.0.0.1:8102",
         "ROOST_CONFIG_URL": "http://127.0.0.1:8101",

@@ -31,6 +31,7 @@ from fastapi.routing import APIRoute
 from roost_dashboard.app import build_app
 from roost_dashboard.settings import DashboardSettings
 from roost_shared.api import AUDIT_LOG_ID
+from tests.support.dashboard import login, session_csrf
 from tests.support.waiting import eventually
 
 MUTATING = ("post", "put", "patch", "delete")
@@ -49,7 +50,7 @@ PUBLIC = {
 DASHBOARD_PUBLIC = {
     ("get", "/login"): "the login page itself",
     ("post", "/login"): "logging in is how a session is made (the token is checked there)",
-    ("post", "/logout"): "logging out only clears the browser's own cookie",
+    ("post", "/logout"): "logging out only ends the browser's own session",
 }
 #: The dashboard's static files, and why.
 DASHBOARD_STATIC_PREFIX = ("/static/", "stylesheet and script of the login page")
@@ -158,12 +159,12 @@ def start_everything(stack: Any) -> dict[str, Any]:
     service = stack.start(
         "service",
         ROOST_CONFIG_SERVICE_URL=config.url,
-        ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.reader,
+        ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.peers["service"],
     )
     software = stack.start(
         "software",
         ROOST_ALLOW_UNSIGNED_RELEASES="true",
-        ROOST_PEER_TOKEN=stack.tokens.admin,
+        ROOST_PEER_TOKEN=stack.tokens.peers["software"],
         ROOST_HOST_URL=host.url,
         ROOST_FAULT_URL=fault.url,
         ROOST_CONFIG_URL=config.url,
@@ -266,10 +267,12 @@ async def check_dashboard(
     html = {"accept": "text/html"}
     async with (
         httpx.AsyncClient(**base, headers=html) as browser,
-        httpx.AsyncClient(**base, headers=html, cookies={"roost_token": tokens.reader}) as reader,
+        httpx.AsyncClient(**base, headers=html) as reader,
         httpx.AsyncClient(**base) as nobody,
         httpx.AsyncClient(**base, headers={"Authorization": f"Bearer {tokens.reader}"}) as api,
     ):
+        assert (await login(reader, tokens.reader)).status_code == 303
+        reader_csrf = await session_csrf(reader)
         for method, spec_path, path, fields in dashboard_operations(spec):
             where = f"dashboard: {method.upper()} {spec_path} ({path})"
             if spec_path.startswith("/v1/") or spec_path in PUBLIC:
@@ -301,7 +304,9 @@ async def check_dashboard(
                     f"dashboard: {method.upper()} {spec_path} without a session, {which}",
                 )
             # (b) A reader's session: refused (403), or back to a page carrying the API's refusal.
-            r = await reader.request(method, path, data=form)
+            r = await reader.request(
+                method, path, data={**form, "csrf": reader_csrf}, headers={"Origin": dashboard.url}
+            )
             flash = r.cookies.get("roost_flash") or ""
             back_with_problem = r.status_code == 303 and "problem" in flash
             found.check(
