@@ -55,6 +55,7 @@ _CREDENTIAL_KEYS = {"admin": "admin_token", "reader": "reader_token"}
 class RoleChoice(StrEnum):
     admin = "admin"
     reader = "reader"
+    peer = "peer"
 
 
 def default_tokens_file() -> Path:
@@ -205,7 +206,14 @@ def list_tokens(ctx: typer.Context, tokens_file: TokensFile = None) -> None:
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Who uses it (shown in the audit log).")],
-    role: Annotated[RoleChoice, typer.Option("--role", help="reader: read only; admin: all.")],
+    role: Annotated[
+        RoleChoice,
+        typer.Option(
+            "--role",
+            help="reader: read only; admin: all; peer: a service calling others (reads, host "
+            "lock/unlock, swacts; never rate-limited).",
+        ),
+    ],
     peer: Annotated[
         bool,
         typer.Option(
