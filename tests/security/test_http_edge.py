@@ -61,9 +61,14 @@ async def chunked_post(port: int, path: str, total: int, chunk: int = 256 * 1024
             await writer.drain()
     except ConnectionError:
         pass  # the server closed the connection on us: its answer is already there
-    status = await asyncio.wait_for(answer, 120)
+    try:
+        status = (await asyncio.wait_for(answer, 120)).decode(errors="replace").strip()
+    except ConnectionResetError:
+        # The server closed with our unread chunks in its buffer: the kernel's reset can beat
+        # its 413 to us (the classic lingering-close race). A refusal all the same.
+        status = "reset"
     writer.close()
-    return status.decode(errors="replace").strip(), sent
+    return status, sent
 
 
 async def declared_post(
@@ -103,7 +108,7 @@ async def test_500_mb_unauthenticated_post_is_refused_without_the_process_growin
         f"chunked: {status!r} after {sent / MB:.1f} MB sent in {took:.2f} s; "
         f"VmRSS {before} kB -> {after} kB"
     )
-    assert status.startswith("HTTP/1.1 413"), status
+    assert status.startswith("HTTP/1.1 413") or status == "reset", status
     assert sent < 64 * MB, f"the server took {sent / MB:.0f} MB before refusing"
     assert after - before < RSS_SLACK_KB, f"VmRSS grew {before} -> {after} kB"
 
