@@ -681,9 +681,10 @@ async def strategy_action(request: Request, action: str = Form(...)) -> Response
 async def stream(request: Request, since: int | None = None) -> Response:
     """Server-sent events: alarms raised/changed/cleared, host transitions, service groups.
 
-    The token is checked again every ``stream_token_check_s`` (the tokens file re-read; a token
-    the dashboard does not list is asked of the fault API): revoked or refused, the stream
-    sends ``revoked`` and ends (the page's script then reloads, which lands on the login page).
+    The session and its token are checked again every ``stream_token_check_s`` (the tokens
+    file re-read; a token the dashboard does not list is asked of the fault API): when the
+    session has ended or the token is revoked or refused, the stream sends ``revoked`` and
+    ends (the page's script then reloads, which lands on the login page).
     ``since``: the page's ``live_seq``; the events after it are sent first (see ``live``).
     """
     op = operator(request)
@@ -695,7 +696,12 @@ async def stream(request: Request, since: int | None = None) -> Response:
     keepalive = d.settings.stream_keepalive_s
     every = d.settings.stream_token_check_s
 
+    session_id = request.cookies.get(COOKIE)
+
     async def still_valid() -> bool:
+        assert d.sessions is not None
+        if d.sessions.get(session_id) is None:  # expired or logged out meanwhile
+            return False
         try:
             if d.principal(op.token) is not None:
                 return True

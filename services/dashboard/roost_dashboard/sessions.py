@@ -83,13 +83,6 @@ class SessionStore:
         if session_id:
             self._sessions.pop(_key(session_id), None)
 
-    def end_token(self, token: str) -> int:
-        """End every session of ``token`` (revoked); how many."""
-        gone = [k for k, s in self._sessions.items() if s.token == token]
-        for k in gone:
-            del self._sessions[k]
-        return len(gone)
-
     def _expire(self) -> None:
         now = self.clock()
         while self._sessions:
