@@ -66,6 +66,8 @@ class Stack:
             # Short back-offs keep failure-path tests quick; production defaults are longer.
             "ROOST_RETRY_DELAYS_MS": "[100, 200]",
             "ROOST_WEBHOOK_RETRY_CAP_S": "0.5",
+            # Refused requests are audited as per-address counts per window: a short one.
+            "ROOST_AUDIT_REFUSALS_WINDOW_S": "1",
         }
 
     def start(

@@ -278,7 +278,7 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await p.get_by_role("button", name="Log in").click()
     await expect(p.locator("#login-reason")).to_have_text("That token was refused.")
 
-    # An expired (revoked, unknown) token in the cookie: every page goes to the login page
+    # An expired (ended, unknown) session in the cookie: every page goes to the login page
     # with a readable reason, never a trace; no cookie at all: the login page too.
     for path in ("/", "/alarms", "/hosts/worker-0", "/events/stream"):
         await anon.add_cookies(
@@ -286,7 +286,7 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
         )
         await p.goto(f"{console.url}{path}")
         assert p.url.startswith(f"{console.url}/login"), (path, p.url)
-        await expect(p.locator("#login-reason"), p.url).to_contain_text("refused")
+        await expect(p.locator("#login-reason"), p.url).to_contain_text("session has ended")
         assert "Traceback" not in await p.content()
         assert not [c for c in await anon.cookies() if c["name"] == "roost_session"]
         assert "Traceback" not in await p.content()
