@@ -130,7 +130,7 @@ def _row(record: TokenRecord, now: datetime) -> dict[str, Any]:
         "name": record.name,
         "role": record.role.value,
         "state": _state(record, now),
-        "peer": record.peer,
+        "peer": record.peer or record.role is Role.peer,
         "created_at": record.created_at.isoformat() if record.created_at else None,
         "not_after": record.not_after.isoformat() if record.not_after else None,
         "sha256": record.sha256[:12],
