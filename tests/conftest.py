@@ -95,6 +95,8 @@ class Stack:
             # The tests' webhook receivers listen on 127.0.0.1, which webhooks may not reach
             # unless allow-listed (tests/security/test_webhook_ssrf.py starts without it).
             "ROOST_WEBHOOK_ALLOW_NETS": '["127.0.0.0/8"]',
+            # Refused requests are audited as per-address counts per window: a short one.
+            "ROOST_AUDIT_REFUSALS_WINDOW_S": "1",
         }
 
     def start(

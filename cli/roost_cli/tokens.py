@@ -55,6 +55,7 @@ _CREDENTIAL_KEYS = {"admin": "admin_token", "reader": "reader_token"}
 class RoleChoice(StrEnum):
     admin = "admin"
     reader = "reader"
+    peer = "peer"
 
 
 def default_tokens_file() -> Path:
@@ -129,7 +130,7 @@ def _row(record: TokenRecord, now: datetime) -> dict[str, Any]:
         "name": record.name,
         "role": record.role.value,
         "state": _state(record, now),
-        "peer": record.peer,
+        "peer": record.peer or record.role is Role.peer,
         "created_at": record.created_at.isoformat() if record.created_at else None,
         "not_after": record.not_after.isoformat() if record.not_after else None,
         "sha256": record.sha256[:12],
@@ -205,7 +206,14 @@ def list_tokens(ctx: typer.Context, tokens_file: TokensFile = None) -> None:
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Who uses it (shown in the audit log).")],
-    role: Annotated[RoleChoice, typer.Option("--role", help="reader: read only; admin: all.")],
+    role: Annotated[
+        RoleChoice,
+        typer.Option(
+            "--role",
+            help="reader: read only; admin: all; peer: a service calling others (reads, host "
+            "lock/unlock, swacts; never rate-limited).",
+        ),
+    ],
     peer: Annotated[
         bool,
         typer.Option(

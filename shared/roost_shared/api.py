@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roost_shared import deadletters
 from roost_shared.auth import Authenticator, Principal
+from roost_shared.bodylimit import BodyLimitMiddleware
 from roost_shared.bus import BatchHandler, Bus, Consumer, inbox_indexes
 from roost_shared.catalog import AlarmType, LogWrite, Severity
 from roost_shared.db import Database
@@ -99,21 +100,39 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: uses 500.1xx-500.5xx); the fault service makes its suppression entry on first use.
 AUDIT_LOG_ID = "500.900"
 AUDIT_ENTITY_TYPE = "system.api"
-#: The dashboard's session cookie (its token): who made a form post there.
-SESSION_COOKIE = "roost_token"
 _AUDIT_PUBLISH_TIMEOUT_S = 5.0
 _AUDIT_MAX_PENDING = 1000
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:=/@+-]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class Auditor:
-    """Writes one customer log per mutating request (who, what, when, result) to the fault
-    service's event log: ``fault.log.write`` on the bus, entity ``system=roost.api=<service>``,
-    id :data:`AUDIT_LOG_ID`, reason ``admin token 'ops' POST /v1/hosts/worker-1/actions -> 200``.
+#: Refusals (no or a bad token, a role that may not, over the rate limit): audited as counts
+#: per client address and caller per window, never one record each (anyone can cause them).
+REFUSED_STATUSES = frozenset({401, 403, 429})
+#: Addresses tallied at once; past that, refusals from new addresses share one tally.
+_REFUSAL_MAX_KEYS = 1000
+_OTHER_ADDRESSES = "other addresses"
 
-    Refused requests (401, 403) are audited too. Only the method and the path as sent are
-    recorded, never the query or the body (they may carry secrets). Publishing runs in the
+
+@dataclass
+class _Tally:
+    since: Any
+    count: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    last: str = ""
+
+
+class Auditor:
+    """Writes the audit of mutating requests (who, what, when, result) to the fault service's
+    event log: ``fault.log.write`` on the bus, entity ``system=roost.api=<service>``, id
+    :data:`AUDIT_LOG_ID`, reason ``admin token 'ops' POST /v1/hosts/worker-1/actions -> 200``.
+
+    Refused requests (401, 403, 429) are audited as aggregates: one record per client address
+    and caller per ``audit_refusals_window_s`` (``anonymous from 10.0.0.9: 9650 refused requests
+    in 60 s (401 x9450, 429 x200), last POST /v1/hosts -> 429``), so a junk request loop costs
+    the event log one record a minute, not one per request (the fault service also keeps audit
+    records apart from alarms, with their own retention). Only the method and the path as sent
+    are recorded, never the query or the body (they may carry secrets). Publishing runs in the
     background after the response, with the broker's confirm: a broker that is away costs a
     warning (with the record, so the service's own log keeps it) and
     ``roost_audit_failures_total{reason}``, never the request.
@@ -125,14 +144,15 @@ class Auditor:
         self.platform: Platform | None = None
         self.entity = f"system=roost.api={_UNSAFE.sub('_', settings.service) or 'roost'}"
         self._pending: set[asyncio.Task[None]] = set()
+        self._refusals: dict[tuple[str, str], _Tally] = {}
 
     def who(self, scope: Scope) -> str:
-        """The caller as the route authenticated it, else as its token (header or the
-        dashboard's cookie) says, else ``anonymous``."""
+        """The caller as the route authenticated it (the dashboard: its session), else as
+        its token says, else ``anonymous``."""
         principal = (scope.get("state") or {}).get("principal")
         if not isinstance(principal, Principal):
             conn = HTTPConnection(scope)
-            token = _bearer(conn) or conn.cookies.get(SESSION_COOKIE) or None
+            token = _bearer(conn) or None
             principal = self.authenticator.principal(token)
             if principal is None:
                 return "invalid token" if token else "anonymous"
@@ -148,8 +168,58 @@ class Auditor:
         path = _CONTROL.sub("?", path.partition("?")[0])[:1024]
         who = self.who(scope)
         text = f"{who} {scope['method']} {path} -> {status}"
-        refused = status in (401, 403)
-        entry = LogWrite(
+        if status in REFUSED_STATUSES:
+            self._tally(scope, who, text.removeprefix(who + " "), status, when)
+            return
+        entry = self._entry(text, when, refused=False)
+        request_id = (scope.get("state") or {}).get("request_id")
+        log.info("audit: %s", text)
+        self._send(platform, entry, text, request_id)
+
+    def _tally(self, scope: Scope, who: str, what: str, status: int, when: Any) -> None:
+        client = scope.get("client")
+        address = _UNSAFE.sub("_", client[0]) if client else "unknown"
+        key = (address, who)
+        tally = self._refusals.get(key)
+        if tally is None:
+            if len(self._refusals) >= _REFUSAL_MAX_KEYS:
+                key = (_OTHER_ADDRESSES, who)
+                tally = self._refusals.get(key)
+            if tally is None:
+                tally = self._refusals[key] = _Tally(since=when)
+        tally.count += 1
+        tally.statuses[status] = tally.statuses.get(status, 0) + 1
+        tally.last = what
+
+    def flush_refusals(self) -> int:
+        """Publish one record per tallied (address, caller) and start new tallies; how many."""
+        platform = self.platform
+        tallies, self._refusals = self._refusals, {}
+        if platform is None:
+            return 0
+        window = self.settings.audit_refusals_window_s
+        for (address, who), tally in tallies.items():
+            statuses = ", ".join(f"{s} x{n}" for s, n in sorted(tally.statuses.items()))
+            plural = "request" if tally.count == 1 else "requests"
+            text = (
+                f"{who} from {address}: {tally.count} refused {plural} in {window:g} s "
+                f"({statuses}), last {tally.last}"
+            )
+            log.info("audit: %s", text)
+            self._send(platform, self._entry(text, tally.since, refused=True), text, None)
+        return len(tallies)
+
+    async def run_refusals(self) -> None:
+        """Publish the refusal tallies every ``audit_refusals_window_s`` (for the app's life)."""
+        while True:
+            await asyncio.sleep(self.settings.audit_refusals_window_s)
+            try:
+                self.flush_refusals()
+            except Exception:  # the audit never stops: the next window tries again
+                log.exception("audit of refused requests failed")
+
+    def _entry(self, text: str, when: Any, *, refused: bool) -> LogWrite:
+        return LogWrite(
             event_log_id=AUDIT_LOG_ID,
             entity_instance_id=self.entity,
             entity_type_id=AUDIT_ENTITY_TYPE,
@@ -160,14 +230,14 @@ class Auditor:
             suppression=False,  # an audit trail cannot be hidden
             timestamp=when,
         )
-        request_id = (scope.get("state") or {}).get("request_id")
+
+    def _send(self, platform: Platform, entry: LogWrite, text: str, request_id: str | None) -> None:
         envelope = Envelope.of(
             entry,
             source=f"roost/{self.settings.service}",
             subject=self.entity,
             correlationid=request_id,
         )
-        log.info("audit: %s", text)
         if len(self._pending) >= _AUDIT_MAX_PENDING:
             self._failed(platform, "backlog", text, "too many audit records waiting")
             return
@@ -194,7 +264,12 @@ class Auditor:
         ).labels(reason).inc()
 
     async def drain(self, timeout_s: float = 2.0) -> None:
-        """Let records still being published finish before the bus closes."""
+        """Publish the refusals tallied so far, and let records still being published finish
+        before the bus closes."""
+        try:
+            self.flush_refusals()
+        except Exception:
+            log.exception("audit of refused requests failed")
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
 
@@ -298,8 +373,11 @@ def create_app(
     indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     start: ServiceStart | None = None,
     version: str = "0.1.0",
+    body_limits: Mapping[tuple[str, str], int] | None = None,
 ) -> FastAPI:
-    """Build a service's app. ``start`` wires its consumers and loops inside the lifespan."""
+    """Build a service's app. ``start`` wires its consumers and loops inside the lifespan.
+    ``body_limits``: routes (method, path) whose request body may exceed
+    ``settings.max_body_bytes``, with their own cap (they read the body as a stream)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -337,6 +415,8 @@ def create_app(
         app.state.platform = platform
         app.state.metrics = metrics
         auditor.platform = platform
+        if settings.audit:
+            platform.spawn(auditor.run_refusals(), "audit-refusals")
         service_start = start or _nothing
         try:
             async with service_start(platform, app):
@@ -356,8 +436,8 @@ def create_app(
                 await platform.dead_letters.stop()
                 await platform.leader.stop()
         finally:
-            auditor.platform = None
             await auditor.drain()
+            auditor.platform = None
             await bus.close()
             await db.close()
 
@@ -377,6 +457,13 @@ def create_app(
     # Inside the request context (it sees the request id), outside every route and handler.
     app.add_middleware(AuditMiddleware, auditor=auditor)
     app.add_middleware(RequestContextMiddleware, metrics_of=lambda: app.state.metrics)
+    # Outermost: an oversized body is refused before anything authenticates, audits or reads it.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        overrides=body_limits,
+        metrics_of=lambda: app.state.metrics,
+    )
     install_problem_handlers(app)
 
     @app.get("/healthz", tags=["health"])

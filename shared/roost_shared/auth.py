@@ -1,4 +1,14 @@
-"""Token authentication with two roles: ``reader`` (GET) and ``admin`` (everything).
+"""Token authentication with three roles: ``reader`` (GET), ``admin`` (everything) and
+``peer`` (a service calling another: every read, plus only the few mutating routes a service
+needs of its peers, each marked with :func:`require_admin_or_peer`: the software strategy's
+host lock/unlock/force-lock, service-group swact and member lock/unlock).
+
+Each service that calls others has its own peer token, never the admin token: ``make run`` and
+the tests write one per service to the tokens file (role ``peer``); a site configured with
+environment tokens (docker-compose, Kubernetes) derives them (:func:`derive_peer_token`, an
+HMAC of ``ROOST_PEER_SECRET``, by default of the admin token, and the service's name), so every
+service accepts every peer's token and no step is needed. Knowing the admin token gives the
+peer tokens; a peer token gives nothing more than its role.
 
 Tokens arrive as ``Authorization: Bearer <t>`` or as OpenStack's ``X-Auth-Token: <t>`` (StarlingX
 clients send only the latter). Tokens are compared by SHA-256 digest; the tokens file written by
@@ -14,8 +24,10 @@ grace period of a rotation). Several tokens may share a role (and a name, during
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -27,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from fastapi import Depends, HTTPException, Request
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, SecretStr, TypeAdapter
 
 from roost_shared.settings import RoostSettings
 
@@ -37,6 +49,33 @@ log = logging.getLogger(__name__)
 class Role(StrEnum):
     reader = "reader"
     admin = "admin"
+    peer = "peer"
+
+
+#: Services that call other services' APIs (each has a peer token of its own).
+PEER_SERVICES = ("config", "service", "software")
+
+
+def derive_peer_token(secret: str, service: str) -> str:
+    """The peer token of ``service`` derived from the site's peer secret (one-way)."""
+    mac = hmac.new(secret.encode(), b"roost peer token\0" + service.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def _peer_secret(settings: RoostSettings) -> str | None:
+    for secret in (settings.peer_secret, settings.admin_token):
+        if secret is not None and secret.get_secret_value():
+            return secret.get_secret_value()
+    return None
+
+
+def own_peer_token(settings: RoostSettings, explicit: SecretStr | None = None) -> SecretStr | None:
+    """The token this service sends to its peers: ``explicit`` when configured, else its
+    derived peer token (environment-configured sites), else None."""
+    if explicit is not None and explicit.get_secret_value():
+        return explicit
+    secret = _peer_secret(settings)
+    return SecretStr(derive_peer_token(secret, settings.service)) if secret else None
 
 
 class TokenRecord(BaseModel):
@@ -142,6 +181,10 @@ class Principal(BaseModel):
     def is_admin(self) -> bool:
         return self.role is Role.admin
 
+    @property
+    def is_peer(self) -> bool:
+        return self.role is Role.peer
+
 
 Stamp = tuple[int, int, int]
 
@@ -218,6 +261,12 @@ class Authenticator:
         ):
             if secret is not None and secret.get_secret_value():
                 self._env[digest(secret.get_secret_value())] = Principal(name=name, role=role)
+        peer_secret = _peer_secret(settings)
+        if peer_secret is not None:
+            for service in PEER_SERVICES:
+                self._env[digest(derive_peer_token(peer_secret, service))] = Principal(
+                    name=f"peer-{service}", role=Role.peer, peer=True
+                )
         if not self._env and not self.file.records and not self.disabled:
             log.warning("no API tokens configured: every request will be refused with 401")
 
@@ -233,7 +282,8 @@ class Authenticator:
         record = self.file.records.get(wanted)
         if record is None or record.expired():
             return None
-        return Principal(name=record.name, role=record.role, peer=record.peer)
+        peer = record.peer or record.role is Role.peer
+        return Principal(name=record.name, role=record.role, peer=peer)
 
     def principal(self, token: str | None) -> Principal | None:
         """The principal a token belongs to, or None."""
@@ -290,7 +340,14 @@ def require_reader(principal: Principal = Depends(current_principal)) -> Princip
 
 
 def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
-    """Mutations need the admin role (403 for readers)."""
+    """Mutations need the admin role (403 for readers and peers)."""
     if not principal.is_admin:
         raise HTTPException(403, f"role '{principal.role}' may not change anything; admin needed")
+    return principal
+
+
+def require_admin_or_peer(principal: Principal = Depends(current_principal)) -> Principal:
+    """The few mutating routes another service calls (403 for readers)."""
+    if not (principal.is_admin or principal.is_peer):
+        raise HTTPException(403, f"role '{principal.role}' may not do this; admin or peer needed")
     return principal

@@ -1,7 +1,7 @@
 """Rate limits on every Roost API: a token bucket per caller (pure ASGI middleware).
 
-Who a caller is: the token it sends (``Authorization``/``X-Auth-Token``, or the dashboard's
-session cookie) when the token is valid, keyed by its digest; otherwise its client address
+Who a caller is: the token it sends (``Authorization``/``X-Auth-Token``) when the token is
+valid, keyed by its digest; otherwise its client address
 (so guessing tokens, each one different, is limited per address, not per guess). Each bucket
 holds up to ``rate_limit_burst`` requests and refills at ``rate_limit_per_s``; an empty bucket
 answers 429 problem+json with ``Retry-After`` (whole seconds until one request is allowed) and
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Callers remembered at most (about 150 bytes each: ~1.5 MB at the cap).
 MAX_CALLERS = 10_000
-#: The dashboard's session cookie (its token), as in roost_shared.api.SESSION_COOKIE.
-SESSION_COOKIE = "roost_token"
 
 
 @dataclass(slots=True)
@@ -111,7 +109,7 @@ def _token(conn: HTTPConnection) -> str | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return conn.headers.get("x-auth-token") or conn.cookies.get(SESSION_COOKIE) or None
+    return conn.headers.get("x-auth-token") or None
 
 
 class RateLimitMiddleware:

@@ -44,11 +44,23 @@ class RoostSettings(BaseSettings):
     auth_tokens_file: Path | None = None
     admin_token: SecretStr | None = None
     reader_token: SecretStr | None = None
+    peer_secret: SecretStr | None = Field(
+        None,
+        description="Derives each service's peer token (its own, for calling other services) "
+        "and the peer tokens every service accepts; default: the admin token. Sites with a "
+        "tokens file (make run) list peer tokens there instead.",
+    )
     auth_disabled: bool = Field(False, description="Accept every request as admin (tests only).")
     audit: bool = Field(
         True,
         description="Audit every mutating request (POST/PUT/PATCH/DELETE, refused ones too) as a "
         "customer log in the fault service's event log (fault.log.write).",
+    )
+    audit_refusals_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="Refused requests (401, 403, 429) are audited as one record per client "
+        "address and caller per this many seconds, with a count, never one record each.",
     )
     rate_limit_per_s: float = Field(
         50.0,
@@ -56,6 +68,12 @@ class RoostSettings(BaseSettings):
         description="API requests per second each caller may make on average (a token bucket "
         "per token, or per client address without a valid token); 0 disables the limit. "
         "Peer tokens, /healthz, /readyz and /metrics are never limited.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body any API route takes (413 above it, refused before "
+        "authentication and parsing); a release upload has its own cap (max_release_bytes).",
     )
     rate_limit_burst: int = Field(
         200, ge=1, description="Requests a caller may make at once before the rate applies."

@@ -27,7 +27,13 @@ from urllib.parse import urlparse
 
 import httpx
 
-from roost_shared.auth import Role, issue_token
+from roost_shared.auth import (
+    PEER_SERVICES,
+    Role,
+    issue_token,
+    read_tokens_file,
+    save_tokens_file,
+)
 from roost_sim import runlock
 from roost_sim.credentials import (
     credentials_path,
@@ -82,18 +88,19 @@ def installed_services() -> list[str]:
 
 
 def service_env(
-    name: str, installed: list[str], reader_token: str, admin_token: str | None = None
+    name: str, installed: list[str], peer_tokens: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """What one service needs to know about the others: config asks the host service whether
-    a host is unlocked before deleting it; the service service asks config whether a group's
-    member hosts exist (a reader token suffices for both); the software service reads hosts,
-    alarms and personalities and locks, unlocks and swacts for its strategies (an admin
-    token: its actions are audited under the token's name)."""
+    """What one service needs to know about the others, each calling them with its own peer
+    token (role peer, never the admin token): config asks the host service whether a host is
+    unlocked before deleting it; the service service asks config whether a group's member
+    hosts exist; the software service reads hosts, alarms and personalities and locks, unlocks
+    and swacts for its strategies (audited under its peer token's name)."""
+    peer = (peer_tokens or {}).get(name)
     if name == "config" and "host" in installed:
-        return {
-            "ROOST_HOST_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['host']}",
-            "ROOST_HOST_SERVICE_TOKEN": reader_token,
-        }
+        env = {"ROOST_HOST_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['host']}"}
+        if peer is not None:
+            env["ROOST_HOST_SERVICE_TOKEN"] = peer
+        return env
     if name == "dashboard":  # the APIs it calls (the operator's token comes from the browser)
         return {
             f"ROOST_{other.upper()}_URL": f"http://127.0.0.1:{SERVICE_PORTS[other]}"
@@ -106,15 +113,25 @@ def service_env(
             for other in ("host", "service", "fault", "config")
             if other in installed
         }
-        if admin_token is not None:
-            env["ROOST_PEER_TOKEN"] = admin_token
+        if peer is not None:
+            env["ROOST_PEER_TOKEN"] = peer
         return env
     if name == "service" and "config" in installed:
-        return {
-            "ROOST_CONFIG_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['config']}",
-            "ROOST_CONFIG_SERVICE_TOKEN": reader_token,
-        }
+        env = {"ROOST_CONFIG_SERVICE_URL": f"http://127.0.0.1:{SERVICE_PORTS['config']}"}
+        if peer is not None:
+            env["ROOST_CONFIG_SERVICE_TOKEN"] = peer
+        return env
     return {}
+
+
+def issue_peer_tokens(tokens_file: Path) -> dict[str, str]:
+    """Each calling service's own peer token (role peer, new each run, never on disk in
+    plain): never rate-limited, allowed reads and the few actions peers need, audited as
+    ``peer-<service>``. The admin token of earlier runs' ``peers`` record is removed."""
+    records = read_tokens_file(tokens_file) if tokens_file.exists() else []
+    if any(r.name == "peers" for r in records):
+        save_tokens_file(tokens_file, [r for r in records if r.name != "peers"])
+    return {s: issue_token(tokens_file, f"peer-{s}", Role.peer) for s in PEER_SERVICES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(exc))
     logs = state / "logs"
     creds, tokens_file = ensure_credentials(state)
-    # The software service's own admin token (new each run, never on disk in plain): a peer
-    # token, so its rollout traffic is never rate-limited and its actions are audited as 'peers'.
-    peer_token = issue_token(tokens_file, "peers", Role.admin, peer=True)
+    peer_tokens = issue_peer_tokens(tokens_file)
     ensure_release_keys(state)  # roost software pack --key state/release-signing.pem
     command_keys, _ = ensure_command_keys(state)  # agents trust them (Fleet.agent_env)
 
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             python_module(f"roost_{name}.app"),
             env={
                 **env,
-                **service_env(name, installed, creds.reader_token, peer_token),
+                **service_env(name, installed, peer_tokens),
                 "ROOST_PORT": str(port),
             },
             log_path=logs / f"{name}.log",

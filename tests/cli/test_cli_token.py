@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from roost_shared.auth import Role, digest, issue_token, read_tokens_file, write_tokens_file
+from roost_sim.aio import issue_peer_tokens
 from tests.support.cli import Run, clean_env, run_cli
 
 
@@ -138,9 +139,14 @@ def test_make_run_keeps_tokens_made_with_roost_token(tmp_path, monkeypatch):
     again, path = ensure_credentials(tmp_path / "state")  # the next `make run`
     assert again == creds
     assert sorted(r.name for r in read_tokens_file(path)) == ["admin", "ops", "reader"]
-    # make run's peer token for the software service: replaced each run, the others kept.
-    first = issue_token(path, "peers", Role.admin, peer=True)
-    second = issue_token(path, "peers", Role.admin, peer=True)
+    # make run's peer tokens: replaced each run, the others kept; an old admin "peers" goes.
+    issue_token(path, "peers", Role.admin, peer=True)
+    first = issue_peer_tokens(path)
+    second = issue_peer_tokens(path)
     records = {r.name: r for r in read_tokens_file(path)}
-    assert sorted(records) == ["admin", "ops", "peers", "reader"]
-    assert records["peers"].peer and records["peers"].sha256 == digest(second) != digest(first)
+    peers = [f"peer-{s}" for s in ("config", "service", "software")]
+    assert sorted(records) == sorted(["admin", "ops", "reader", *peers])
+    for s in ("config", "service", "software"):
+        record = records[f"peer-{s}"]
+        assert record.role is Role.peer
+        assert record.sha256 == digest(second[s]) != digest(first[s])

@@ -69,7 +69,7 @@ def start_console(
         sw = stack.start(
             "software",
             ROOST_ALLOW_UNSIGNED_RELEASES="true",
-            ROOST_PEER_TOKEN=stack.tokens.admin,
+            ROOST_PEER_TOKEN=stack.tokens.peers["software"],
             **peers,
         )
         urls["ROOST_SOFTWARE_URL"] = sw.url

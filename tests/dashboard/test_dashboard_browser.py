@@ -66,7 +66,7 @@ async def test_pages_live_alarms_and_lock_from_the_page(stack, tmp_path, browser
         assert r.status_code == 201, r.text
     page = await logged_in(browser, console, stack.tokens.admin)
     assert await page.locator("#role").text_content() == "admin"
-    (cookie,) = [c for c in await page.context.cookies() if c["name"] == "roost_token"]
+    (cookie,) = [c for c in await page.context.cookies() if c["name"] == "roost_session"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert await page.evaluate("document.cookie") == ""  # out of the page's scripts' reach
 
@@ -278,17 +278,17 @@ async def test_readers_bad_tokens_and_api_errors(stack, tmp_path, browser):
     await p.get_by_role("button", name="Log in").click()
     await expect(p.locator("#login-reason")).to_have_text("That token was refused.")
 
-    # An expired (revoked, unknown) token in the cookie: every page goes to the login page
+    # An expired (ended, unknown) session in the cookie: every page goes to the login page
     # with a readable reason, never a trace; no cookie at all: the login page too.
     for path in ("/", "/alarms", "/hosts/worker-0", "/events/stream"):
         await anon.add_cookies(
-            [{"name": "roost_token", "value": "expired-" + uuid.uuid4().hex, "url": console.url}]
+            [{"name": "roost_session", "value": "expired-" + uuid.uuid4().hex, "url": console.url}]
         )
         await p.goto(f"{console.url}{path}")
         assert p.url.startswith(f"{console.url}/login"), (path, p.url)
-        await expect(p.locator("#login-reason"), p.url).to_contain_text("refused")
+        await expect(p.locator("#login-reason"), p.url).to_contain_text("session has ended")
         assert "Traceback" not in await p.content()
-        assert not [c for c in await anon.cookies() if c["name"] == "roost_token"]
+        assert not [c for c in await anon.cookies() if c["name"] == "roost_session"]
         assert "Traceback" not in await p.content()
     # Words in a link never reach the page: reasons are codes, outcomes one-time cookies.
     await p.goto(f"{console.url}/login?reason=Send+your+token+to+evil.example")

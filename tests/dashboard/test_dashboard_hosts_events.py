@@ -144,7 +144,7 @@ async def test_host_actions_uptime_live_timeline_search_and_revoked_stream(
     await reader.wait_for_url(re.compile(r"/login\?reason=refused"), timeout=5_000)
     print(f"revoked reader on the login page after {time.monotonic() - started:.1f} s")
     await expect(reader.locator("#login-reason")).to_contain_text("refused")
-    assert not [c for c in await reader.context.cookies() if c["name"] == "roost_token"]
+    assert not [c for c in await reader.context.cookies() if c["name"] == "roost_session"]
     # The admin, still listed, keeps its stream and pages.
     await admin.goto(f"{console.url}/hosts")
     await live(admin)

@@ -133,7 +133,7 @@ async def test_a_page_gets_what_happened_while_it_loaded_or_is_told_to_reload():
 
 
 def test_make_run_points_the_dashboard_at_every_service():
-    env = service_env("dashboard", ["dashboard", "config", "fault", "host", "service"], "t")
+    env = service_env("dashboard", ["dashboard", "config", "fault", "host", "service"], {})
     assert env == {
         "ROOST_FAULT_URL": "http://127.0.0.1:8102",
         "ROOST_CONFIG_URL": "http://127.0.0.1:8101",
@@ -342,3 +342,39 @@ def test_a_token_removed_from_the_tokens_file_is_revoked(tmp_path):
     assert watch.principal("a" * 20).role is Role.admin
     write_tokens_file(path, {"admin": (Role.admin, "a" * 20), "reader": (Role.reader, "r" * 20)})
     assert watch.principal("r" * 20).role is Role.reader  # listed again: no longer revoked
+
+
+def test_sessions_expire_end_and_are_bounded():
+    from roost_dashboard.sessions import SessionStore
+
+    now = [0.0]
+    store = SessionStore(10.0, max_sessions=3, clock=lambda: now[0])
+    sid, session = store.create("the-token")
+    assert store.get(sid) is session and session.token == "the-token"
+    assert sid != "the-token" and len(sid) >= 43 and session.csrf_ok(session.csrf)
+    assert not session.csrf_ok("") and not session.csrf_ok(None) and not session.csrf_ok("x")
+    assert store.get("guess") is None and store.get(None) is None
+    now[0] = 10.0
+    assert store.get(sid) is None  # expired: gone
+    ids = [store.create(f"t{i}")[0] for i in range(4)]
+    assert len(store) == 3 and store.get(ids[0]) is None  # the oldest ended for the newest
+    store.end(ids[3])
+    assert store.get(ids[3]) is None and store.get(ids[2]) is not None
+
+
+def test_throttled_log_says_how_many_it_left_out(caplog):
+    import logging
+
+    from roost_shared.bodylimit import ThrottledLog
+
+    now = [0.0]
+    throttled = ThrottledLog(logging.getLogger("t"), every_s=60, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for _ in range(5):
+            throttled.warning("10.0.0.1", "refused %s", "x")
+        now[0] = 61
+        throttled.warning("10.0.0.1", "refused %s", "x")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused x",
+        "refused x (4 more like it not logged since)",
+    ]

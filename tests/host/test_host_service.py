@@ -220,7 +220,7 @@ async def test_config_refuses_to_delete_a_host_the_host_service_says_is_unlocked
         "config",
         ROOST_STATE_DIR=str(stack.workdir / f"config-state-{uuid.uuid4().hex[:8]}"),
         ROOST_HOST_SERVICE_URL=host.url,
-        ROOST_HOST_SERVICE_TOKEN=stack.tokens.reader,
+        ROOST_HOST_SERVICE_TOKEN=stack.tokens.peers["config"],
     )
     bus = await stack.bus()
     mac = new_mac()

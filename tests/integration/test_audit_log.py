@@ -38,9 +38,34 @@ async def audited(http: httpx.AsyncClient, text: str, what: str) -> dict[str, An
     return await eventually(probe, timeout=10, what=what)
 
 
+async def refusal_audited(
+    http: httpx.AsyncClient, who: str, last: str, what: str
+) -> dict[str, Any]:
+    """The aggregate record of refused requests whose caller is ``who`` and whose last
+    request was ``last`` (``DELETE /v1/hosts/x -> 401``): refusals are counted per client
+    address and caller per window, never one record each."""
+
+    async def probe() -> dict[str, Any] | None:
+        return next(
+            (
+                e
+                for e in await audit_logs(http)
+                if e["reason_text"].startswith(f"{who} from 127.0.0.1: ")
+                and e["reason_text"].endswith(f", last {last}")
+            ),
+            None,
+        )
+
+    return await eventually(probe, timeout=10, what=what)
+
+
+#: Refusals are audited per window: a short one keeps the test quick.
+WINDOW = {"ROOST_AUDIT_REFUSALS_WINDOW_S": "0.5"}
+
+
 async def test_mutations_and_refusals_are_audited_gets_and_secrets_are_not(stack):
-    fault = stack.start("fault")
-    config = stack.start("config", ROOST_FAULT_URL=fault.url)
+    fault = stack.start("fault", **WINDOW)
+    config = stack.start("config", ROOST_FAULT_URL=fault.url, **WINDOW)
     started = datetime.now(UTC) - timedelta(seconds=1)
     admin = config.client(stack.tokens.admin)
     reader = config.client(stack.tokens.reader)
@@ -75,24 +100,27 @@ async def test_mutations_and_refusals_are_audited_gets_and_secrets_are_not(stack
         # A reader's PATCH is refused (403) and audited under the reader's name.
         r = await reader.patch(f"/v1/hosts/{host['uuid']}", json={"location": "rack 9"})
         assert r.status_code == 403, r.text
-        await audited(
+        entry = await refusal_audited(
             events,
-            f"reader token 'reader' PATCH /v1/hosts/{host['uuid']} -> 403",
+            "reader token 'reader'",
+            f"PATCH /v1/hosts/{host['uuid']} -> 403",
             "the reader's refused PATCH audited",
         )
+        assert ": 1 refused request in 0.5 s (403 x1), last" in entry["reason_text"], entry
 
         # No token (401) and an unknown token (401): audited, as who they are not.
         r = await nobody.delete(f"/v1/hosts/{host['uuid']}")
         assert r.status_code == 401, r.text
-        await audited(
+        await refusal_audited(
             events,
-            f"anonymous DELETE /v1/hosts/{host['uuid']} -> 401",
+            "anonymous",
+            f"DELETE /v1/hosts/{host['uuid']} -> 401",
             "the anonymous DELETE audited",
         )
         r = await nobody.post("/v1/hosts", json=body, headers={"Authorization": f"Bearer {SECRET}"})
         assert r.status_code == 401, r.text
-        await audited(
-            events, "invalid token POST /v1/hosts -> 401", "the invalid token's POST audited"
+        await refusal_audited(
+            events, "invalid token", "POST /v1/hosts -> 401", "the invalid token's POST audited"
         )
 
         # The fault service audits requests to itself the same way.
@@ -101,9 +129,10 @@ async def test_mutations_and_refusals_are_audited_gets_and_secrets_are_not(stack
             json={"event_log_id": "200.021", "entity_instance_id": "x", "reason_text": "y"},
         )
         assert r.status_code == 403, r.text
-        await audited(
+        await refusal_audited(
             events,
-            "reader token 'reader' POST /v1/event_log -> 403",
+            "reader token 'reader'",
+            "POST /v1/event_log -> 403",
             "the fault service's own refusal audited",
         )
 

@@ -59,6 +59,7 @@ from roost_sim.ports import free_port
 from tests.conftest import Stack
 from tests.integration.test_api_authz import PUBLIC, route_table, start_everything
 from tests.service.test_service_logic import group
+from tests.support.dashboard import csrf_in
 from tests.support.releases import build
 from tests.support.stack import Tokens, Vhost
 from tests.support.waiting import eventually
@@ -311,7 +312,7 @@ class FuzzStack(Stack):
             **super().env(),
             "ROOST_RATE_LIMIT_PER_S": "0",
             # Config asks the host service whether a host may be deleted (a 503 without it).
-            "ROOST_HOST_SERVICE_TOKEN": self.tokens.admin,
+            "ROOST_HOST_SERVICE_TOKEN": self.tokens.peers["config"],
         }
 
 
@@ -406,7 +407,15 @@ def hostile_dashboard(url: str, token: str) -> tuple[dict[int, int], list[str]]:
     statuses: dict[int, int] = {}
     failures: list[str] = []
     with requests.Session() as browser:
-        browser.cookies.set("roost_token", token)
+        page = browser.get(url + "/login", timeout=REQUEST_TIMEOUT_S)
+        r = browser.post(
+            url + "/login",
+            data={"token": token, "next": "/", "csrf": csrf_in(page.text)},
+            headers={"Origin": url},
+            allow_redirects=False,
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        assert r.status_code == 303, r.text[:300]
         for method, path, fields in routes:
             if path.startswith(("/static/", "/events/stream")) or method not in ("get", "post"):
                 continue  # files, and the endless event stream

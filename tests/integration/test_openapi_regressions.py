@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 
+from tests.support.dashboard import csrf_in, login, post_form
 from tests.support.problems import problem
 
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -159,21 +160,22 @@ async def test_dashboard_login_refuses_what_cannot_be_a_token(stack):
     fault = stack.start("fault")
     dashboard = stack.start("dashboard", ROOST_FAULT_URL=fault.url)
     async with dashboard.client(None) as browser:
+        csrf = csrf_in((await browser.get("/login")).text)
         for token in ("abc\x00def", "x" * 100_000, "tökén"):
-            r = await browser.post("/login", data={"token": token, "next": "/"})
+            r = await browser.post("/login", data={"token": token, "next": "/", "csrf": csrf})
             assert r.status_code == 401, (token[:10], r.status_code, r.text[:300])
             assert "That token was refused." in r.text
-            assert "roost_token" not in r.headers.get("set-cookie", "")
+            assert "roost_session" not in r.headers.get("set-cookie", "")
         # A real one still logs in.
-        r = await browser.post("/login", data={"token": stack.tokens.admin, "next": "/"})
-        assert r.status_code == 303 and "roost_token" in r.headers["set-cookie"], r.text[:300]
+        r = await login(browser, stack.tokens.admin)
+        assert r.status_code == 303 and "roost_session" in r.headers["set-cookie"], r.text[:300]
 
 
 async def test_dashboard_flash_message_fits_in_a_cookie(stack):
     dashboard = stack.start("dashboard")
     async with dashboard.client(None) as browser:
-        browser.cookies.set("roost_token", stack.tokens.admin)
-        r = await browser.post("/hosts/worker-1/actions", data={"action": "x" * 100_000})
+        assert (await login(browser, stack.tokens.admin)).status_code == 303
+        r = await post_form(browser, "/hosts/worker-1/actions", {"action": "x" * 100_000})
         assert r.status_code == 303, r.text[:300]
         cookie = r.headers["set-cookie"]
         assert cookie.startswith("roost_flash=") and len(cookie) < 4096, len(cookie)

@@ -178,7 +178,7 @@ async def test_member_hosts_are_checked_against_the_config_service(stack):
     svc = stack.start(
         "service",
         ROOST_CONFIG_SERVICE_URL=config.url,
-        ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.reader,
+        ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.peers["service"],
     )
     async with config.client(stack.tokens.admin) as cfg:
         for i, name in enumerate(("controller-0", "controller-1")):

@@ -10,17 +10,17 @@ from roost_sim.aio import service_env
 from roost_sim.credentials import ensure_release_keys
 
 
-def test_software_env_names_every_installed_peer_and_the_admin_token():
+def test_software_env_names_every_installed_peer_and_its_own_peer_token():
     installed = ["config", "fault", "host", "service", "software"]
-    env = service_env("software", installed, "reader-token", "admin-token")
+    env = service_env("software", installed, {"software": "software-peer-token"})
     assert env == {
         "ROOST_HOST_URL": "http://127.0.0.1:8103",
         "ROOST_SERVICE_URL": "http://127.0.0.1:8104",
         "ROOST_FAULT_URL": "http://127.0.0.1:8102",
         "ROOST_CONFIG_URL": "http://127.0.0.1:8101",
-        "ROOST_PEER_TOKEN": "admin-token",
+        "ROOST_PEER_TOKEN": "software-peer-token",
     }
-    assert "ROOST_SERVICE_URL" not in service_env("software", ["host", "software"], "r", "a")
+    assert "ROOST_SERVICE_URL" not in service_env("software", ["host", "software"], {})
 
 
 def test_release_keys_made_once(tmp_path):

@@ -17,7 +17,7 @@ async def test_strategy_lifecycle_and_refusals(stack, tmp_path):
         "software",
         ROOST_ALLOW_UNSIGNED_RELEASES="true",
         ROOST_HOST_URL=host.url,
-        ROOST_PEER_TOKEN=stack.tokens.admin,
+        ROOST_PEER_TOKEN=stack.tokens.peers["software"],
     )
     bus = await stack.bus()
     progress = await Listener.on(bus, "software.strategy.changed")

@@ -88,8 +88,8 @@ async def open_site(
     unlocked-available. ``host_env`` adds to (or overrides) the host service's fast test
     settings; ``service_env`` is the service service's, ``software_env`` the software
     service's. ``ready_within``: how long each host may take to be online, then available
-    (a benchmark's hundreds of agents start slowly on 2 cores). The software service calls its
-    peers with the site's admin token and accepts
+    (a benchmark's hundreds of agents start slowly on 2 cores). Each service calls its peers
+    with its own peer token (never the admin token); the software service accepts
     releases signed by ``Site.release_key`` (or, with ``unsigned_releases``, unsigned ones,
     which the agents, verifying releases themselves, refuse to install)."""
     key = Fernet.generate_key().decode()  # config encrypts BMC passwords, host decrypts them
@@ -97,7 +97,11 @@ async def open_site(
     common = {"ROOST_SECRET_KEY": key, "ROOST_FAULT_URL": fault.url}
     host = stack.start("host", **common, **{**HOST_FAST, **(host_env or {})})
     config = stack.start(
-        "config", **common, ROOST_HOST_SERVICE_URL=host.url, ROOST_CONFIG_GRACE_S="1"
+        "config",
+        **common,
+        ROOST_HOST_SERVICE_URL=host.url,
+        ROOST_HOST_SERVICE_TOKEN=stack.tokens.peers["config"],
+        ROOST_CONFIG_GRACE_S="1",
     )
     sm = None
     agent_env = {"ROOST_HEARTBEAT_ADDR": f"127.0.0.1:{host.env['ROOST_HEARTBEAT_PORT']}"}
@@ -106,7 +110,7 @@ async def open_site(
         sm = stack.start(
             "service",
             ROOST_CONFIG_SERVICE_URL=config.url,
-            ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.reader,
+            ROOST_CONFIG_SERVICE_TOKEN=stack.tokens.peers["service"],
             ROOST_SM_LINK_PORT=link_port,
             **service_env,
         )
@@ -118,7 +122,7 @@ async def open_site(
             "ROOST_HOST_URL": host.url,
             "ROOST_FAULT_URL": fault.url,
             "ROOST_CONFIG_URL": config.url,
-            "ROOST_PEER_TOKEN": stack.tokens.admin,
+            "ROOST_PEER_TOKEN": stack.tokens.peers["software"],
         }
         if sm is not None:
             peers["ROOST_SERVICE_URL"] = sm.url

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from roost_shared.auth import Role, new_token, write_tokens_file
+from roost_shared.auth import PEER_SERVICES, Role, new_token, write_tokens_file
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.ports import free_port
 from roost_sim.processes import ManagedProcess, http_ready, python_module
@@ -59,16 +59,29 @@ class Vhost:
 
 @dataclass
 class Tokens:
+    """The site's tokens: admin, reader, and each calling service's own peer token
+    (``peers["software"]``, named ``peer-software`` in the file, role peer), as ``make run``
+    makes them."""
+
     admin: str
     reader: str
     path: Path
+    peers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, directory: Path) -> Tokens:
         admin, reader = new_token(), new_token()
+        peers = {s: new_token() for s in PEER_SERVICES}
         path = directory / "tokens.json"
-        write_tokens_file(path, {"admin": (Role.admin, admin), "reader": (Role.reader, reader)})
-        return cls(admin, reader, path)
+        write_tokens_file(
+            path,
+            {
+                "admin": (Role.admin, admin),
+                "reader": (Role.reader, reader),
+                **{f"peer-{s}": (Role.peer, t) for s, t in peers.items()},
+            },
+        )
+        return cls(admin, reader, path, peers)
 
 
 def start_database(directory: Path) -> tuple[ManagedProcess, str]:

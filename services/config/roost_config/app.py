@@ -17,6 +17,7 @@ from roost_config.operations import ConfigOperations
 from roost_config.settings import ConfigSettings
 from roost_config.store import INDEXES, ConfigStore
 from roost_shared.api import Platform, create_app, serve
+from roost_shared.auth import own_peer_token
 from roost_shared.events import utcnow
 from roost_shared.vault import Vault
 
@@ -51,7 +52,9 @@ def build_app(settings: ConfigSettings | None = None) -> FastAPI:
             }
         )
         ops = ConfigOperations(store, platform.outbox, vault, settings, platform.metrics)
-        guard = DeleteGuard(settings.host_service_url, settings.host_service_token)
+        guard = DeleteGuard(
+            settings.host_service_url, own_peer_token(settings, settings.host_service_token)
+        )
         app.state.config = ConfigContext(platform, store, ops, guard)
         platform.consume(events.QUEUE, events.BINDINGS, events.agent_handler(ops))
         platform.spawn_singleton(ops.drift_loop, "drift")  # on the leader replica only

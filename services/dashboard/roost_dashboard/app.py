@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from roost_dashboard import events, pages, web
+from roost_dashboard import csrf, events, pages, web
 from roost_dashboard.clients import Services
 from roost_dashboard.live import Broadcaster
 from roost_dashboard.settings import DashboardSettings
@@ -35,6 +35,12 @@ def build_app(settings: DashboardSettings | None = None) -> FastAPI:
             await services.close()
 
     app = create_app(settings, title="Roost dashboard", description=DESCRIPTION, start=start)
+    # Outermost of all: a cross-origin post is refused before anything reads it.
+    app.add_middleware(
+        csrf.OriginCheckMiddleware,
+        allowed=settings.dashboard_origins,
+        metrics_of=lambda: app.state.metrics,
+    )
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(pages.router)
     web.install_handlers(app)

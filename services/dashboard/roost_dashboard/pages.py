@@ -8,6 +8,7 @@ the login page. Mutations go through a confirmation page, then the same API call
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -18,6 +19,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from roost_dashboard import csrf
 from roost_dashboard.clients import ApiError, TokenRejected
 from roost_dashboard.live import sse
 from roost_dashboard.web import (
@@ -32,6 +34,8 @@ from roost_dashboard.web import (
     Section,
     all_pages,
     back,
+    check_csrf,
+    check_login_csrf,
     dash,
     label,
     local_path,
@@ -62,56 +66,73 @@ async def act(work: Awaitable[Any], *, failed: tuple[str, str], done: tuple[str,
 # Login ------------------------------------------------------------------------------------------
 
 
+def login_form(request: Request, status: int = 200, *, reason: str, next: str) -> Response:
+    """The login page, with the login form's CSRF token (in a cookie and in the form)."""
+    token = request.cookies.get(csrf.LOGIN_COOKIE) or secrets.token_urlsafe(32)
+    response = render(request, "login.html", status, reason=reason, next=next, csrf=token)
+    response.set_cookie(
+        csrf.LOGIN_COOKIE,
+        token,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=dash(request).settings.cookie_secure,
+        path="/login",
+    )
+    return response
+
+
 @router.get("/login")
-async def login_page(request: Request, reason: str = "", next: str = "/") -> HTMLResponse:
+async def login_page(request: Request, reason: str = "", next: str = "/") -> Response:
     words = LOGIN_REASONS.get(reason, "")
-    return render(request, "login.html", reason=words, next=local_path(next))
+    return login_form(request, reason=words, next=local_path(next))
 
 
-@router.post("/login")
+@router.post("/login", dependencies=[Depends(check_login_csrf)])
 async def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
     token = token.strip()
     if not token:
-        return render(
-            request, "login.html", 400, reason="Paste a token to log in.", next=local_path(next)
-        )
+        return login_form(request, 400, reason="Paste a token to log in.", next=local_path(next))
     if len(token) > 1024 or not (token.isascii() and token.isprintable()):
         # No token looks like this, and it cannot even be sent on to an API as a header (it
         # was "could not be checked", a 503, as if the APIs were down).
-        return render(
-            request, "login.html", 401, reason="That token was refused.", next=local_path(next)
-        )
+        return login_form(request, 401, reason="That token was refused.", next=local_path(next))
     d = dash(request)
     try:
         d.principal(token)  # revoked since the dashboard started: refused here
         await d.services.get("fault", "/v1/alarms/summary", token)
     except TokenRejected:
-        return render(
-            request, "login.html", 401, reason="That token was refused.", next=local_path(next)
-        )
+        return login_form(request, 401, reason="That token was refused.", next=local_path(next))
     except ApiError as exc:
         if d.principal(token) is None:
-            return render(
+            return login_form(
                 request,
-                "login.html",
                 503,
                 reason=f"The token could not be checked. {exc.text}",
                 next=local_path(next),
             )
+    assert d.sessions is not None
+    d.sessions.end(request.cookies.get(COOKIE))  # a new login replaces the old session
+    session_id, _ = d.sessions.create(token)
     response = RedirectResponse(local_path(next), status_code=303)
     response.set_cookie(
         COOKIE,
-        token,
+        session_id,
+        max_age=int(d.settings.session_ttl_s),
         httponly=True,
         samesite="strict",
         secure=d.settings.cookie_secure,
         path="/",
     )
+    response.delete_cookie(csrf.LOGIN_COOKIE, path="/login")
     return response
 
 
-@router.post("/logout")
-async def logout() -> Response:
+@router.post("/logout", dependencies=[Depends(check_csrf)])
+async def logout(request: Request) -> Response:
+    sessions = dash(request).sessions
+    assert sessions is not None
+    sessions.end(request.cookies.get(COOKIE))
     response = RedirectResponse("/login?reason=logged-out", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -267,6 +288,8 @@ def availability_chart(entries: list[dict[str, Any]], now: datetime | None = Non
 #: Routes with required form or query fields check the session first: without it FastAPI would
 #: answer 422 for the missing fields before the handler could send the caller to the login page.
 SESSION_FIRST = [Depends(operator)]
+#: Every form post: the session first (else the login page), then its CSRF token.
+FORM_POST = [Depends(check_csrf)]
 
 
 @router.get("/hosts/{ref}/confirm", dependencies=SESSION_FIRST)
@@ -291,7 +314,7 @@ async def host_confirm(request: Request, ref: str, action: str) -> Response:
     )
 
 
-@router.post("/hosts/{ref}/actions", dependencies=SESSION_FIRST)
+@router.post("/hosts/{ref}/actions", dependencies=FORM_POST)
 async def host_action(request: Request, ref: str, action: str = Form(...)) -> Response:
     op = operator(request)
     where = f"/hosts/{quote(ref)}"
@@ -376,7 +399,7 @@ async def suppression_confirm(request: Request, uuid: str, alarm_id: str, to: st
     )
 
 
-@router.post("/alarms/{uuid}/suppression", dependencies=SESSION_FIRST)
+@router.post("/alarms/{uuid}/suppression", dependencies=FORM_POST)
 async def suppression(
     request: Request, uuid: str, alarm_id: str = Form(...), to: str = Form(...)
 ) -> Response:
@@ -418,7 +441,7 @@ async def alarm_delete_confirm(request: Request, uuid: str) -> HTMLResponse:
     )
 
 
-@router.post("/alarms/{uuid}/delete")
+@router.post("/alarms/{uuid}/delete", dependencies=FORM_POST)
 async def alarm_delete(request: Request, uuid: str) -> Response:
     op = operator(request)
     return await act(
@@ -529,7 +552,7 @@ async def swact_confirm(request: Request, name: str) -> HTMLResponse:
     )
 
 
-@router.post("/services/{name}/swact")
+@router.post("/services/{name}/swact", dependencies=FORM_POST)
 async def swact(request: Request, name: str) -> Response:
     op = operator(request)
     return await act(
@@ -639,7 +662,7 @@ async def strategy_confirm(request: Request, action: str) -> Response:
     )
 
 
-@router.post("/software/strategy/actions", dependencies=SESSION_FIRST)
+@router.post("/software/strategy/actions", dependencies=FORM_POST)
 async def strategy_action(request: Request, action: str = Form(...)) -> Response:
     op = operator(request)
     if action not in STRATEGY_ACTIONS:
@@ -658,9 +681,10 @@ async def strategy_action(request: Request, action: str = Form(...)) -> Response
 async def stream(request: Request, since: int | None = None) -> Response:
     """Server-sent events: alarms raised/changed/cleared, host transitions, service groups.
 
-    The token is checked again every ``stream_token_check_s`` (the tokens file re-read; a token
-    the dashboard does not list is asked of the fault API): revoked or refused, the stream
-    sends ``revoked`` and ends (the page's script then reloads, which lands on the login page).
+    The session and its token are checked again every ``stream_token_check_s`` (the tokens
+    file re-read; a token the dashboard does not list is asked of the fault API): when the
+    session has ended or the token is revoked or refused, the stream sends ``revoked`` and
+    ends (the page's script then reloads, which lands on the login page).
     ``since``: the page's ``live_seq``; the events after it are sent first (see ``live``).
     """
     op = operator(request)
@@ -672,7 +696,12 @@ async def stream(request: Request, since: int | None = None) -> Response:
     keepalive = d.settings.stream_keepalive_s
     every = d.settings.stream_token_check_s
 
+    session_id = request.cookies.get(COOKIE)
+
     async def still_valid() -> bool:
+        assert d.sessions is not None
+        if d.sessions.get(session_id) is None:  # expired or logged out meanwhile
+            return False
         try:
             if d.principal(op.token) is not None:
                 return True

@@ -21,7 +21,18 @@ class DashboardSettings(RoostSettings):
     )
     api_timeout_s: float = Field(5.0, description="Deadline of one call to a service API.")
     cookie_secure: bool = Field(
-        False, description="Mark the token cookie Secure (set it when served over HTTPS)."
+        False, description="Mark the session cookie Secure (set it when served over HTTPS)."
+    )
+    session_ttl_s: float = Field(
+        8 * 3600.0,
+        gt=0,
+        description="How long a login lasts (absolute): then the session ends and the browser "
+        "is sent to the login page.",
+    )
+    dashboard_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (https://console.example) form posts may come from besides the "
+        "one the dashboard is asked under (a reverse proxy that rewrites Host or the scheme).",
     )
     alarms_page_size: int = Field(
         500, ge=1, le=2000, description="Alarms a page of the alarm list shows (most severe first)."

@@ -1,4 +1,4 @@
-"""What every page shares: the operator behind a request (token cookie, role), rendering with a
+"""What every page shares: the operator behind a request (session cookie, role), rendering with a
 one-time message, API results as page sections, redirects back after an action, and the
 handlers that turn a refused token into the login page and other failures into readable pages.
 """
@@ -20,20 +20,25 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from roost_dashboard import csrf
 from roost_dashboard.clients import ApiError, Services, TokenRejected
 from roost_dashboard.live import Broadcaster
+from roost_dashboard.sessions import Session, SessionStore
 from roost_dashboard.settings import DashboardSettings
 from roost_shared.auth import Authenticator, Principal, Role
+from roost_shared.problems import problem_response
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-COOKIE = "roost_token"
+#: The session cookie: a random session id (the API token stays in the dashboard's memory).
+COOKIE = "roost_session"
 FLASH = "roost_flash"
 #: Why the login page is shown: codes in the URL, words from here (never words from a link).
 LOGIN_REASONS = {
     "refused": "Your token was refused (expired or revoked). Log in again.",
     "logged-out": "Logged out.",
+    "expired": "Your session has ended. Log in again.",
 }
 SEVERITIES = ("critical", "major", "minor", "warning")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -120,7 +125,11 @@ templates.filters["uptime"] = uptime
 
 
 class NeedLogin(Exception):
-    """No token: go to the login page (and back to the page asked for after it)."""
+    """No session: go to the login page (and back to the page asked for after it)."""
+
+
+class SessionEnded(Exception):
+    """A session cookie the dashboard no longer knows (expired, logged out, restarted)."""
 
 
 class TokenWatch:
@@ -153,10 +162,13 @@ class Dashboard:
     authenticator: Authenticator
     live: Broadcaster | None = None
     tokens: TokenWatch | None = None
+    sessions: SessionStore | None = None
 
     def __post_init__(self) -> None:
         if self.tokens is None:
             self.tokens = TokenWatch(self.settings, self.authenticator)
+        if self.sessions is None:
+            self.sessions = SessionStore(self.settings.session_ttl_s)
 
     def principal(self, token: str) -> Principal | None:
         assert self.tokens is not None
@@ -167,6 +179,7 @@ class Dashboard:
 class Operator:
     token: str
     role: Role
+    csrf: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -178,18 +191,42 @@ def dash(request: Request) -> Dashboard:
 
 
 def operator(request: Request) -> Operator:
-    """The operator behind the request: the token in the cookie, its role as the tokens file
-    says (a token the APIs accept that the dashboard does not know is treated as a reader: the
-    APIs still decide)."""
-    token = request.cookies.get(COOKIE)
-    if not token:
+    """The operator behind the request: the session in the cookie, its token's role as the
+    tokens file says (a token the APIs accept that the dashboard does not know is treated as a
+    reader: the APIs still decide)."""
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
         raise NeedLogin()
     d = dash(request)
-    principal = d.principal(token)  # TokenRejected when revoked
+    assert d.sessions is not None
+    session = d.sessions.get(session_id)
+    if session is None:
+        raise SessionEnded()
+    request.state.session = session
+    principal = d.principal(session.token)  # TokenRejected when revoked
+    if principal is not None:
+        request.state.principal = principal  # the audit's "who" for the dashboard's own posts
     if d.live is not None:
         # Before the page asks any API: its stream replays what happens from here on.
         request.state.live_seq = d.live.seq
-    return Operator(token, principal.role if principal else Role.reader)
+    return Operator(session.token, principal.role if principal else Role.reader, session.csrf)
+
+
+async def check_csrf(request: Request) -> None:
+    """Dependency of every form post made in a session: the form's ``csrf`` field must be the
+    session's CSRF token (403 problem+json otherwise). No session: the login page."""
+    operator(request)
+    session: Session = request.state.session
+    if not session.csrf_ok(await csrf.sent_token(request)):
+        raise csrf.refuse(request, "token", "the form's CSRF token is missing or wrong")
+
+
+async def check_login_csrf(request: Request) -> None:
+    """Dependency of the login form: its ``csrf`` field must match its cookie (double submit)."""
+    expected = request.cookies.get(csrf.LOGIN_COOKIE) or ""
+    sent = await csrf.sent_token(request) or ""
+    if not expected or not Session("", expected, 0).csrf_ok(sent):
+        raise csrf.refuse(request, "login_token", "the login form's CSRF token is missing or wrong")
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -197,6 +234,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
     link someone sends cannot put words on the operator's page)."""
     op: Operator | None = context.pop("op", None)
     flash = _read_flash(request)
+    context.setdefault("csrf", op.csrf if op is not None else "")
     html = templates.get_template(name).render(
         op=op,
         path=request.url.path,
@@ -313,11 +351,24 @@ def install_handlers(app: FastAPI) -> None:
     async def _need_login(request: Request, exc: NeedLogin) -> Response:
         return RedirectResponse(f"/login?next={resume(request)}", 303)
 
+    @app.exception_handler(SessionEnded)
+    async def _ended(request: Request, exc: SessionEnded) -> Response:
+        response = RedirectResponse(f"/login?reason=expired&next={resume(request)}", 303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
     @app.exception_handler(TokenRejected)
     async def _refused(request: Request, exc: TokenRejected) -> Response:
+        sessions = dash(request).sessions
+        if sessions is not None:
+            sessions.end(request.cookies.get(COOKIE))
         response = RedirectResponse(f"/login?reason=refused&next={resume(request)}", 303)
         response.delete_cookie(COOKIE, path="/")
         return response
+
+    @app.exception_handler(csrf.CsrfRefused)
+    async def _forged(request: Request, exc: csrf.CsrfRefused) -> Response:
+        return problem_response(403, exc.detail, request=request)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -48,6 +48,8 @@ def build_app(settings: FaultSettings | None = None) -> FastAPI:
             max_count=settings.event_log_max_count,
             max_age_days=settings.event_log_max_age_days,
             period_s=settings.retention_period_s,
+            audit_max_count=settings.audit_log_max_count,
+            audit_max_age_days=settings.audit_log_max_age_days,
         )
         context = FaultContext(platform, store, ops, dispatcher, retention)
         app.state.fault = context

@@ -12,6 +12,13 @@ class FaultSettings(RoostSettings):
         20_000, ge=100, description="Event log records kept (StarlingX FM keeps 4,000)."
     )
     event_log_max_age_days: float = Field(90, gt=0, description="Older records are dropped.")
+    audit_log_max_count: int = Field(
+        10_000,
+        ge=100,
+        description="API audit records (500.900) kept, apart from alarms and logs: they never "
+        "count against event_log_max_count.",
+    )
+    audit_log_max_age_days: float = Field(90, gt=0, description="Older audit records are dropped.")
     retention_period_s: float = Field(60, gt=0, description="How often retention runs.")
     webhook_timeout_s: float = Field(5, gt=0)
     webhook_batch_max: int = Field(

@@ -11,6 +11,7 @@ from pymongo import ASCENDING, DESCENDING, DeleteOne, IndexModel, InsertOne, Rep
 
 from roost_fault.logic import AlarmKey, subscription_query
 from roost_fault.models import SuppressionStatus
+from roost_shared.api import AUDIT_LOG_ID
 from roost_shared.db import Database, Session
 from roost_shared.events import utcnow
 from roost_shared.paging import SortSpec, after, page
@@ -45,6 +46,15 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     NOTIFICATIONS: [IndexModel([("seq", ASCENDING)], unique=True)],
 }
+
+
+def audit_records() -> dict[str, Any]:
+    """The event log's API audit records (written by every service's app factory)."""
+    return {"event_log_id": AUDIT_LOG_ID}
+
+
+def not_audit_records() -> dict[str, Any]:
+    return {"event_log_id": {"$ne": AUDIT_LOG_ID}}
 
 
 class FaultStore:
@@ -159,17 +169,22 @@ class FaultStore:
             self.event_log, query, EVENT_SORT, marker=marker, limit=limit, what="event log"
         )
 
-    async def prune_events(self, *, older_than: datetime, keep: int) -> tuple[int, int]:
-        """Drop records older than ``older_than`` and beyond the newest ``keep``.
+    async def prune_events(
+        self, *, older_than: datetime, keep: int, audit: bool = False
+    ) -> tuple[int, int]:
+        """Drop records older than ``older_than`` and beyond the newest ``keep``, among the
+        API audit records (``audit``) or among all the others (alarms and logs): each kind has
+        its own retention, so audit records never push alarm history out.
 
         Returns (dropped for age, dropped for count).
         """
+        kind = audit_records() if audit else not_audit_records()
         by_age = (
-            await self.event_log.delete_many({"timestamp": {"$lt": older_than}})
+            await self.event_log.delete_many({**kind, "timestamp": {"$lt": older_than}})
         ).deleted_count
         by_count = 0
         cutoff = (
-            await self.event_log.find({}, {"timestamp": 1})
+            await self.event_log.find(kind, {"timestamp": 1})
             .sort(EVENT_SORT)
             .skip(keep)
             .limit(1)
@@ -179,7 +194,7 @@ class FaultStore:
             edge = cutoff[0]
             older = after(EVENT_SORT, edge)
             older["$or"].append({"_id": edge["_id"]})
-            by_count = (await self.event_log.delete_many(older)).deleted_count
+            by_count = (await self.event_log.delete_many({"$and": [kind, older]})).deleted_count
         return by_age, by_count
 
     async def event_count(self) -> int:

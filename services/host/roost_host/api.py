@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from roost_host.kubework import KubeRunner
@@ -25,7 +25,7 @@ from roost_host.operations import ActionRefused, HostOperations
 from roost_host.steps import StepRunner
 from roost_host.store import HostStore
 from roost_shared.api import Platform
-from roost_shared.auth import Principal, require_admin, require_reader
+from roost_shared.auth import Principal, require_admin, require_admin_or_peer, require_reader
 from roost_shared.paging import next_if_full
 from roost_shared.problems import PROBLEM_JSON, problem_response
 
@@ -58,6 +58,9 @@ def ctx(request: Request) -> HostContext:
 
 Ctx = Annotated[HostContext, Depends(ctx)]
 Admin = Annotated[Principal, Depends(require_admin)]
+AdminOrPeer = Annotated[Principal, Depends(require_admin_or_peer)]
+#: The host actions a peer (the software service's strategy) may run; the rest are admin only.
+PEER_ACTIONS = frozenset({"lock", "unlock", "force-lock"})
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_reader)])
 
@@ -107,13 +110,16 @@ async def show_host(c: Ctx, host_ref: str) -> HostView:
 
 
 @router.post("/hosts/{host_ref}/actions", response_model=HostView)
-async def act(c: Ctx, host_ref: str, body: ActionRequest, who: Admin) -> HostView:
+async def act(c: Ctx, host_ref: str, body: ActionRequest, who: AdminOrPeer) -> HostView:
     """Run ``lock``, ``force-lock``, ``unlock``, ``reboot``, ``reset``, ``power-on``,
     ``power-off`` or ``reinstall``. State changes happen at once; timed steps (the unlock's
     in-test, a reboot, ...) finish in the background (watch ``task`` and the timeline), and so
     does the Kubernetes drain after a lock (``kube`` shows it pending; its outcome goes to the
     timeline; the host stays locked whatever it is).
-    Refused in the wrong state with 409 naming ``action``, giving the reason and the state."""
+    Refused in the wrong state with 409 naming ``action``, giving the reason and the state.
+    A peer token may only lock, force-lock and unlock (403 for the rest)."""
+    if who.is_peer and body.action not in PEER_ACTIONS:
+        raise HTTPException(403, f"a peer token may not {body.action} a host; admin needed")
     doc = await c.run(lambda s: c.ops.act(s, host_ref, body.action, body.reason, who.name))
     return HostView.of(doc)
 

@@ -33,7 +33,7 @@ from roost_service.models import (
 from roost_service.operations import GroupOperations, GroupRefused
 from roost_service.placements import PlacementStore
 from roost_service.store import GroupStore
-from roost_shared.auth import Principal, require_admin, require_reader
+from roost_shared.auth import Principal, require_admin, require_admin_or_peer, require_reader
 from roost_shared.paging import next_if_full
 from roost_shared.problems import problem_response
 
@@ -61,6 +61,8 @@ def ctx(request: Request) -> ServiceContext:
 
 Ctx = Annotated[ServiceContext, Depends(ctx)]
 Admin = Annotated[Principal, Depends(require_admin)]
+#: Swacts and member locks: the software service's strategy runs them with its peer token.
+AdminOrPeer = Annotated[Principal, Depends(require_admin_or_peer)]
 GroupName = Annotated[str, Path(pattern=NAME_PATTERN, description="The group's name.")]
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_reader)], tags=["service groups"])
@@ -204,7 +206,7 @@ async def group_instances(c: Ctx, name: GroupName) -> InstanceCollection:
 
 
 @router.post("/service-groups/{name}/swact", response_model=InstanceCollection)
-async def swact_group(c: Ctx, name: GroupName, who: Admin) -> InstanceCollection:
+async def swact_group(c: Ctx, name: GroupName, who: AdminOrPeer) -> InstanceCollection:
     """Planned switch of activity: the standby gets the lease (a bigger fencing token) and
     becomes active, the old active becomes standby. 409 with the reason without a healthy
     standby (or for a group that is not active-standby). Run by the leader replica, whichever
@@ -232,7 +234,9 @@ async def enable_group(c: Ctx, name: GroupName, who: Admin) -> ServiceGroupView:
 
 
 @router.post("/service-groups/{name}/members/{host}/lock", response_model=ServiceGroupView)
-async def lock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> ServiceGroupView:
+async def lock_member(
+    c: Ctx, name: GroupName, host: HostName, who: AdminOrPeer
+) -> ServiceGroupView:
     """Leave one member host out of the group: its instances are removed; if it held the
     activity, the standby takes over first (as in a swact). 422 if it is not a member."""
     await c.commands.request("lock", name, host=host)
@@ -240,7 +244,9 @@ async def lock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> Se
 
 
 @router.post("/service-groups/{name}/members/{host}/unlock", response_model=ServiceGroupView)
-async def unlock_member(c: Ctx, name: GroupName, host: HostName, who: Admin) -> ServiceGroupView:
+async def unlock_member(
+    c: Ctx, name: GroupName, host: HostName, who: AdminOrPeer
+) -> ServiceGroupView:
     """Let a locked member host run the group's instances again."""
     await c.commands.request("unlock", name, host=host)
     return ServiceGroupView.of(await c.store.get(name))

@@ -26,6 +26,7 @@ from roost_service.placements import PlacementStore
 from roost_service.settings import ServiceSettings
 from roost_service.store import INDEXES, GroupStore
 from roost_shared.api import Platform, create_app, serve
+from roost_shared.auth import own_peer_token
 from roost_shared.leader import FencedDatabase, running
 
 DESCRIPTION = """HA service groups (StarlingX sm): an operator declares a group of services
@@ -53,7 +54,9 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
         store = GroupStore(platform.db)
-        inventory = HostInventory(settings.config_service_url, settings.config_service_token)
+        inventory = HostInventory(
+            settings.config_service_url, own_peer_token(settings, settings.config_service_token)
+        )
         ops = GroupOperations(platform.db, store, platform.outbox, inventory)
         leases = LeaseStore(platform.db)
         placements = PlacementStore(platform.db)

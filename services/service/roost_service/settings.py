@@ -14,7 +14,9 @@ class ServiceSettings(RoostSettings):
         "(unset: they are checked when the group is placed).",
     )
     config_service_token: SecretStr | None = Field(
-        None, description="Token sent to the config service (a reader token suffices)."
+        None,
+        description="Token sent to the config service: the service service's own peer token; "
+        "unset: derived from ROOST_PEER_SECRET (default the admin token).",
     )
     max_body_bytes: int = Field(
         1_048_576, gt=0, description="Largest service group document accepted (JSON or YAML)."

@@ -69,6 +69,7 @@ def build_app(settings: SoftwareSettings | None = None) -> FastAPI:
         routers=[release_router, strategy_router],
         indexes={**releases.INDEXES, **deploy.INDEXES, **strategy_store.INDEXES},
         start=start,
+        body_limits={("POST", "/v1/releases"): settings.max_release_bytes},
     )
     install_handlers(app)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from roost_shared.auth import own_peer_token
 from roost_shared.peers import Peer, PeerUnavailable, detail
 from roost_software.settings import SoftwareSettings
 
@@ -29,7 +30,7 @@ class Peers:
     """One client per peer service, for the app's lifetime."""
 
     def __init__(self, settings: SoftwareSettings) -> None:
-        token, timeout = settings.peer_token, settings.peer_timeout_s
+        token, timeout = own_peer_token(settings, settings.peer_token), settings.peer_timeout_s
         self.host_api = Peer("host", settings.host_url, token, timeout)
         self.service_api = Peer("service", settings.service_url, token, timeout)
         self.fault_api = Peer("fault", settings.fault_url, token, timeout)

@@ -98,14 +98,19 @@ async def upload_release(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit=limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(limit=limit)
-        chunks.append(chunk)
-    return ReleaseView.of(await releases.upload(b"".join(chunks)))
+    spooled = releases.spool_path()
+    try:
+        size = 0
+        with spooled.open("wb") as f:  # streamed to disk, never held whole in memory
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(limit=limit)
+                f.write(chunk)
+    except BaseException:
+        spooled.unlink(missing_ok=True)
+        raise
+    return ReleaseView.of(await releases.upload_spooled(spooled))
 
 
 @router.get("/releases", response_model=ReleaseCollection)

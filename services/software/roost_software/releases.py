@@ -17,6 +17,7 @@ the others when a release becomes deployed).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -135,9 +136,25 @@ class ReleaseStore:
 
     # Upload ----------------------------------------------------------------------------------
 
-    async def upload(self, data: bytes) -> dict[str, Any]:
+    def spool_path(self) -> Path:
+        """A fresh temporary file in the releases directory an upload streams into."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir / f".upload.{uuid.uuid4().hex}.part"
+
+    async def upload_spooled(self, spooled: Path) -> dict[str, Any]:
+        """:meth:`upload` of an archive already streamed to ``spooled`` (from
+        :meth:`spool_path`): the file becomes the stored archive, or is removed."""
+        try:
+            data = await asyncio.to_thread(spooled.read_bytes)
+            return await self.upload(data, spooled=spooled)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spooled)
+
+    async def upload(self, data: bytes, *, spooled: Path | None = None) -> dict[str, Any]:
         """Check an archive in full and store it; the stored release. Nothing is stored when
-        any check fails (422/409 naming the field; 413 for an archive over the cap)."""
+        any check fails (422/409 naming the field; 413 for an archive over the cap).
+        ``spooled``: the archive's bytes are already in that file (moved, not written again)."""
         if len(data) > self.settings.max_release_bytes:
             raise TooLarge(limit=self.settings.max_release_bytes)
         try:
@@ -205,7 +222,10 @@ class ReleaseStore:
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{meta.id}.{uuid.uuid4().hex}.part"
-        tmp.write_bytes(data)
+        if spooled is not None:
+            os.replace(spooled, tmp)
+        else:
+            tmp.write_bytes(data)
 
         async def work(session: Session) -> None:
             await self.releases.insert_one(dict(doc), session=session)

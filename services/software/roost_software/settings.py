@@ -46,8 +46,9 @@ class SoftwareSettings(RoostSettings):
     config_url: str | None = Field(None, description="Config service base URL (personalities).")
     peer_token: SecretStr | None = Field(
         None,
-        description="Token sent to the peers: an admin token (the strategy locks and unlocks "
-        "hosts and swacts service groups, audited under this token's name).",
+        description="Token sent to the peers: the software service's own peer token (role "
+        "peer: reads, host lock/unlock/force-lock, swacts and member locks, audited under its "
+        "name); unset: derived from ROOST_PEER_SECRET (default the admin token).",
     )
     peer_timeout_s: float = Field(10.0, gt=0, description="Deadline of one peer API call.")
 
