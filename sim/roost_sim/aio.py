@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import httpx
 
 from roost_shared.auth import Role, issue_token
+from roost_shared.hostkeys import ensure_secret
 from roost_sim.credentials import credentials_path, ensure_credentials, ensure_release_keys
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     # token, so its rollout traffic is never rate-limited and its actions are audited as 'peers'.
     peer_token = issue_token(tokens_file, "peers", Role.admin, peer=True)
     ensure_release_keys(state)  # roost software pack --key state/release-signing.pem
+    # The site secret every host's heartbeat and service-link key is derived from: the host and
+    # service services read it, each simulated agent gets only its own key (roost_sim.fleet).
+    secret_file = state / "heartbeat-secret.key"
+    ensure_secret(secret_file)
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "ROOST_MONGO_URL": mongo_url,
         "ROOST_AUTH_TOKENS_FILE": str(tokens_file),
         "ROOST_STATE_DIR": str(state),
+        "ROOST_HEARTBEAT_SECRET_FILE": str(secret_file),
     }
     services: list[ManagedProcess] = []
     installed = installed_services()
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     fleet: FleetSupervisor | None = None
     sim_hosts = int(os.environ.get("ROOST_SIM_HOSTS", "3") or 0)
     if sim_hosts > 0:
-        fleet = FleetSupervisor(Fleet(state), amqp_url, logs)
+        fleet = FleetSupervisor(Fleet(state, site_secret_file=secret_file), amqp_url, logs)
         first_run = not fleet.fleet.hosts()
         seeded = fleet.fleet.seed(sim_hosts)
         if first_run and "config" in {p.name for p in services}:
