@@ -199,7 +199,7 @@ class LinkServer:
         stream = self.streams.get(hello.mac)
         fresh = stream is None
         if fresh:
-            if len(self.streams) >= self.max_peers:
+            if len(self.streams) >= self.max_peers and not self._evict():
                 return self._refuse(Refusal.table_full.value, data)
             stream = Stream()
         refusal = stream.check(
@@ -226,6 +226,16 @@ class LinkServer:
         peer.heard[path] = now
         grant = Grant(seq=hello.seq, path=hello.path, leases=self.grants_for(hello.host))
         return encode(grant, key, hello.mac), hello.mac
+
+    def _evict(self) -> bool:
+        """Make room for one stream: drop the oldest of a host that is no peer any more (its
+        replay state is what a replay after ``forget_s`` meets; the clock window still holds).
+        False when every stream belongs to a current peer."""
+        for mac in self.streams:
+            if mac not in self.peers:
+                del self.streams[mac]
+                return True
+        return False
 
     def _open(self, data: bytes) -> tuple[Hello, bytes | None]:
         """The hello in ``data`` and the link key it was signed with (None: insecure)."""
