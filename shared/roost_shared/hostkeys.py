@@ -13,7 +13,9 @@ Provisioning a real node (run where the site secret is)::
     python -m roost_shared.hostkeys derive 02:00:00:00:00:01 \\
         --secret-file /etc/roost/heartbeat-secret.key > heartbeat.key   # to the node, mode 0600
 
-The agent reads ``<ROOST_STATE_DIR>/heartbeat.key`` (or ``ROOST_HEARTBEAT_KEY_FILE``).
+The agent reads ``<ROOST_STATE_DIR>/heartbeat.key`` (or ``ROOST_HEARTBEAT_KEY_FILE``);
+``python -m roost_agent.hostkey`` writes it on the node itself where the site secret is handed
+to an enrolment step there (the Kubernetes DaemonSet's init container).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 HEARTBEAT_LABEL = b"roost-heartbeat"
 LINK_LABEL = b"roost-sm-link"
@@ -45,7 +47,12 @@ class SiteSecretSettings(BaseModel):
     heartbeat_secret_file: Path | None = Field(
         None,
         description="File with the site secret (hex) every host's heartbeat and service-link "
-        "key is derived from. Required unless heartbeat_insecure is set.",
+        "key is derived from. This or heartbeat_secret is required unless heartbeat_insecure.",
+    )
+    heartbeat_secret: SecretStr | None = Field(
+        None,
+        description="The site secret itself (hex), for deployments that hand secrets over in "
+        "the environment (docker-compose, a Kubernetes Secret); wins over the file.",
     )
     heartbeat_insecure: bool = Field(
         False,
@@ -79,12 +86,17 @@ def read_key(path: Path) -> bytes:
         text = path.read_text().strip()
     except OSError as exc:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_key(text, str(path))
+
+
+def parse_key(text: str, where: str) -> bytes:
+    """32 or more bytes from their hex (``where`` names the source in the error)."""
     try:
-        key = bytes.fromhex(text)
+        key = bytes.fromhex(text.strip())
     except ValueError:
-        raise KeyFileError(f"{path} is not hex") from None
+        raise KeyFileError(f"{where} is not hex") from None
     if len(key) < SECRET_BYTES:
-        raise KeyFileError(f"{path} holds {len(key)} bytes; at least {SECRET_BYTES} are needed")
+        raise KeyFileError(f"{where} holds {len(key)} bytes; at least {SECRET_BYTES} are needed")
     return key
 
 
@@ -94,6 +106,23 @@ def write_key(path: Path, key: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key.hex() + "\n")
+
+
+def install_key(path: Path, key: bytes) -> Path:
+    """Put ``key`` (hex, mode 0600) in ``path`` unless it is there already; replaces another."""
+    text = key.hex() + "\n"
+    try:
+        if path.read_text() == text:
+            return path
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 def ensure_secret(path: Path) -> bytes:
@@ -110,6 +139,8 @@ def site_secret(settings: SiteSecretSettings) -> bytes | None:
     """The configured site secret; None only with ``heartbeat_insecure``. Raises
     :class:`KeyFileError` (the service must not start) when it is neither configured nor
     explicitly waived."""
+    if settings.heartbeat_secret is not None:
+        return parse_key(settings.heartbeat_secret.get_secret_value(), "ROOST_HEARTBEAT_SECRET")
     if settings.heartbeat_secret_file is not None:
         return read_key(settings.heartbeat_secret_file)
     if settings.heartbeat_insecure:

@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 
 from roost_agent.software import REBOOT_EXIT_CODE
-from roost_shared.hostkeys import HOST_KEY_FILE, ensure_secret, host_key
+from roost_shared.hostkeys import HOST_KEY_FILE, ensure_secret, host_key, install_key
 from roost_sim.bmc import CONTROL_PORT as BMC_CONTROL_PORT
 from roost_sim.bmc import FIRST_PORT as BMC_FIRST_PORT
 from roost_sim.processes import ManagedProcess, ReadyTimeout, http_ready, python_module
@@ -120,22 +120,8 @@ class Fleet:
     def provision_key(self, host: SimHost) -> Path:
         """Write the host's own key into its state directory (what enrolment does for a real
         node); rewritten when the site secret changed."""
-        key = host_key(ensure_secret(self.site_secret_file), host.mac).hex() + "\n"
-        path = self.host_dir(host) / HOST_KEY_FILE
-        with contextlib.suppress(FileNotFoundError):
-            if path.read_text() == key:
-                return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        os.replace(tmp, path)
-        return path
-
-    def bmc_port(self, host: SimHost) -> int:
-        """The UDP port of the host's BMC on 127.0.0.1."""
-        return self.bmc_first_port + host.index
+        key = host_key(ensure_secret(self.site_secret_file), host.mac)
+        return install_key(self.host_dir(host) / HOST_KEY_FILE, key)
 
     def inventory_record(self, host: SimHost) -> dict[str, str | int]:
         """The config service's ``POST /v1/hosts`` body for ``host``, with its BMC (127.0.0.1,

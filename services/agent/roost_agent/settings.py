@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 
 from roost_shared.catalog import HOSTNAME_PATTERN, MAC_PATTERN
-from roost_shared.hostkeys import HOST_KEY_FILE, KeyFileError, read_key
+from roost_shared.hostkeys import HOST_KEY_FILE, parse_key, read_key
 from roost_shared.settings import RoostSettings
 
 SYS_NET = Path("/sys/class/net")
@@ -170,10 +170,7 @@ class AgentSettings(RoostSettings):
         """This host's key; None only with ``heartbeat_insecure`` and no key anywhere. Raises
         :class:`roost_shared.hostkeys.KeyFileError` when it is missing or unreadable."""
         if self.heartbeat_key is not None:
-            try:
-                return bytes.fromhex(self.heartbeat_key.get_secret_value().strip())
-            except ValueError:
-                raise KeyFileError("ROOST_HEARTBEAT_KEY is not hex") from None
+            return parse_key(self.heartbeat_key.get_secret_value(), "ROOST_HEARTBEAT_KEY")
         path = self.heartbeat_key_file or self.state_dir / HOST_KEY_FILE
         if self.heartbeat_insecure and not path.exists():
             return None
