@@ -22,7 +22,7 @@ misconfigured sender, visible in ``roost_heartbeats_rejected_total``).
 Wire format (big-endian, 47 bytes, the same on both paths)::
 
     magic "RHB2" | kind u8 | mac 6 bytes | seq u64 | sent_ns u64 | boot 16 bytes | probe u32
-    | HMAC-SHA256 over the above with the host's key, first 16 bytes
+    | keyed BLAKE2s-128 of the above with the host's key (16 bytes)
 
 ``kind`` is 0 for a periodic heartbeat, 1 for the answer to probe ``probe``, 2 for "I am
 stopping" (a clean shutdown or reboot). ``boot`` is the agent's boot id (a new one means the
@@ -116,8 +116,15 @@ def encode(hb: Heartbeat, key: bytes | None = None) -> bytes:
 
 
 def sign(body: bytes, key: bytes) -> bytes:
-    """The 16-byte signature of a heartbeat body."""
-    return hmac.digest(key, body, "sha256")[:MAC_SIZE]
+    """The 16-byte signature of a heartbeat body: keyed BLAKE2s (a MAC by design, RFC 7693),
+    chosen over HMAC-SHA256 for the receive path's sake: ~0.7 µs a datagram against ~4.8 µs
+    (bench/heartbeat_verify.py). ``key``: at most 32 bytes (a host key is 32)."""
+    return hashlib.blake2s(body, key=key, digest_size=MAC_SIZE).digest()
+
+
+def signer(key: bytes) -> hashlib.blake2s:
+    """A keyed hasher to ``copy()`` per heartbeat (the key set up once: half the cost)."""
+    return hashlib.blake2s(key=key, digest_size=MAC_SIZE)
 
 
 def unpack(data: bytes, key: bytes | None = None) -> tuple[int, bytes, int, int, bytes, int]:

@@ -2,7 +2,7 @@
 
 The receive path runs 10,000 times a second at 1,000 hosts, so :meth:`HeartbeatGuard.check`
 works on the raw datagram: its length, the MAC bytes at a fixed offset (one dict lookup gives
-the host's key, address and stream), one string compare for the source, one HMAC, one
+the host's key, address and stream), one string compare for the source, one keyed BLAKE2s, one
 ``struct`` unpack, then :meth:`roost_shared.replay.Stream.check` (integer compares). Refusals
 are plain integer counts, moved into ``roost_heartbeats_refused_total{reason}`` by the link
 once a second, and each reason is logged at most once a minute.
@@ -26,8 +26,9 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from roost_shared.heartbeat import FORMAT, MAC_AT, MAC_SIZE, MAGIC, SIGNED_SIZE, SIZE, Kind
+from roost_shared.heartbeat import FORMAT, MAC_AT, MAGIC, SIGNED_SIZE, SIZE, Kind, signer
 from roost_shared.hostkeys import host_key, mac_bytes
 from roost_shared.metrics import Metrics
 from roost_shared.replay import Refusal, Stream
@@ -44,7 +45,8 @@ Fields = tuple[int, bytes, int, bytes]
 @dataclass(slots=True)
 class _Host:
     mac: str
-    key: bytes | None
+    #: Keyed with the host's key, copied per heartbeat (None: signatures not checked).
+    signer: Any
     source: str | None
     stream: Stream = field(default_factory=Stream)
 
@@ -84,8 +86,8 @@ class HeartbeatGuard:
         entry = self.hosts.get(raw)
         source = mgmt_ip if self.check_source and mgmt_ip else None
         if entry is None:
-            key = host_key(self.secret, raw) if self.secret is not None else None
-            self.hosts[raw] = _Host(mac, key, source)
+            keyed = signer(host_key(self.secret, raw)) if self.secret is not None else None
+            self.hosts[raw] = _Host(mac, keyed, source)
         else:
             entry.source = source
 
@@ -109,11 +111,12 @@ class HeartbeatGuard:
             return self._refuse(Refusal.unknown_host, data)
         if source is not None and entry.source is not None and source != entry.source:
             return self._refuse(Refusal.source, data, source, entry)
-        key = entry.key
-        if key is not None and not hmac.compare_digest(
-            hmac.digest(key, data[:SIZE], "sha256")[:MAC_SIZE], data[SIZE:]
-        ):
-            return self._refuse(Refusal.bad_signature, data, source, entry)
+        keyed = entry.signer
+        if keyed is not None:
+            h = keyed.copy()
+            h.update(data[:SIZE])
+            if not hmac.compare_digest(h.digest(), data[SIZE:]):
+                return self._refuse(Refusal.bad_signature, data, source, entry)
         magic, kind, mac, seq, sent_ns, boot, _probe = FORMAT.unpack_from(data)
         if magic != MAGIC or kind > Kind.stopping:
             return self._refuse(Refusal.malformed, data)
