@@ -1,5 +1,6 @@
 """Heartbeat failure detection: how fast the host service fails a dead host, whether a lossy
-path ever fails a live one, and what 1,000 hosts at 10 Hz cost it — against StarlingX's figures.
+path ever fails a live one, and what 1,000 hosts at 10 Hz cost it — against StarlingX's default
+(100 ms x 10 misses).
 
 For N = 10, 100, 1,000: a fresh host service (its own database) and N senders in a process of
 their own (_heartbeat_fleet.py: the agent's own ``HeartbeatSender``, sharing one
@@ -63,9 +64,8 @@ CPU_WINDOW_S = 10.0
 BUDGET_S = 840.0  # hard stop for all waiting (the whole run stays under 15 minutes)
 FIRST_INDEX = 0x4000  # simulated host numbers (127.1.x.y, MACs 02:00:00:40:xx:00)
 PERIOD_MS = 100
-# StarlingX maintenance heartbeat: 1,000 ms x 10 misses by default, 100 ms x 10 at its fastest.
-STX_DEFAULT_MS = 10_000.0
-STX_FASTEST_MS = 1_000.0
+# StarlingX maintenance heartbeat (hbsAgent): 100 ms x 10 misses by default, ~1 s.
+STX_DEFAULT_MS = 1_000.0
 TARGET_P99_MS = 500.0
 HOST_ENV = {
     "ROOST_INTEST_S": "0.3",
@@ -401,14 +401,6 @@ async def one_size(
             out += [
                 result(f"detect_p50_ms_{n}", p50, "ms", "stx-default", STX_DEFAULT_MS, False),
                 result(f"detect_p99_ms_{n}", p99, "ms", "stx-default", STX_DEFAULT_MS, False),
-                result(
-                    f"detect_p99_ms_{n}_vs_fastest",
-                    p99,
-                    "ms",
-                    "stx-fastest",
-                    STX_FASTEST_MS,
-                    False,
-                ),
                 result(f"detect_max_ms_{n}", max(lat), "ms", higher_is_better=False),
             ]
             for percent in LOSS_PERCENTS if LOSS else ():
