@@ -29,6 +29,7 @@ from roost_shared.heartbeat import (
     HEARTBEAT_TTL_MS,
     MAC_AT,
     SIGNED_SIZE,
+    SIZE,
     probe_body,
     probe_key,
 )
@@ -228,7 +229,7 @@ class HeartbeatLink:
 
         Dropped like any invalid heartbeat rather than parked: it is transient with a 1 s TTL
         and has no value to replay; the counter and the log are what an operator needs."""
-        if len(body) != SIGNED_SIZE:
+        if len(body) not in (SIZE, SIGNED_SIZE):
             return True  # received() counts it as rejected
         mac = body[MAC_AT]
         if mac.hex() == sender:
