@@ -91,7 +91,8 @@ def probe_key(mac: str) -> str:
     return "probe." + mac.replace(":", "").lower()
 
 
-def _boot_bytes(boot_id: str) -> bytes:
+def boot_bytes(boot_id: str) -> bytes:
+    """A boot id as the 16 bytes the wire carries (and replay state compares)."""
     try:
         return uuid.UUID(boot_id).bytes
     except ValueError:
@@ -107,7 +108,7 @@ def encode(hb: Heartbeat, key: bytes | None = None) -> bytes:
         bytes.fromhex(hb.mac.replace(":", "")),
         hb.seq & 0xFFFFFFFFFFFFFFFF,
         hb.sent_ns,
-        _boot_bytes(hb.boot_id),
+        boot_bytes(hb.boot_id),
         hb.probe & 0xFFFFFFFF,
     )
     if key:

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +42,7 @@ from roost_shared.agentbus import agent_id, sender_id
 from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.db import Database, Session
 from roost_shared.events import Envelope, utcnow_ms
+from roost_shared.heartbeat import boot_bytes
 from roost_shared.hostkeys import host_key, link_key
 from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
@@ -74,17 +73,8 @@ REASONS = frozenset(r.value for r in Refusal)
 @dataclass
 class _Peer:
     host: str
-    key: bytes | None = None  # its link key (to sign grants with)
     heard: dict[str, float] = field(default_factory=dict)  # path -> monotonic
     first: float = field(default_factory=time.monotonic)
-
-
-def boot_bytes(boot: str) -> bytes:
-    """A hello's boot id as the 16 bytes replay state compares."""
-    try:
-        return uuid.UUID(boot).bytes
-    except ValueError:
-        return hashlib.sha256(boot.encode()).digest()[:16]
 
 
 class _Hellos(asyncio.DatagramProtocol):
@@ -220,7 +210,7 @@ class LinkServer:
         if peer is None or peer.host != hello.host or self._silent(peer, now):
             # New, or back after every path was silent (it held no lease meanwhile, or it
             # restarted): each path starts afresh, the others get their grace again.
-            peer = self.peers[hello.mac] = _Peer(hello.host, key, first=now)
+            peer = self.peers[hello.mac] = _Peer(hello.host, first=now)
             if self._peers_gauge is not None:
                 self._peers_gauge.set(len(self.peers))
         peer.heard[path] = now
