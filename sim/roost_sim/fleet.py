@@ -123,6 +123,10 @@ class Fleet:
         key = host_key(ensure_secret(self.site_secret_file), host.mac)
         return install_key(self.host_dir(host) / HOST_KEY_FILE, key)
 
+    def bmc_port(self, host: SimHost) -> int:
+        """The UDP port of the host's BMC on 127.0.0.1."""
+        return self.bmc_first_port + host.index
+
     def inventory_record(self, host: SimHost) -> dict[str, str | int]:
         """The config service's ``POST /v1/hosts`` body for ``host``, with its BMC (127.0.0.1,
         its port, the fleet's user and password)."""
