@@ -19,11 +19,13 @@ import random
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import uvloop
 
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender
 from roost_shared.bus import Bus
+from roost_shared.hostkeys import host_key, read_key
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
 
@@ -45,6 +47,8 @@ async def main(amqp_url: str, port: int, first: int, count: int) -> None:
     await bus.connect(deadline_s=30)
     assert bus.connection is not None
     senders: dict[int, HeartbeatSender] = {}
+    secret_file = os.environ.get("ROOST_HEARTBEAT_SECRET_FILE")
+    secret = read_key(Path(secret_file)) if secret_file else None
 
     async def start(i: int) -> None:
         n = first + i
@@ -55,6 +59,7 @@ async def main(amqp_url: str, port: int, first: int, count: int) -> None:
             period_ms=PERIOD_MS,
             bus_period_ms=BUS_PERIOD_MS,
             bind_ip=sim_ip(n),
+            key=host_key(secret, sim_mac(n)) if secret is not None else None,
             phase=random.random(),  # independent hosts are not in step
         )
         sender.start()

@@ -1,5 +1,6 @@
 """Heartbeat failure detection: how fast the host service fails a dead host, whether a lossy
-path ever fails a live one, and what 1,000 hosts at 10 Hz cost it — against StarlingX's figures.
+path ever fails a live one, and what 1,000 hosts at 10 Hz cost it — against StarlingX's default
+(100 ms x 10 misses).
 
 For N = 10, 100, 1,000: a fresh host service (its own database) and N senders in a process of
 their own (_heartbeat_fleet.py: the agent's own ``HeartbeatSender``, sharing one
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -40,6 +42,7 @@ from roost_shared.auth import Role, new_token, write_tokens_file
 from roost_shared.bus import EVENTS_EXCHANGE, Bus
 from roost_shared.catalog import HostRecord, Personality
 from roost_shared.events import Envelope
+from roost_shared.hostkeys import ensure_secret
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
 from roost_sim.embedded_db import embedded_db, url_for
@@ -50,6 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 from tests.support import nft
 
 NAME = "heartbeat_detection"
+SECRET_ENV = "ROOST_HEARTBEAT_SECRET_FILE"
+#: False without nft (or root): the loss figures are skipped, detection and footprint still run.
+LOSS = True
 SIZES = (10, 100, 1_000)
 KILLS = {10: 20, 100: 20, 1_000: 30}
 LOSS_PERCENTS = (2, 10)
@@ -58,9 +64,8 @@ CPU_WINDOW_S = 10.0
 BUDGET_S = 840.0  # hard stop for all waiting (the whole run stays under 15 minutes)
 FIRST_INDEX = 0x4000  # simulated host numbers (127.1.x.y, MACs 02:00:00:40:xx:00)
 PERIOD_MS = 100
-# StarlingX maintenance heartbeat: 1,000 ms x 10 misses by default, 100 ms x 10 at its fastest.
-STX_DEFAULT_MS = 10_000.0
-STX_FASTEST_MS = 1_000.0
+# StarlingX maintenance heartbeat (hbsAgent): 100 ms x 10 misses by default, ~1 s.
+STX_DEFAULT_MS = 1_000.0
 TARGET_P99_MS = 500.0
 HOST_ENV = {
     "ROOST_INTEST_S": "0.3",
@@ -211,6 +216,8 @@ class Site:
             str(self.n),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # The enrolment authority's secret: the senders derive each host's own key from it.
+            env={**os.environ, SECRET_ENV: self.proc.env[SECRET_ENV]},
         )
         await self._command("startall")
 
@@ -394,17 +401,9 @@ async def one_size(
             out += [
                 result(f"detect_p50_ms_{n}", p50, "ms", "stx-default", STX_DEFAULT_MS, False),
                 result(f"detect_p99_ms_{n}", p99, "ms", "stx-default", STX_DEFAULT_MS, False),
-                result(
-                    f"detect_p99_ms_{n}_vs_fastest",
-                    p99,
-                    "ms",
-                    "stx-fastest",
-                    STX_FASTEST_MS,
-                    False,
-                ),
                 result(f"detect_max_ms_{n}", max(lat), "ms", higher_is_better=False),
             ]
-            for percent in LOSS_PERCENTS:
+            for percent in LOSS_PERCENTS if LOSS else ():
                 got = await lossy(site, http, events, percent, LOSS_WINDOW_S[n])
                 log(
                     f"  {percent} % UDP loss for {LOSS_WINDOW_S[n]:.0f} s: {got['failed']:.0f} "
@@ -460,10 +459,12 @@ def main(argv: list[str]) -> int:
         for n in SIZES:
             KILLS.setdefault(n, 20)
             LOSS_WINDOW_S.setdefault(n, 15.0)
-    if not nft.available():
-        print("heartbeat_detection: needs nft and root (packet loss on the input hook)")
-        return 1
-    nft.clean_leftovers()
+    global LOSS
+    if nft.available():
+        nft.clean_leftovers()
+    else:
+        LOSS = False
+        print("heartbeat_detection: no nft (or not root): the packet-loss figures are skipped")
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     vhost = ""
     db: ManagedProcess | None = None
@@ -477,10 +478,12 @@ def main(argv: list[str]) -> int:
         admin = new_token()
         tokens = tmp / "tokens.json"
         write_tokens_file(tokens, {"admin": (Role.admin, admin)})
+        ensure_secret(tmp / "heartbeat-secret.key")
         env = {
             "ROOST_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
             "ROOST_MONGO_URL": url_for(db_port),
             "ROOST_AUTH_TOKENS_FILE": str(tokens),
+            SECRET_ENV: str(tmp / "heartbeat-secret.key"),
             "_ADMIN": admin,  # not a setting: read by the benchmark only
             "_TMP": str(tmp),
         }

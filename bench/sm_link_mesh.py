@@ -94,7 +94,10 @@ async def clients_main(amqp_url: str, port: int, count: int) -> None:
     import aio_pika
 
     from roost_agent.link import LinkClient
+    from roost_shared.hostkeys import host_key, link_key, read_key
 
+    # The enrolment authority's secret (the service's): each client signs with its host's key.
+    secret = read_key(Path(os.environ["ROOST_HEARTBEAT_SECRET_FILE"]))
     connection = await aio_pika.connect_robust(amqp_url)
     clients: list[LinkClient] = []
     stand_ins: list[_Holding] = []
@@ -102,9 +105,11 @@ async def clients_main(amqp_url: str, port: int, count: int) -> None:
     async def start(i: int) -> None:
         await asyncio.sleep(random.random() * PERIOD_MS / 1000)  # spread over one period
         holding = _Holding()
+        mac = f"02:00:00:60:{i >> 8:02x}:{i & 0xFF:02x}"
         client = LinkClient(
             holding,  # type: ignore[arg-type]
-            mac=f"02:00:00:60:{i >> 8:02x}:{i & 0xFF:02x}",
+            mac=mac,
+            key=link_key(host_key(secret, mac)),
             hostname=f"sim-link-{i}",
             addr=f"127.0.0.1:{port}",
             period_ms=PERIOD_MS,
@@ -261,12 +266,16 @@ async def one_size(stack: Stack, n: int) -> list[Result]:
 
 
 async def main() -> None:
+    from roost_shared.hostkeys import ensure_secret
     from tests.conftest import Stack
     from tests.support.stack import Tokens, Vhost, start_database
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="roost-bench-smlink-") as tmp:
         work = Path(tmp)
+        # The site secret of the service and (inherited) the clients' process, as in the tests.
+        os.environ["ROOST_HEARTBEAT_SECRET_FILE"] = str(work / "heartbeat-secret.key")
+        ensure_secret(work / "heartbeat-secret.key")
         db, mongo_url = start_database(work)
         vhost = Vhost.create()
         stack = Stack(vhost, mongo_url, Tokens.create(work), work)

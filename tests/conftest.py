@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from roost_shared.bus import Bus
+from roost_shared.hostkeys import ensure_secret
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
 from roost_shared.signing import Signer
 from roost_sim.credentials import ensure_command_keys
 from roost_sim.ports import free_udp_port
 from tests.support import nft
-from tests.support.stack import ServiceUnderTest, Tokens, Vhost, start_database
+from tests.support.stack import SECRET_ENV, ServiceUnderTest, Tokens, Vhost, start_database
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,6 +58,21 @@ def site_signers() -> dict[str, Signer]:
     return {path.stem: Signer.from_file(path) for path in sorted(keys_dir.glob("*.pem"))}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def heartbeat_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The site secret of every test's host and service services, as ``make run`` has one: in
+    the environment, so every agent a test's fleet starts is given its own key from it."""
+    path = tmp_path_factory.mktemp("site") / "heartbeat-secret.key"
+    ensure_secret(path)
+    before = os.environ.get(SECRET_ENV)
+    os.environ[SECRET_ENV] = str(path)
+    yield path
+    if before is None:
+        del os.environ[SECRET_ENV]
+    else:
+        os.environ[SECRET_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def mongo_url(workdir: Path) -> Iterator[str]:
     proc, url = start_database(workdir)
@@ -89,6 +105,7 @@ class Stack:
             "ROOST_AMQP_URL": self.amqp_url,
             "ROOST_MONGO_URL": self.mongo_url,
             "ROOST_AUTH_TOKENS_FILE": str(self.tokens.path),
+            SECRET_ENV: os.environ[SECRET_ENV],
             # Short back-offs keep failure-path tests quick; production defaults are longer.
             "ROOST_RETRY_DELAYS_MS": "[100, 200]",
             "ROOST_WEBHOOK_RETRY_CAP_S": "0.5",

@@ -34,6 +34,7 @@ from roost_shared.auth import (
     read_tokens_file,
     save_tokens_file,
 )
+from roost_shared.hostkeys import ensure_secret
 from roost_sim import runlock
 from roost_sim.credentials import (
     credentials_path,
@@ -150,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     peer_tokens = issue_peer_tokens(tokens_file)
     ensure_release_keys(state)  # roost software pack --key state/release-signing.pem
     command_keys, _ = ensure_command_keys(state)  # agents trust them (Fleet.agent_env)
+    # The site secret every host's heartbeat and service-link key is derived from: the host and
+    # service services read it, each simulated agent gets only its own key (roost_sim.fleet).
+    secret_file = state / "heartbeat-secret.key"
+    ensure_secret(secret_file)
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "ROOST_AUTH_TOKENS_FILE": str(tokens_file),
         "ROOST_STATE_DIR": str(state),
         "ROOST_COMMAND_KEYS_DIR": str(command_keys),
+        "ROOST_HEARTBEAT_SECRET_FILE": str(secret_file),
     }
     services: list[ManagedProcess] = []
     installed = installed_services()
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     fleet: FleetSupervisor | None = None
     sim_hosts = int(os.environ.get("ROOST_SIM_HOSTS", "3") or 0)
     if sim_hosts > 0:
-        fleet = FleetSupervisor(Fleet(state), amqp_url, logs)
+        fleet = FleetSupervisor(Fleet(state, site_secret_file=secret_file), amqp_url, logs)
         first_run = not fleet.fleet.hosts()
         seeded = fleet.fleet.seed(sim_hosts)
         if first_run and "config" in {p.name for p in services}:

@@ -10,6 +10,11 @@ with the host's MACs filled in).
 * ``make run`` (``roost_sim.aio``) seeds the registry with controller-0, worker-0 and worker-1
   (``ROOST_SIM_HOSTS``, default 3; 0 = no fleet), runs one agent process per host, restarts
   the ones that die and starts hosts added while it runs.
+* Every host's agent gets its own heartbeat and service-link key (:mod:`roost_shared.hostkeys`),
+  derived from the site secret (``ROOST_HEARTBEAT_SECRET_FILE``, default
+  ``<state>/fleet/heartbeat-secret.key``, made once, mode 0600) and written to
+  ``<host state>/heartbeat.key``: what enrolment gives a real node. The agent never sees the
+  site secret.
 * Every host has a simulated BMC (:mod:`roost_sim.bmc`) on 127.0.0.1, UDP port
   ``16230 + index``, user ``admin`` and the password in ``<state>/fleet/bmc.json`` (made once,
   mode 0600). One ``python -m roost_sim.bmc serve`` child serves them all (:class:`FleetBmcs`).
@@ -42,6 +47,7 @@ from typing import Any
 import httpx
 
 from roost_agent.software import REBOOT_EXIT_CODE
+from roost_shared.hostkeys import HOST_KEY_FILE, ensure_secret, host_key, install_key
 from roost_sim.bmc import CONTROL_PORT as BMC_CONTROL_PORT
 from roost_sim.bmc import FIRST_PORT as BMC_FIRST_PORT
 from roost_sim.credentials import COMMAND_TRUST_FILE, RELEASE_PUBLIC_KEYS
@@ -102,12 +108,29 @@ class Fleet:
     software service it downloads releases from (``make run``'s, 127.0.0.1:8105); without
     them an agent installs no release. A test's own service overrides both in ``extra_env``."""
 
-    def __init__(self, state_dir: Path, bmc_first_port: int = BMC_FIRST_PORT) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        bmc_first_port: int = BMC_FIRST_PORT,
+        site_secret_file: Path | None = None,
+    ) -> None:
+        """``site_secret_file``: the secret the host and service services check heartbeats and
+        hellos with; default ``ROOST_HEARTBEAT_SECRET_FILE``, else one of the fleet's own."""
         self.dir = state_dir / "fleet"
         self.registry = self.dir / "hosts.json"
         self.bmc_first_port = bmc_first_port
         self.release_keys = state_dir / RELEASE_PUBLIC_KEYS
         self.software_url = f"http://127.0.0.1:{SERVICE_PORTS['software']}"
+        configured = os.environ.get("ROOST_HEARTBEAT_SECRET_FILE")
+        self.site_secret_file = site_secret_file or (
+            Path(configured) if configured else self.dir / "heartbeat-secret.key"
+        )
+
+    def provision_key(self, host: SimHost) -> Path:
+        """Write the host's own key into its state directory (what enrolment does for a real
+        node); rewritten when the site secret changed."""
+        key = host_key(ensure_secret(self.site_secret_file), host.mac)
+        return install_key(self.host_dir(host) / HOST_KEY_FILE, key)
 
     def bmc_port(self, host: SimHost) -> int:
         """The UDP port of the host's BMC on 127.0.0.1."""
@@ -194,6 +217,7 @@ class Fleet:
         profile = state / "profile.json"
         if not profile.exists():  # a test or a user may edit it to change the inventory
             profile.write_text(json.dumps(render_profile(host.profile, host.index), indent=2))
+        self.provision_key(host)
         env = {
             "ROOST_AMQP_URL": amqp_url,
             "ROOST_MGMT_MAC": host.mac,

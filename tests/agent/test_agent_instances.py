@@ -16,9 +16,11 @@ from pydantic import BaseModel
 from roost_shared.bus import COMMANDS_EXCHANGE, Bus
 from roost_shared.catalog import InstanceAssign, InstanceRemove
 from roost_shared.commands import agent_key, command
+from roost_shared.hostkeys import link_key
 from roost_shared.smlink import Grant, Hello, Lease, decode_hello, encode
 from roost_sim.ports import free_udp_port
 from tests.support.agents import AgentUnderTest, Events, listen
+from tests.support.stack import key_of
 from tests.support.waiting import eventually
 
 CHANGED = "agent.instance.changed"
@@ -227,9 +229,12 @@ class _LinkPeer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.hellos.append(decode_hello(data))
+        hello = decode_hello(data)
+        self.hellos.append(hello)
         if self.grant is not None and self.transport is not None:
-            self.transport.sendto(encode(self.grant), addr)
+            # Signed with the host's link key and answering this hello, as the service's are.
+            grant = self.grant.model_copy(update={"seq": hello.seq})
+            self.transport.sendto(encode(grant, link_key(key_of(hello.mac)), hello.mac), addr)
 
 
 async def test_an_active_steps_down_when_no_grant_renews_its_lease_and_resumes_when_granted(

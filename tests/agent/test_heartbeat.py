@@ -58,7 +58,7 @@ async def test_udp_heartbeats_at_the_period_from_the_hosts_address(stack, agents
     assert {g.source for g in counted} == {agent.host.ip}  # bound to the simulated host's IP
     assert len({g.hb.boot_id for g in counted}) == 1
     seqs = [g.hb.seq for g in counted]
-    assert seqs == sorted(seqs) and seqs[-1] - seqs[0] == len(seqs) - 1  # one per datagram
+    assert seqs == sorted(set(seqs))  # strictly increasing
     assert all(g.hb.kind == Kind.periodic for g in counted)
 
 

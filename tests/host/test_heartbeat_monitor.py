@@ -22,6 +22,7 @@ from tests.host.test_host_service import record
 from tests.support.events import Listener
 from tests.support.hosts import act, host_where, publish, states, timeline
 from tests.support.nft import nft_table
+from tests.support.stack import key_of
 from tests.support.waiting import eventually
 
 FAST = {
@@ -47,6 +48,7 @@ class Host:
             str(uuid.uuid4()),  # a new boot
             addr=f"127.0.0.1:{self.port}",
             bind_ip=self.ip,
+            key=key_of(self.rec.mgmt_mac),  # its own, as enrolment gives it
             bus_period_ms=500,  # the service's bus-loss threshold here is 1.5 s
         )
         self.sender.start()

@@ -21,6 +21,7 @@ from roost_shared.catalog import HostRecord, Personality
 from tests.config.helpers import new_mac
 from tests.host.fake_kube import FakeKube
 from tests.support.hosts import act, host_where, publish, timeline
+from tests.support.stack import key_of
 from tests.support.waiting import eventually
 
 TOKEN = "kube-test-token"
@@ -192,7 +193,9 @@ async def test_a_failed_host_is_drained_and_uncordoned_once_it_recovered(stack, 
     port = f"127.0.0.1:{host.env['ROOST_HEARTBEAT_PORT']}"
 
     async def heartbeating() -> HeartbeatSender:
-        sender = HeartbeatSender(rec.mgmt_mac, str(uuid.uuid4()), addr=port)
+        sender = HeartbeatSender(
+            rec.mgmt_mac, str(uuid.uuid4()), addr=port, key=key_of(rec.mgmt_mac)
+        )
         sender.start()
         await sender.attach(await HeartbeatBus.shared(bus.connection))  # type: ignore[arg-type]
         return sender

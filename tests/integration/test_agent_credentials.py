@@ -37,6 +37,7 @@ from roost_shared.heartbeat import (
     probe_body,
     probe_key,
 )
+from roost_shared.hostkeys import link_key
 from roost_shared.metrics import Metrics
 from roost_shared.settings import RoostSettings
 from roost_shared.smlink import HELLO_KEY, Hello, agent_link_key, decode_grant
@@ -44,7 +45,7 @@ from roost_shared.smlink import encode as encode_hello
 from tests.config.helpers import new_mac
 from tests.support.agents import AgentUnderTest, apply
 from tests.support.fault import metric
-from tests.support.stack import ServiceUnderTest
+from tests.support.stack import ServiceUnderTest, key_of
 from tests.support.waiting import eventually
 
 
@@ -121,11 +122,16 @@ def announce(mac: str) -> Message:
 
 
 def heartbeat(mac: str, kind: Kind = Kind.periodic, probe: int = 0) -> bytes:
-    return encode(
-        Heartbeat(
-            mac=mac, seq=1, sent_ns=time.time_ns(), boot_id=uuid.uuid4().hex, kind=kind, probe=probe
-        )
+    """A heartbeat of a new boot, signed with the host's own key."""
+    hb = Heartbeat(
+        mac=mac,
+        seq=time.monotonic_ns(),
+        sent_ns=time.time_ns(),
+        boot_id=uuid.uuid4().hex,
+        kind=kind,
+        probe=probe,
     )
+    return encode(hb, key_of(mac))
 
 
 async def test_the_broker_keeps_an_agent_to_its_own_exchange_and_queues(stack, provision):
@@ -422,18 +428,28 @@ async def test_the_service_link_answers_only_hellos_an_agent_sends_for_itself(st
         channel = await ca.channel(publisher_confirms=True)
         own = await channel.get_exchange(a.names.exchange, ensure=True)
 
-        def hello(mac: str, seq: int) -> Message:
-            return Message(encode_hello(Hello(mac=mac, host="worker-7", seq=seq, path="bus")))
+        boot = uuid.uuid4().hex
+        sent: list[int] = []
+
+        def hello(mac: str) -> Message:
+            # Signed with A's key whoever it names: A holds no other.
+            seq = time.monotonic_ns()
+            sent.append(seq)
+            message = Hello(
+                mac=mac, host="worker-7", seq=seq, path="bus", boot=boot, ts=time.time_ns()
+            )
+            return Message(encode_hello(message, link_key(key_of(a.mac))))
 
         # A speaks for B, then for itself, until the service (starting) answers A: B gets
         # nothing, ever, though its grants queue is bound and A's forgeries came first.
         async def answered() -> bool:
-            await own.publish(hello(b.mac, 1), routing_key=HELLO_KEY)
-            await own.publish(hello(a.mac, 2), routing_key=HELLO_KEY)
+            await own.publish(hello(b.mac), routing_key=HELLO_KEY)
+            await own.publish(hello(a.mac), routing_key=HELLO_KEY)
             return bool(grants[a.mac])
 
         await eventually(answered, timeout=30, interval=0.5, what="a grant for A's own hello")
-        assert decode_grant(grants[a.mac][0]).seq == 2
+        key = link_key(key_of(a.mac))
+        assert decode_grant(grants[a.mac][0], key).seq in sent
         assert grants[b.mac] == []
     finally:
         await ca.close()

@@ -13,6 +13,7 @@ import errno
 import socket
 from typing import Any
 
+from roost_host.guard import HeartbeatGuard
 from roost_host.heartbeat import HeartbeatLink
 from roost_service.link import LinkServer
 from roost_shared.bus import Bus
@@ -87,7 +88,7 @@ async def test_the_heartbeat_link_releases_its_port_whenever_a_term_ends(stack):
     link = HeartbeatLink(
         bind_host="127.0.0.1",
         port=port,
-        key=None,
+        guard=HeartbeatGuard(None, Metrics("test-heartbeat-guard")),
         bus=bus,
         metrics=Metrics("test-heartbeat-link"),
         on_heartbeat=lambda *args: None,

@@ -19,9 +19,17 @@ def server() -> LinkServer:
     )
 
 
+def mac_of(host: str) -> str:
+    """The MAC of ``worker-<n>`` here (peers are kept by MAC)."""
+    return f"02:00:00:00:00:{int(host.rsplit('-', 1)[-1]) + 1:02x}"
+
+
 def hello(link: LinkServer, path: str, host: str = "worker-0") -> bytes | None:
     """A hello heard on ``path``; the grant the server answers with (None if undecodable)."""
-    data = encode(Hello(mac="02:00:00:00:00:01", host=host, seq=1, path=path))
+    hello = Hello(
+        mac=mac_of(host), host=host, seq=time.monotonic_ns(), path=path, ts=time.time_ns()
+    )
+    data = encode(hello)
     answer = link.answer(data, path)
     return answer[0] if answer is not None else None
 
@@ -41,9 +49,11 @@ def test_one_silent_path_while_the_other_talks_is_wanted_and_both_silent_is_not(
     hello(link, "bus")
     now = time.monotonic()
     assert link.wanted(now) == set()
-    link.peers["worker-0"].heard["bus"] = now - 3.5  # the bus went quiet, UDP still talks
+    link.peers[mac_of("worker-0")].heard["bus"] = now - 3.5  # the bus went quiet, UDP still talks
     assert link.wanted(now) == {("worker-0", "bus")}
-    link.peers["worker-0"].heard["udp"] = now - 3.5  # every path silent: the host service's call
+    link.peers[mac_of("worker-0")].heard["udp"] = (
+        now - 3.5
+    )  # every path silent: the host service's call
     assert link.wanted(now) == set()
 
 
@@ -53,11 +63,11 @@ def test_a_path_never_heard_gets_a_grace_and_a_peer_back_from_silence_starts_afr
     now = time.monotonic()
     assert link.wanted(now) == set()
     assert link.wanted(now + 3.5) == set()  # both silent by then: nothing
-    link.peers["worker-0"].heard["udp"] = now + 3.4
+    link.peers[mac_of("worker-0")].heard["udp"] = now + 3.4
     assert link.wanted(now + 3.5) == {("worker-0", "bus")}  # UDP talks, the bus never did
 
     # Back after a pause on every path (a standby again holds a lease): no stale alarm.
-    peer = link.peers["worker-0"]
+    peer = link.peers[mac_of("worker-0")]
     peer.heard = {"udp": now - 10, "bus": now - 10}
     hello(link, "udp")
     assert link.wanted(time.monotonic()) == set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -13,9 +14,23 @@ from pathlib import Path
 import httpx
 
 from roost_shared.auth import PEER_SERVICES, Role, new_token, write_tokens_file
+from roost_shared.hostkeys import host_key, read_key
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.ports import free_port
 from roost_sim.processes import ManagedProcess, http_ready, python_module
+
+#: The site secret's file, set for the whole test session by ``tests/conftest.py``.
+SECRET_ENV = "ROOST_HEARTBEAT_SECRET_FILE"
+
+
+def site_secret() -> bytes:
+    """The test session's site secret (what the host and service services check with)."""
+    return read_key(Path(os.environ[SECRET_ENV]))
+
+
+def key_of(mac: str) -> bytes:
+    """The host key an enrolled host with this MAC holds (its agent signs heartbeats with it)."""
+    return host_key(site_secret(), mac)
 
 
 def rabbitmqctl(*args: str) -> None:

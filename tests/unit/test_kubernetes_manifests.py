@@ -264,7 +264,12 @@ def test_non_root_everywhere_with_resources():
             if ROOST_IMAGE.match(c["image"]):
                 assert pod["runAsUser"] == 10001  # the Dockerfiles' user
         for c in spec.get("initContainers", []):
-            # The one exception: the agent's hostPath state dir is handed to uid 10001.
+            if c.get("securityContext", {}).get("runAsUser", pod["runAsUser"]) != 0:
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
+                assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}, c["name"]
+                assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
+                continue
+            # The one root exception: the agent's hostPath state dir is handed to uid 10001.
             assert (name, c["name"]) == ("agent", "state-owner")
             assert c["command"][0] == "chown"
             assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}

@@ -67,6 +67,7 @@ from roost_shared.catalog import (
 )
 from roost_shared.commands import CommandVerifier, Refusal, TrustedIssuers, agent_key
 from roost_shared.events import Envelope
+from roost_shared.hostkeys import link_key
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ class Agent:
             exchange=COMMANDS_EXCHANGE,
             queue_type="classic",
         )
-        key = settings.heartbeat_key
+        key = settings.host_key()  # raises when missing (unless explicitly insecure)
+        if key is None:
+            log.warning("no host key (ROOST_HEARTBEAT_INSECURE): heartbeats and hellos go unsigned")
         self.heartbeats = HeartbeatSender(
             settings.mgmt_mac,
             self.boot_id,
@@ -137,7 +140,7 @@ class Agent:
             period_ms=settings.heartbeat_period_ms,
             bus_period_ms=settings.bus_heartbeat_period_ms,
             bind_ip=default_bind_ip(settings.heartbeat_bind_ip, settings.mgmt_ip),
-            key=key.get_secret_value().encode() if key is not None else None,
+            key=key,
         )
         # Instance reports go through their own queue: published without blocking the process
         # monitor, kept while the broker is away.
@@ -148,6 +151,7 @@ class Agent:
             state_dir=settings.state_dir,
             report=self._report_instance,
             margin_s=settings.lease_margin_s,
+            max_lease_s=settings.lease_max_s,
         )
         # Software reports have a queue of their own (the same kind): an install waits for it
         # to drain before rebooting, whatever the instances are reporting meanwhile.
@@ -187,6 +191,8 @@ class Agent:
             bus_period_ms=settings.sm_link_bus_period_ms,
             bind_ip=default_bind_ip(settings.heartbeat_bind_ip, settings.mgmt_ip),
             names=self.names,
+            key=link_key(key) if key is not None else None,
+            boot_id=self.boot_id,
         )
         self._link_started = False
         self._inventory_digest: str | None = None

@@ -13,6 +13,7 @@ from roost_agent.settings import AgentSettings
 from roost_agent.tally import Tally
 from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import Bus
+from roost_shared.hostkeys import KeyFileError
 from roost_shared.logging import configure_logging
 
 log = logging.getLogger("roost_agent")
@@ -81,6 +82,9 @@ def main() -> None:
         pid_file.write_text(f"{os.getpid()}\n")
     try:
         asyncio.run(run(settings))
+    except KeyFileError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     finally:
         with contextlib.suppress(OSError):
             pid_file.unlink()

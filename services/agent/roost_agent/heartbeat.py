@@ -257,8 +257,10 @@ def _message(body: bytes) -> Message:
 class HeartbeatSender:
     """One node's heartbeats: UDP every ``period_ms``, the bus every ``bus_period_ms``, probes.
 
-    ``seq`` counts datagrams; bus heartbeats and probe replies carry the seq of the latest
-    datagram (they are not part of the UDP stream, so they do not advance it).
+    ``seq`` increases with every message on either path: ``max(seq + 1, CLOCK_MONOTONIC
+    ns)``, so the host service, which drops any message whose seq is not above the last one it
+    accepted on that path from this boot, also accepts the heartbeats of an agent restarted
+    within the same boot. ``key`` (this host's, :mod:`roost_shared.hostkeys`) signs them.
     """
 
     def __init__(
@@ -314,7 +316,6 @@ class HeartbeatSender:
 
     def _beat(self) -> None:
         assert self._loop is not None and self._sock is not None
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
         try:
             self._sock.sendto(self._encode(Kind.periodic, 0), self.addr)
             self.sent += 1
@@ -343,6 +344,7 @@ class HeartbeatSender:
             self._bus.publish(body)
 
     def _encode(self, kind: Kind, probe: int) -> bytes:
+        self.seq = max(self.seq + 1, time.monotonic_ns())
         return encode(
             Heartbeat(
                 mac=self.mac,

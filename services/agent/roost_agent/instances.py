@@ -108,9 +108,16 @@ class Instances:
         state_dir: Path,
         report: Report,
         margin_s: float = 0.5,
+        max_lease_s: float = 4.0,
     ) -> None:
+        """``max_lease_s``: no lease is believed to run longer than this from now, whatever
+        expiry an assign or a grant carries (a forged or mistaken far-future one included)."""
         self.mgmt_mac, self.hostname = mgmt_mac, hostname
         self.margin_s = margin_s
+        self.max_lease_s = max_lease_s
+        #: Expiries cut down to now + ``max_lease_s`` (each logged the first time per instance).
+        self.clamped = 0
+        self._clamped_logged: set[str] = set()
         self._lease_until: dict[str, float] = {}  # active instance id -> monotonic deadline
         self._down: set[str] = set()  # actives running as standby: their lease lapsed
         self._watch: asyncio.Task[None] | None = None
@@ -325,7 +332,19 @@ class Instances:
         self._ensure_watch()
 
     def _extend(self, key: str, expires_epoch_s: float) -> None:
-        deadline = time.monotonic() + (expires_epoch_s - time.time()) - self.margin_s
+        remaining = expires_epoch_s - time.time()
+        if remaining > self.max_lease_s:
+            self.clamped += 1
+            if key not in self._clamped_logged:
+                self._clamped_logged.add(key)
+                log.warning(
+                    "%s: lease expiry %.0f s ahead cut to %.0f s (the longest believed)",
+                    key,
+                    remaining,
+                    self.max_lease_s,
+                )
+            remaining = self.max_lease_s
+        deadline = time.monotonic() + remaining - self.margin_s
         if deadline > max(time.monotonic(), self._lease_until.get(key, 0.0)):
             if key not in self._lease_until:
                 self._lease_added.set()  # maybe earlier than what the watch sleeps towards

@@ -8,6 +8,11 @@ instances costs the link nothing.
 
 Both paths are independent: the UDP socket needs no broker, the bus side no UDP route; either
 one alone keeps the leases alive.
+
+Hellos are signed with this host's link key and carry its boot id, a sequence number that
+increases across restarts within a boot (``max(seq + 1, CLOCK_MONOTONIC ns)``) and the wall
+clock. A grant is believed only signed with the same key and newer than the last one believed
+on its path (a replayed grant is dropped); refusals are counted in ``rejected``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
 
 from aio_pika import DeliveryMode, ExchangeType, Message
@@ -68,9 +74,12 @@ class LinkClient:
         bus_period_ms: int = 1000,
         bind_ip: str | None = None,
         names: AgentBusNames | None = None,
+        key: bytes | None = None,
+        boot_id: str = "",
     ) -> None:
         """``names``: per-host credentials (hellos through the agent's own exchange, grants
-        from its inbound one); None: the shared ``roost.sm`` exchange."""
+        from its inbound one); None: the shared ``roost.sm`` exchange. ``key``: this host's
+        link key (None: unsigned, insecure)."""
         self.instances = instances
         self.names = names
         self.mac, self.hostname = mac, hostname
@@ -78,11 +87,15 @@ class LinkClient:
         self.period_s = period_ms / 1000
         self.bus_every = max(1, round(bus_period_ms / period_ms))
         self.bind_ip = bind_ip
+        self.key = key
+        self.boot_id = boot_id or str(uuid.uuid4())
         self.seq = 0
+        self._granted = {"udp": 0, "bus": 0}  # seq of the last grant believed, per path
         self.sent = {"udp": 0, "bus": 0}
         self.grants = {"udp": 0, "bus": 0}
         self.rejected = 0
         self.udp_errors = RateLimitedLog("service link (udp)")
+        self.refusals = RateLimitedLog("service link grants refused")
         self.bus_errors = RateLimitedLog("service link (bus)")
         self._transport: asyncio.DatagramTransport | None = None
         self._channel: AbstractChannel | None = None
@@ -125,11 +138,16 @@ class LinkClient:
 
     def received(self, data: bytes, path: str) -> None:
         try:
-            grant = decode_grant(data)
+            grant = decode_grant(data, self.key)
         except BadLinkMessage as exc:
             self.rejected += 1
-            log.debug("ignored a malformed grant on %s: %s", path, exc)
+            self.refusals.failed(exc)
             return
+        if grant.seq <= self._granted[path] or grant.seq > self.seq:
+            self.rejected += 1  # a replayed grant, or one for a hello never sent
+            self.refusals.failed(BadLinkMessage(f"grant {grant.seq} on {path} is not new"))
+            return
+        self._granted[path] = grant.seq
         self.grants[path] += 1
         self.instances.grant(grant.leases)
 
@@ -140,7 +158,7 @@ class LinkClient:
             if not self.instances.holds_leases():
                 tick = 0  # the first hello after a pause goes on both paths
                 continue
-            self.seq += 1
+            self.seq = max(self.seq + 1, time.monotonic_ns())
             self._send_udp()
             if tick % self.bus_every == 0:
                 await self._send_bus()
@@ -150,8 +168,7 @@ class LinkClient:
         if self._transport is None:
             return
         try:
-            hello = Hello(mac=self.mac, host=self.hostname, seq=self.seq, path="udp")
-            self._transport.sendto(encode(hello))
+            self._transport.sendto(self._hello("udp"))
             self.sent["udp"] += 1
         except OSError as exc:
             self.udp_errors.failed(exc)
@@ -159,9 +176,8 @@ class LinkClient:
     async def _send_bus(self) -> None:
         if self._exchange is None:
             return
-        hello = Hello(mac=self.mac, host=self.hostname, seq=self.seq, path="bus")
         message = Message(
-            encode(hello),
+            self._hello("bus"),
             delivery_mode=DeliveryMode.NOT_PERSISTENT,
             expiration=LINK_TTL_MS / 1000,
         )
@@ -173,6 +189,17 @@ class LinkClient:
             raise
         except Exception as exc:
             self.bus_errors.failed(exc)
+
+    def _hello(self, path: str) -> bytes:
+        hello = Hello(
+            mac=self.mac,
+            host=self.hostname,
+            seq=self.seq,
+            path=path,  # type: ignore[arg-type]
+            boot=self.boot_id,
+            ts=time.time_ns(),
+        )
+        return encode(hello, self.key)
 
     async def stop(self) -> None:
         if self._task is not None:

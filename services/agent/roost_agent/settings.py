@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 
 from roost_shared.catalog import HOSTNAME_PATTERN, MAC_PATTERN
+from roost_shared.hostkeys import HOST_KEY_FILE, parse_key, read_key
 from roost_shared.settings import RoostSettings
 
 SYS_NET = Path("/sys/class/net")
@@ -159,6 +160,14 @@ class AgentSettings(RoostSettings):
         description="An active steps down this long before its lease runs out unrenewed (covers "
         "clock skew between this host and the service service's).",
     )
+    lease_max_s: float = Field(
+        4.0,
+        gt=0,
+        le=3600,
+        description="The longest an activity lease is believed to run from now, whatever "
+        "expiry an assign or grant carries (the service service's ROOST_ACTIVITY_TTL_S; "
+        "grants renew it every hello).",
+    )
     bus_secured: bool = Field(
         False,
         description="Per-host bus credentials (ROOST_AMQP_URL names user agent-<mac hex>): "
@@ -176,8 +185,29 @@ class AgentSettings(RoostSettings):
         None, description="The same public keys given inline (JSON), e.g. from a Secret."
     )
     heartbeat_key: SecretStr | None = Field(
-        None, description="Sign heartbeats (HMAC-SHA256) with the bytes of this value."
+        None,
+        description="This host's key (hex) for heartbeats and the service link, derived from "
+        "the site secret at enrolment (python -m roost_shared.hostkeys derive MAC); wins over "
+        "heartbeat_key_file.",
     )
+    heartbeat_key_file: Path | None = Field(
+        None, description="File with this host's key (hex); default <state_dir>/heartbeat.key."
+    )
+    heartbeat_insecure: bool = Field(
+        False,
+        description="Start without a host key (heartbeats and hellos unsigned: a host service "
+        "with a site secret drops them, and fails this host). Never in production.",
+    )
+
+    def host_key(self) -> bytes | None:
+        """This host's key; None only with ``heartbeat_insecure`` and no key anywhere. Raises
+        :class:`roost_shared.hostkeys.KeyFileError` when it is missing or unreadable."""
+        if self.heartbeat_key is not None:
+            return parse_key(self.heartbeat_key.get_secret_value(), "ROOST_HEARTBEAT_KEY")
+        path = self.heartbeat_key_file or self.state_dir / HOST_KEY_FILE
+        if self.heartbeat_insecure and not path.exists():
+            return None
+        return read_key(path)
 
     @field_validator("mgmt_mac")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from roost_host import bmcapi, events
 from roost_host.api import HostContext, install_handlers, router
 from roost_host.bmc import BmcAccess
+from roost_host.guard import HeartbeatGuard
 from roost_host.heartbeat import HeartbeatLink
 from roost_host.kube import KubeDrainer
 from roost_host.kubework import KubeRunner
@@ -24,7 +26,10 @@ from roost_host.settings import HostSettings
 from roost_host.steps import StepRunner
 from roost_host.store import INDEXES, HostStore
 from roost_shared.api import Platform, create_app, serve
+from roost_shared.hostkeys import KeyFileError, site_secret
 from roost_shared.leader import FencedDatabase, running
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """Host lifecycle and state (StarlingX mtce): administrative, operational and
 availability states, operator actions (lock, force-lock, unlock with in-test, reboot, reset,
@@ -39,6 +44,12 @@ background and a passed in-test uncordons it; outcomes go to the host's timeline
 
 def build_app(settings: HostSettings | None = None) -> FastAPI:
     settings = settings or HostSettings()
+    secret = site_secret(settings)  # none configured nor waived: refuse to start
+    if secret is None:
+        log.warning(
+            "heartbeats are accepted unsigned (ROOST_HEARTBEAT_INSECURE): never do this "
+            "on a network others can send to"
+        )
 
     @asynccontextmanager
     async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +94,12 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
         platform.spawn_singleton(run_steps, "steps")
         platform.spawn_singleton(kube.run, "kube")  # resumes drains/uncordons left interrupted
         # Heartbeats, failure detection and auto-recovery.
+        guard = HeartbeatGuard(
+            secret,
+            platform.metrics,
+            check_source=settings.heartbeat_check_source,
+            boot_window_s=settings.heartbeat_boot_window_s,
+        )
         monitor = HeartbeatMonitor(
             settings,
             platform.db,
@@ -91,6 +108,7 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
             platform.outbox,
             platform.metrics,
             power_state=power.confirm,
+            guard=guard,
         )
         recovery = RecoveryRunner(
             settings,
@@ -106,7 +124,7 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
         link = HeartbeatLink(
             bind_host=settings.bind_host,
             port=settings.heartbeat_port,
-            key=_key(settings),
+            guard=guard,
             bus=platform.bus,
             metrics=platform.metrics,
             on_heartbeat=monitor.heard,
@@ -147,14 +165,14 @@ def build_app(settings: HostSettings | None = None) -> FastAPI:
     return app
 
 
-def _key(settings: HostSettings) -> bytes | None:
-    return settings.heartbeat_key.get_secret_value().encode() if settings.heartbeat_key else None
-
-
 def main() -> None:
     """``roost-host``: run the host service."""
     settings = HostSettings()
-    serve(build_app(settings), settings)
+    try:
+        app = build_app(settings)
+    except KeyFileError as exc:
+        raise SystemExit(f"roost-host: {exc}") from None
+    serve(app, settings)
 
 
 if __name__ == "__main__":

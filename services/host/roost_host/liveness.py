@@ -14,7 +14,7 @@ times a host was last heard into what the monitor should do:
 
 Default timing (100 ms period): a dead host is silent on every path 250-350 ms after it died
 (probe at 200 ms of UDP silence, 150 ms to answer; 300 ms of UDP silence), against StarlingX's
-~10 s default and ~1 s fastest. A lossy UDP path costs probes, never a failure: at 10 % loss,
+~1 s default (100 ms x 10 misses). A lossy UDP path costs probes, never a failure: at 10 % loss,
 three lost datagrams in a row happen once per ~1,000 heartbeats, and the bus answers them.
 All times are ``time.monotonic()`` seconds.
 """

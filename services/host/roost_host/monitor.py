@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roost_host import alarms, logic
+from roost_host.guard import HeartbeatGuard
 from roost_host.liveness import Liveness, Path, Thresholds, mnfa_group
 from roost_host.logic import State
 from roost_host.models import Administrative, Availability
@@ -53,6 +54,7 @@ FIELDS = (
     "uuid",
     "hostname",
     "mgmt_mac",
+    "mgmt_ip",  # the only source address its UDP heartbeats are believed from
     "administrative",
     "operational",
     "availability",
@@ -120,7 +122,9 @@ class HeartbeatMonitor:
         *,
         power_state: PowerProbe | None = None,
         on_failed: Callable[[], None] | None = None,
+        guard: HeartbeatGuard | None = None,
     ) -> None:
+        """``guard``: told of every host learned and deleted (its keys and addresses)."""
         self.settings = settings
         self.t = thresholds(settings)
         self.tick = min(self.t.period / 4, 0.025)
@@ -130,6 +134,7 @@ class HeartbeatMonitor:
         self.outbox = outbox
         self.power_state = power_state
         self.on_failed = on_failed
+        self.guard = guard
         self.probe: Callable[[str, int], Awaitable[None]] | None = None
         self.hosts: dict[str, Tracked] = {}  # by management MAC
         self.by_raw: dict[bytes, Tracked] = {}  # the same, by the MAC's 6 bytes (receive path)
@@ -164,6 +169,8 @@ class HeartbeatMonitor:
         if not mac:
             return
         lite = {k: doc.get(k) for k in FIELDS}
+        if self.guard is not None:
+            self.guard.learn(mac, lite.get("mgmt_ip"))
         tracked = self.hosts.get(mac)
         if tracked is None:
             now = time.monotonic()
@@ -196,6 +203,8 @@ class HeartbeatMonitor:
             del self.hosts[mac]
             self.recovering.pop(mac, None)
             self.by_raw.pop(mac_bytes(mac), None)
+        if self.guard is not None:
+            self.guard.keep(seen)
         self._mnfa_raised = self._mnfa_raised or any(t.doc.get("mnfa") for t in self.hosts.values())
 
     def alive(self, doc: dict[str, Any]) -> bool | None:

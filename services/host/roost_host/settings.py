@@ -8,10 +8,11 @@ without a cluster and never cordons or drains.
 from pydantic import Field, SecretStr
 
 from roost_host.kube import KubeSettings
+from roost_shared.hostkeys import SiteSecretSettings
 from roost_shared.settings import RoostSettings
 
 
-class HostSettings(RoostSettings, KubeSettings):
+class HostSettings(RoostSettings, KubeSettings, SiteSecretSettings):
     service: str = "host"
     port: int = 8103
     intest_s: float = Field(
@@ -66,8 +67,19 @@ class HostSettings(RoostSettings, KubeSettings):
         description="Bus silence (UDP still arriving) that raises 200.009: three of the agents' "
         "5 s bus heartbeats.",
     )
-    heartbeat_key: SecretStr | None = Field(
-        None, description="HMAC key the agents sign heartbeats with; unsigned ones are refused."
+    heartbeat_check_source: bool = Field(
+        True,
+        description="Believe a UDP heartbeat only from its host's management address (mgmt_ip). "
+        "Turn off only where the network rewrites source addresses (a Kubernetes NodePort "
+        "with externalTrafficPolicy Cluster); the per-host signature still holds.",
+    )
+    heartbeat_boot_window_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="A heartbeat that starts a boot this service does not know (after a reboot, "
+        "or this service's restart) must be stamped within this many seconds of this "
+        "service's clock: bounds the replay of a recording (0: no clock check).",
     )
     mnfa_threshold: int = Field(
         2,

@@ -27,6 +27,7 @@ from roost_service.settings import ServiceSettings
 from roost_service.store import INDEXES, GroupStore
 from roost_shared.api import Platform, create_app, serve
 from roost_shared.auth import own_peer_token
+from roost_shared.hostkeys import KeyFileError, site_secret
 from roost_shared.leader import FencedDatabase, running
 
 DESCRIPTION = """HA service groups (StarlingX sm): an operator declares a group of services
@@ -50,6 +51,7 @@ deleted`."""
 
 def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    secret = site_secret(settings)  # none configured nor waived: refuse to start
 
     @asynccontextmanager
     async def start(platform: Platform, app: FastAPI) -> AsyncIterator[None]:
@@ -115,6 +117,10 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
             bind_host=settings.bind_host,
             port=settings.sm_link_port,
             path_timeout_s=settings.sm_link_path_timeout_s,
+            secret=secret,
+            max_peers=settings.sm_link_max_peers,
+            boot_window_s=settings.sm_link_boot_window_s,
+            metrics=platform.metrics,
         )
 
         async def control() -> None:
@@ -192,7 +198,11 @@ def _actions(controller: Controller) -> dict[str, Action]:
 def main() -> None:
     """``roost-service``: run the service service."""
     settings = ServiceSettings()
-    serve(build_app(settings), settings)
+    try:
+        app = build_app(settings)
+    except KeyFileError as exc:
+        raise SystemExit(f"roost-service: {exc}") from None
+    serve(app, settings)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 from pydantic import Field, SecretStr
 
+from roost_shared.hostkeys import SiteSecretSettings
 from roost_shared.settings import RoostSettings
 
 
-class ServiceSettings(RoostSettings):
+class ServiceSettings(RoostSettings, SiteSecretSettings):
     service: str = "service"
     port: int = 8104
     config_service_url: str | None = Field(
@@ -36,6 +37,20 @@ class ServiceSettings(RoostSettings):
     )
     sm_link_path_timeout_s: float = Field(
         3.0, gt=0, description="A link path silent this long while the other talks: 400.005."
+    )
+    sm_link_max_peers: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most hosts the service link keeps state for; hellos from more are refused "
+        '(counted: roost_sm_link_refused_total{reason="table-full"}).',
+    )
+    sm_link_boot_window_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="A hello that starts an agent boot this service does not know must be "
+        "stamped within this many seconds of its clock (0: no clock check).",
     )
     command_deadline_s: float = Field(
         30.0, gt=0, description="Deadline of assign/remove commands to agents."
