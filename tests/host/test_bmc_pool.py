@@ -5,6 +5,7 @@ recovers), and session reuse."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,8 +23,34 @@ from tests.support.waiting import eventually
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     s = start_sim(4, log_path=tmp_path_factory.mktemp("bmc") / "bmc.log")
+    asyncio.run(_answering(s))
     yield s
     s.stop()
+
+
+async def _answering(sim: SimProcess) -> None:
+    """Every simulated BMC answers before the tests time their calls: on a loaded machine (the
+    teardown of a large test before this module) the first answers can take seconds."""
+    pool = BmcPool(
+        max_total=4,
+        timeout_s=5.0,
+        retries=0,
+        breaker_failures=1000,
+        breaker_reset_s=0.1,
+        metrics=Metrics("warm-up"),
+    )
+    try:
+        for port in sim.ports:
+
+            async def answers(port: int = port) -> bool:
+                try:
+                    return await pool.power_state(target(port)) in ("on", "off")
+                except BmcError:
+                    return False
+
+            await eventually(answers, timeout=60, what=f"BMC {port} answering")
+    finally:
+        await pool.aclose()
 
 
 @pytest.fixture
