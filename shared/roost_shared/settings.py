@@ -23,6 +23,23 @@ class RoostSettings(BaseSettings):
     service: str = Field("roost", description="Service name; also the database suffix.")
     database: str | None = Field(None, description="Database name; default roost_<service>.")
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    broker_passwords_dir: Path | None = Field(
+        None,
+        description="Directory of the site's broker passwords, one file per user "
+        "(roost_shared.brokerusers): the process connects as its own user roost-<service>, "
+        "whatever user amqp_url names. Unset: amqp_url's user.",
+    )
+    broker_site: str = Field(
+        "",
+        pattern=r"^[0-9a-z-]{0,32}$",
+        description="Suffix of the site's broker user names (roost-<service>.<site>), for a "
+        "broker several sites share (each site's users may use only its own virtual hosts).",
+    )
+    broker_management_url: SecretStr | None = Field(
+        None,
+        description="The broker's management API (http://admin:password@broker:15672), through "
+        "which python -m roost_shared.brokerusers loads the site's users; unset: rabbitmqctl.",
+    )
     mongo_url: str = f"mongodb://127.0.0.1:{EMBEDDED_DB_PORT}/?directConnection=true"
     bind_host: str = "127.0.0.1"
     port: int = 8100
