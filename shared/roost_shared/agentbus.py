@@ -46,14 +46,16 @@ class AgentBusNames:
     """Every bus name and permission of one agent in secured mode."""
 
     id: str
+    #: The broker site's suffix of the user name (roost_shared.publishers), empty for most.
+    site: str = ""
 
     @classmethod
-    def of(cls, mac: str) -> AgentBusNames:
-        return cls(agent_id(mac))
+    def of(cls, mac: str, site: str = "") -> AgentBusNames:
+        return cls(agent_id(mac), site)
 
     @property
     def user(self) -> str:
-        return f"agent-{self.id}"
+        return f"agent-{self.id}.{self.site}" if self.site else f"agent-{self.id}"
 
     @property
     def exchange(self) -> str:

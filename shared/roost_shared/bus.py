@@ -14,11 +14,12 @@ fails is retried through the retry queues and parked when they are used up. The 
 it too if consumers keep crashing on it (``x-delivery-limit``). Nothing is dropped:
 ``deadletters`` stores what is parked, counts it and lets the API replay it.
 
+Every process connects as its own broker user and stamps it on every message (``user_id``,
+which the broker refuses unless it is the connection's user); every Consumer parks (reason
+``forged``) a message whose sender may not publish its type (:mod:`roost_shared.publishers`).
 An agent with per-host credentials (:mod:`roost_shared.agentbus`) publishes through its own
 exchange ``agent.<id>`` (``Bus(via=...)``) and consumes a queue the control plane declared
-(``Consumer(provisioned=True)``). The broker stops it from publishing anywhere else, but not
-from claiming another host in a payload: every Consumer parks (reason ``forged``) a message that
-came through ``agent.<id>`` whose payload is not an agent report about host ``<id>``.
+(``Consumer(provisioned=True)``); what it reports must be about its own host.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlparse, urlunparse
 
 import aio_pika
 from aio_pika import DeliveryMode, ExchangeType, Message
@@ -42,11 +44,12 @@ from aio_pika.abc import (
 )
 from pydantic import BaseModel, ValidationError
 
-from roost_shared.agentbus import agent_id, sender_id
+from roost_shared.agentbus import agent_id
 from roost_shared.catalog import host_identity, parse_data
 from roost_shared.commands import ISSUERS, CommandSigner, load_signers
 from roost_shared.events import Envelope, utcnow
 from roost_shared.logging import correlation_id
+from roost_shared.publishers import SENDER_HEADER, refusal, sender_user, user_of
 from roost_shared.retry import backoff, until_available
 from roost_shared.settings import RoostSettings
 
@@ -84,6 +87,8 @@ class Delivery:
     envelope: Envelope
     payload: BaseModel | None
     message: AbstractIncomingMessage
+    #: The broker user who published it (:func:`roost_shared.publishers.sender_user`).
+    sender: str | None = None
 
 
 #: A message and where it goes: (envelope, exchange, routing key or None for its type).
@@ -100,8 +105,36 @@ def inbox_indexes(ttl_s: int) -> dict[str, list[IndexModel]]:
     return {INBOX: [IndexModel([("at", ASCENDING)], expireAfterSeconds=ttl_s)]}
 
 
-def to_message(envelope: Envelope, headers: dict[str, Any] | None = None) -> Message:
-    """A persistent AMQP message carrying the envelope as JSON."""
+def broker_url(settings: RoostSettings) -> tuple[str, str]:
+    """The URL a process connects with and its broker user: its own user ``roost-<service>``
+    when the site's passwords directory holds its password, else ``amqp_url``'s user."""
+    url = settings.amqp_url
+    parsed = urlparse(url)
+    directory = settings.broker_passwords_dir
+    user = user_of(settings.service, settings.broker_site)
+    password_file = directory / user if directory is not None else None
+    if password_file is None or not password_file.is_file():
+        if password_file is not None:
+            log.warning(
+                "no broker password for %s in %s: connecting as %s, whose events no consumer "
+                "believes",
+                user,
+                directory,
+                parsed.username,
+            )
+        return url, parsed.username or "guest"
+    password = password_file.read_text().strip()
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parsed.hostname or '127.0.0.1'}"
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    return urlunparse(parsed._replace(netloc=netloc)), user
+
+
+def to_message(
+    envelope: Envelope, headers: dict[str, Any] | None = None, *, user_id: str | None = None
+) -> Message:
+    """A persistent AMQP message carrying the envelope as JSON, stamped with the publisher's
+    broker user (which the broker checks)."""
     return Message(
         envelope.model_dump_json(exclude_none=True).encode(),
         content_type="application/cloudevents+json",
@@ -111,6 +144,7 @@ def to_message(envelope: Envelope, headers: dict[str, Any] | None = None) -> Mes
         timestamp=envelope.time,
         delivery_mode=DeliveryMode.PERSISTENT,
         headers=headers or {},
+        user_id=user_id,
     )
 
 
@@ -164,6 +198,11 @@ class Bus:
         self.settings = settings
         self.metrics = metrics
         self.via = via
+        # Per-host agents (via) connect with the credentials they were provisioned with.
+        if via is None:
+            self.url, self.user = broker_url(settings)
+        else:
+            self.url, self.user = settings.amqp_url, urlparse(settings.amqp_url).username or ""
         if signers is None:
             key = settings.command_key
             signers = load_signers(
@@ -185,7 +224,7 @@ class Bus:
         async for attempt in until_available("broker", deadline_s=deadline_s):
             with attempt:
                 self.connection = await aio_pika.connect_robust(
-                    self.settings.amqp_url,
+                    self.url,
                     client_properties={"connection_name": f"roost-{self.settings.service}"},
                     connection_class=JitteredRobustConnection,
                 )
@@ -284,7 +323,9 @@ class Bus:
         await asyncio.gather(
             *(
                 self.exchanges[exchange].publish(
-                    to_message(e), routing_key=routing_key or e.type, mandatory=False
+                    to_message(e, user_id=self.user),
+                    routing_key=routing_key or e.type,
+                    mandatory=False,
                 )
                 for e, exchange, routing_key in messages
             )
@@ -293,7 +334,9 @@ class Bus:
             self._published.labels(e.type).inc()
 
     async def publish_raw(self, message: Message, *, exchange: str, routing_key: str) -> None:
-        """Publish a prepared message (used to move messages to retry and parking queues)."""
+        """Publish a prepared message (used to move messages to retry and parking queues), as
+        this process's broker user."""
+        message.user_id = self.user
         await self.exchanges[exchange].publish(message, routing_key=routing_key, mandatory=False)
 
     async def close(self) -> None:
@@ -435,10 +478,13 @@ class Consumer:
                 # Only broker trouble gets here (ack/park failed); unacked messages come back.
                 log.exception("consumer %s: batch left unacknowledged", self.queue_name)
 
+    def _sender(self, message: AbstractIncomingMessage) -> str | None:
+        return sender_user(message.user_id, message.headers, self.bus.user)
+
     def _parse(self, message: AbstractIncomingMessage) -> Delivery:
         envelope = Envelope.model_validate_json(message.body)
         payload = parse_data(envelope.type, envelope.data)
-        return Delivery(envelope, payload, message)
+        return Delivery(envelope, payload, message, self._sender(message))
 
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
@@ -451,7 +497,7 @@ class Consumer:
                 continue
             forged = forgery(delivery)
             if forged is not None:
-                await self._park(message, "forged", forged)
+                await self._park(message, "forged", forged, sender=delivery.sender)
             else:
                 deliveries.append(delivery)
         if not deliveries:
@@ -533,7 +579,9 @@ class Consumer:
         message = delivery.message
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0) or 0)
         if isinstance(exc, PermanentError) or attempt >= len(self.retry_delays_ms):
-            await self._park(message, "failed", _short(exc), attempt=attempt)
+            await self._park(
+                message, "failed", _short(exc), attempt=attempt, sender=delivery.sender
+            )
             return
         log.warning(
             "consumer %s: event %s failed (attempt %d): %s; retrying in %d ms",
@@ -544,7 +592,7 @@ class Consumer:
             self.retry_delays_ms[attempt],
         )
         await self.bus.publish_raw(
-            _copy(message, {ATTEMPT_HEADER: attempt + 1}),
+            _copy(message, {ATTEMPT_HEADER: attempt + 1, SENDER_HEADER: _named(delivery.sender)}),
             exchange="",
             routing_key=self.retry_queue(self.retry_delays_ms[attempt]),
         )
@@ -552,7 +600,13 @@ class Consumer:
         self._outcomes.labels(self.queue_name, "retried").inc()
 
     async def _park(
-        self, message: AbstractIncomingMessage, kind: str, reason: str, *, attempt: int = 0
+        self,
+        message: AbstractIncomingMessage,
+        kind: str,
+        reason: str,
+        *,
+        attempt: int = 0,
+        sender: str | None = None,
     ) -> None:
         log.error(
             "consumer %s: parking message %s (%s): %s",
@@ -566,6 +620,8 @@ class Consumer:
             QUEUE_HEADER: self.queue_name,
             ROUTING_HEADER: message.routing_key or "",
             ATTEMPT_HEADER: attempt,
+            # Parked and replayed, it is still believed only as much as its first sender.
+            SENDER_HEADER: _named(sender or self._sender(message)),
         }
         await self.bus.publish_raw(
             _copy(message, headers), exchange=DEAD_EXCHANGE, routing_key=self.queue_name
@@ -576,22 +632,21 @@ class Consumer:
 
 
 def forgery(delivery: Delivery) -> str | None:
-    """Why a message sent through an agent's own exchange must not be applied, or None.
-
-    The broker let agent ``<id>`` publish only to ``agent.<id>`` (``message.exchange`` is the
-    exchange the publisher used, also across exchange-to-exchange bindings), but what it wrote
-    in the payload is its own word: it must be an agent report about host ``<id>``. Messages
-    through shared exchanges (control plane, shared-credentials agents) are not checked.
-    """
-    sender = sender_id(delivery.message.exchange)
-    if sender is None:
+    """Why a delivery must not be believed, or None: its broker-validated sender may not
+    publish its type, or an agent's report is about another host
+    (:func:`roost_shared.publishers.refusal`)."""
+    if delivery.envelope.type in ISSUERS:
+        # A command is believed for its issuer's signature, which the agent checks, counts and
+        # reports (250.011 on repeated forgeries): whoever published it.
         return None
     claimed = host_identity(delivery.payload)
-    if claimed is None:
-        return f"{delivery.envelope.type} sent through agent {sender}'s exchange is not a report"
-    if agent_id(claimed) != sender:
-        return f"agent {sender} sent {delivery.envelope.type} claiming host {claimed}"
-    return None
+    return refusal(delivery.envelope.type, delivery.sender, agent_id(claimed) if claimed else None)
+
+
+def _named(sender: str | None) -> str:
+    """The sender header's value; ``unknown`` (never believed) when there was none, so that a
+    re-published message is never taken for the re-publisher's own."""
+    return sender or "unknown"
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> Message:

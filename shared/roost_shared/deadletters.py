@@ -2,7 +2,8 @@
 ``dead_letters`` collection, listed by the API, replayed into their queue or discarded on request.
 
 Keeping them in the database (not only in RabbitMQ) lets the API list them without consuming them
-and lets an operator see why each one failed.
+and lets an operator see why each one failed. Each keeps the broker user who first sent it: a
+replayed message is believed exactly as much as it was then (:mod:`roost_shared.publishers`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from roost_shared.db import Database
 from roost_shared.events import utcnow
 from roost_shared.metrics import Metrics
 from roost_shared.problems import NotFound
+from roost_shared.publishers import SENDER_HEADER, sender_user
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class DeadLetter(BaseModel):
     attempts: int
     parked_at: datetime
     body: str
+    sender: str | None = None
 
 
 class DeadLetterStore:
@@ -90,6 +93,7 @@ class DeadLetterStore:
             "parked_at": utcnow(),
             "body": message.body.decode("utf-8", errors="replace"),
             "content_type": message.content_type,
+            "sender": sender_user(message.user_id, headers, self.bus.user),
         }
         await self.db[DEAD_LETTERS].insert_one(doc)
         await message.ack()
@@ -120,7 +124,8 @@ class DeadLetterStore:
             content_type="application/cloudevents+json",
             message_id=letter.message_id,
             delivery_mode=DeliveryMode.PERSISTENT,
-            headers={"x-roost-replayed-from": letter.id},
+            # No recorded sender: "unknown", never the replaying service's own word.
+            headers={"x-roost-replayed-from": letter.id, SENDER_HEADER: letter.sender or "unknown"},
         )
         await self.bus.publish_raw(message, exchange="", routing_key=letter.queue)
         await self.db[DEAD_LETTERS].delete_one({"_id": letter.id})
