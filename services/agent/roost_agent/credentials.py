@@ -5,15 +5,16 @@ Run by the control plane's operator, not by the agent (the agent needs none of i
     python -m roost_agent.credentials add 02:00:00:00:00:01 --admin-url amqp://admin:…@broker/
     python -m roost_agent.credentials remove 02:00:00:00:00:01 --admin-url …
 
-``add`` creates the RabbitMQ user ``agent-<mac hex>`` with a new random password and the
-permissions of :meth:`AgentBusNames.permissions`, declares the agent's exchanges and queues and
-binds them into the shared topology (names: :mod:`roost_shared.agentbus`), and prints the
-agent's environment (``ROOST_AMQP_URL`` with its credentials, ``ROOST_BUS_SECURED=true``).
-Idempotent: running it again rotates the password. ``remove`` deletes the user (closing its
-connections) and its exchanges and queues. Users and permissions go through ``rabbitmqctl``
-(``ROOST_RABBITMQCTL`` overrides the command, e.g. ``kubectl exec -n roost rabbitmq-0 --
-rabbitmqctl``); the topology through AMQP with the admin URL (this RabbitMQ has no management
-plugin, and rabbitmqctl cannot declare exchanges).
+``add`` creates the RabbitMQ user ``agent-<mac hex>`` with a new random password, the
+permissions of :meth:`AgentBusNames.permissions` and its connection limits, declares the agent's
+exchanges and queues and binds them into the shared topology (names:
+:mod:`roost_shared.agentbus`), and prints the agent's environment (``ROOST_AMQP_URL`` with its
+credentials, ``ROOST_BUS_SECURED=true``). Idempotent: running it again rotates the password.
+``remove`` deletes the user (closing its connections) and its exchanges and queues. Users and
+permissions go through ``rabbitmqctl`` (one ``import_definitions`` for any number of hosts;
+``ROOST_RABBITMQCTL`` overrides the command, e.g. ``kubectl exec -n roost rabbitmq-0 --
+rabbitmqctl``), the topology through AMQP with the admin URL (rabbitmqctl cannot declare
+exchanges).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from urllib.parse import quote, unquote, urlparse, urlunparse
 import aio_pika
 from aio_pika import ExchangeType
 
+from roost_shared import brokerusers
 from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE
 from roost_shared.heartbeat import HEARTBEAT_EXCHANGE, HEARTBEAT_KEY, probe_key
@@ -40,8 +42,9 @@ from roost_shared.smlink import HELLO_KEY, SM_EXCHANGE, agent_link_key
 AGENT_EVENTS = "agent.*.*"
 
 
-#: rabbitmqctl set_user_limits of every agent user.
-USER_LIMITS = '{"max-connections": 3, "max-channels": 64}'
+#: The limits of every agent user: an agent needs one connection (another for a moment while
+#: reconnecting) and ~5 channels; the limits stop a compromised node from exhausting the broker.
+USER_LIMITS = {"max-connections": 3, "max-channels": 64}
 
 
 def rabbitmqctl(*args: str, stdin: str | None = None) -> None:
@@ -50,6 +53,11 @@ def rabbitmqctl(*args: str, stdin: str | None = None) -> None:
     subprocess.run(
         [*command, "-q", *args], input=stdin, check=True, capture_output=True, text=True, timeout=60
     )
+
+
+def site() -> str:
+    """The broker site's user-name suffix (``ROOST_BROKER_SITE``; roost_shared.publishers)."""
+    return os.environ.get("ROOST_BROKER_SITE", "")
 
 
 def vhost_of(url: str) -> str:
@@ -126,27 +134,38 @@ async def delete_topology(admin_url: str, names: AgentBusNames) -> None:
 
 async def add(mac: str, admin_url: str) -> str:
     """Provision the agent with this MAC; returns its AMQP URL (with a new password)."""
-    names = AgentBusNames.of(mac)
+    return (await add_many([mac], admin_url))[mac]
+
+
+async def add_many(macs: list[str], admin_url: str) -> dict[str, str]:
+    """Provision the agents with these MACs at once; returns each one's AMQP URL (with a new
+    password) by MAC."""
     vhost = vhost_of(admin_url)
-    password = secrets.token_urlsafe(24)
-    await declare_topology(admin_url, names)
-    # The password goes through stdin: never on a command line (ps would show it).
-    try:
-        rabbitmqctl("add_user", names.user, stdin=password)
-    except subprocess.CalledProcessError as exc:
-        if "already exists" not in (exc.stderr or "") + (exc.stdout or ""):
-            raise
-        rabbitmqctl("change_password", names.user, stdin=password)
-    rabbitmqctl("set_permissions", "-p", vhost, names.user, *names.permissions())
-    # An agent needs one connection (another for a moment while reconnecting) and ~5 channels;
-    # the limits stop a compromised node from exhausting the broker with more.
-    rabbitmqctl("set_user_limits", names.user, USER_LIMITS)
-    return agent_url(admin_url, names, password)
+    users, permissions, urls = [], [], {}
+    for mac in macs:
+        names = AgentBusNames.of(mac, site())
+        password = secrets.token_urlsafe(24)
+        await declare_topology(admin_url, names)
+        users.append(brokerusers.user_definition(names.user, password, USER_LIMITS))
+        configure, write, read = names.permissions()
+        permissions.append(
+            {
+                "user": names.user,
+                "vhost": vhost,
+                "configure": configure,
+                "write": write,
+                "read": read,
+            }
+        )
+        urls[mac] = agent_url(admin_url, names, password)
+    # Only hashes go to rabbitmqctl, on its stdin: no password on a command line or in a file.
+    brokerusers.import_definitions({"users": users, "permissions": permissions})
+    return urls
 
 
 async def remove(mac: str, admin_url: str) -> None:
     """Remove the agent's user (its open connections are closed) and its bus resources."""
-    names = AgentBusNames.of(mac)
+    names = AgentBusNames.of(mac, site())
     try:
         rabbitmqctl("close_all_user_connections", names.user, "host deleted")
         rabbitmqctl("delete_user", names.user)

@@ -26,8 +26,11 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from roost_shared.agentbus import agent_id
 from roost_shared.bus import EVENTS_EXCHANGE, Bus
+from roost_shared.catalog import host_identity, parse_data
 from roost_shared.metrics import Metrics
+from roost_shared.publishers import refusal
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class Broadcaster:
             "live_overflows", "Browsers told to reload because they fell behind."
         )
         self._gauge = metrics.gauge("live_streams", "Open event streams (browsers).")
+        self._forged = metrics.counter(
+            "live_events_forged", "Bus events not shown: not published by their owner."
+        )
 
     async def start(self) -> None:
         assert self.bus.connection is not None
@@ -74,10 +80,17 @@ class Broadcaster:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope = json.loads(message.body)
-            self._received.labels(str(envelope.get("type"))).inc()
-            item = self.shape(envelope)
+            event_type = str(envelope.get("type"))
+            self._received.labels(event_type).inc()
+            claimed = host_identity(parse_data(event_type, envelope.get("data") or {}))
+            forged = refusal(event_type, message.user_id, agent_id(claimed) if claimed else None)
+            item = None if forged else self.shape(envelope)
         except Exception:
             log.exception("live event not shown (routing key %s)", message.routing_key)
+            return
+        if forged:
+            self._forged.inc()
+            log.warning("live event not shown: %s", forged)
             return
         if item is not None:
             self.publish(item)

@@ -190,7 +190,7 @@ async def show_alarm(c: Ctx, alarm_uuid: str) -> JSONResponse:
 async def raise_alarm(c: Ctx, body: AlarmCreate, who: Admin) -> JSONResponse:
     """Raise or update the alarm (alarm_id, entity_instance_id), as ``fault.alarm.set`` does."""
     now = utcnow()
-    await c.platform.db.in_transaction(lambda s: c.ops.apply(s, [(body, now)]))
+    await c.platform.db.in_transaction(lambda s: c.ops.apply(s, [(body, now, None)]))
     c.committed()
     doc = await c.store.alarms.find_one(
         {"alarm_id": body.alarm_id, "entity_instance_id": body.entity_instance_id}
@@ -207,7 +207,7 @@ async def delete_alarm(c: Ctx, alarm_uuid: str, who: Admin) -> Response:
         raise NotFound(kind="Alarm", id=alarm_uuid)
     clear = AlarmClear(alarm_id=doc["alarm_id"], entity_instance_id=doc["entity_instance_id"])
     now = utcnow()
-    await c.platform.db.in_transaction(lambda s: c.ops.apply(s, [(clear, now)]))
+    await c.platform.db.in_transaction(lambda s: c.ops.apply(s, [(clear, now, None)]))
     c.committed()
     return Response(status_code=204)
 
@@ -254,7 +254,7 @@ async def show_event(c: Ctx, event_uuid: str) -> JSONResponse:
 async def write_log(c: Ctx, body: LogCreate, who: Admin) -> JSONResponse:
     """Write a customer log, as ``fault.log.write`` does."""
     now = utcnow()
-    outcome = await c.platform.db.in_transaction(lambda s: c.ops.apply(s, [(body, now)]))
+    outcome = await c.platform.db.in_transaction(lambda s: c.ops.apply(s, [(body, now, None)]))
     c.committed()
     return JSONResponse(_event_view(outcome.event_log[0], expand=True), status_code=201)
 

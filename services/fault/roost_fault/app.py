@@ -32,7 +32,7 @@ def build_app(settings: FaultSettings | None = None) -> FastAPI:
         store = FaultStore(platform.db)
         await store.add_alarm_ids(None, KNOWN_ALARMS)
         await store.system_uuid()
-        ops = FaultOperations(store, platform.outbox)
+        ops = FaultOperations(store, platform.outbox, platform.metrics)
         dispatcher = WebhookDispatcher(
             store,
             platform.metrics,

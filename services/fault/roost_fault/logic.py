@@ -18,6 +18,9 @@ from roost_shared.catalog import AlarmClear, AlarmNotice, AlarmSet, LogWrite, Se
 from roost_shared.problems import Invalid
 
 AlarmKey = tuple[str, str]  # (alarm_id, entity_instance_id)
+#: A set, clear or log, the time it was produced, and the service that sent it (None: an
+#: operator through the API, who may change any alarm).
+Command = tuple[BaseModel, datetime, str | None]
 
 #: Fields whose change makes a re-raised alarm worth telling subscribers about.
 MATERIAL_FIELDS = (
@@ -89,28 +92,37 @@ class Outcome:
     event_log: list[dict[str, Any]] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     new_alarm_ids: dict[str, str] = field(default_factory=dict)
+    #: Changes refused because the alarm was raised by another service: (key, sender).
+    refused: list[tuple[AlarmKey, str]] = field(default_factory=list)
 
 
 def apply(
-    commands: Sequence[tuple[BaseModel, datetime]],
+    commands: Sequence[Command],
     current: Mapping[AlarmKey, dict[str, Any]],
     suppressed_ids: set[str],
     known_alarm_ids: set[str],
 ) -> Outcome:
     """Apply commands in order to ``current`` (the stored alarms they may touch).
 
-    ``commands`` pairs each payload with the time it was produced (its event time). The outcome's
-    ``alarms`` maps each touched key to its final document, or None if it ended cleared.
+    ``commands`` pairs each payload with the time it was produced (its event time) and its
+    sender. An alarm is changed or cleared only by the service that raised it (or an operator):
+    another service's set or clear of it is refused (``refused``), and a clear of a whole entity
+    clears only the sender's alarms. The outcome's ``alarms`` maps each touched key to its final
+    document, or None if it ended cleared.
     """
     out = Outcome()
     state: dict[AlarmKey, dict[str, Any] | None] = dict(current)
-    for payload, when in commands:
+    for payload, when, by in commands:
         if isinstance(payload, AlarmSet):
-            _set(payload, when, state, suppressed_ids, out)
+            previous = state.get((payload.alarm_id, payload.entity_instance_id))
+            if not _may_change(previous, by):
+                out.refused.append(((payload.alarm_id, payload.entity_instance_id), str(by)))
+                continue
+            _set(payload, when, by, state, suppressed_ids, out)
             if payload.alarm_id not in known_alarm_ids:
                 out.new_alarm_ids.setdefault(payload.alarm_id, payload.reason_text)
         elif isinstance(payload, AlarmClear):
-            _clear(payload, when, state, out)
+            _clear(payload, when, by, state, out)
         elif isinstance(payload, LogWrite):
             out.event_log.append(log_record(payload, when, suppressed_ids))
             if payload.event_log_id not in known_alarm_ids:
@@ -121,9 +133,18 @@ def apply(
     return out
 
 
+def _may_change(alarm: Mapping[str, Any] | None, by: str | None) -> bool:
+    """An operator may change any alarm, a service only what it raised (or what predates the
+    record of who raised it)."""
+    if alarm is None or by is None:
+        return True
+    return alarm.get("raised_by") in (None, by)
+
+
 def _set(
     cmd: AlarmSet,
     when: datetime,
+    by: str | None,
     state: dict[AlarmKey, dict[str, Any] | None],
     suppressed_ids: set[str],
     out: Outcome,
@@ -151,6 +172,7 @@ def _set(
         "degrade_affecting": cmd.degrade_affecting,
         "created_at": previous["created_at"] if previous else _utc(when),
         "updated_at": _utc(when),
+        "raised_by": previous.get("raised_by") if previous else by,
     }
     state[key] = doc
     out.event_log.append(alarm_record(doc, EventState.set, timestamp))
@@ -162,16 +184,27 @@ def _set(
 
 
 def _clear(
-    cmd: AlarmClear, when: datetime, state: dict[AlarmKey, dict[str, Any] | None], out: Outcome
+    cmd: AlarmClear,
+    when: datetime,
+    by: str | None,
+    state: dict[AlarmKey, dict[str, Any] | None],
+    out: Outcome,
 ) -> None:
     if cmd.alarm_id is not None:
         keys: Iterable[AlarmKey] = [(cmd.alarm_id, cmd.entity_instance_id)]
     else:
-        keys = [k for k, v in state.items() if v is not None and k[1] == cmd.entity_instance_id]
+        keys = [
+            k
+            for k, v in state.items()
+            if v is not None and k[1] == cmd.entity_instance_id and _may_change(v, by)
+        ]
     for key in list(keys):
         previous = state.get(key)
         if previous is None:
             continue  # clearing what is not raised is normal (idempotent producers)
+        if not _may_change(previous, by):
+            out.refused.append((key, str(by)))
+            continue
         state[key] = None
         cleared = {**previous, "alarm_state": EventState.clear.value}
         if cmd.reason_text:

@@ -3,10 +3,8 @@ together with the events and webhook notifications they cause."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from datetime import datetime
-
-from pydantic import BaseModel
 
 from roost_fault import logic
 from roost_fault.models import SuppressionStatus
@@ -14,7 +12,10 @@ from roost_fault.store import FaultStore
 from roost_shared.catalog import AlarmClear, AlarmSet
 from roost_shared.db import Session
 from roost_shared.events import Envelope
+from roost_shared.metrics import Metrics
 from roost_shared.outbox import Outbox
+
+log = logging.getLogger(__name__)
 
 SOURCE = "roost/fault"
 
@@ -22,28 +23,39 @@ SOURCE = "roost/fault"
 class FaultOperations:
     """The one place that changes alarms, so the bus and the API behave the same."""
 
-    def __init__(self, store: FaultStore, outbox: Outbox) -> None:
+    def __init__(self, store: FaultStore, outbox: Outbox, metrics: Metrics) -> None:
         self.store = store
         self.outbox = outbox
+        self._refused = metrics.counter(
+            "fault_changes_refused",
+            "Alarm sets and clears refused: the alarm was raised by another service.",
+            ["sender"],
+        )
 
-    async def apply(
-        self, session: Session, commands: Sequence[tuple[BaseModel, datetime]]
-    ) -> logic.Outcome:
+    async def apply(self, session: Session, commands: Sequence[logic.Command]) -> logic.Outcome:
         """Apply commands in order; everything they cause commits with ``session``."""
         keys = [
             (c.alarm_id, c.entity_instance_id)
-            for c, _ in commands
+            for c, _, _ in commands
             if isinstance(c, AlarmSet) or (isinstance(c, AlarmClear) and c.alarm_id)
         ]
         entities = [
             c.entity_instance_id
-            for c, _ in commands
+            for c, _, _ in commands
             if isinstance(c, AlarmClear) and not c.alarm_id
         ]
         current = await self.store.alarms_for(session, keys, entities)
         table = await self.store.suppression_table(session)
         suppressed = {a for a, s in table.items() if s == SuppressionStatus.suppressed}
         outcome = logic.apply(commands, current, suppressed, set(table))
+        for (alarm_id, entity), by in outcome.refused:
+            log.warning(
+                "refused %s's change of alarm %s on %s: another service raised it",
+                by,
+                alarm_id,
+                entity,
+            )
+            self._refused.labels(by).inc()
         await self.store.add_alarm_ids(session, outcome.new_alarm_ids)
         await self.store.write_alarms(session, outcome.alarms, current)
         await self.store.append_events(session, outcome.event_log)
