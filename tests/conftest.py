@@ -11,15 +11,25 @@ from pathlib import Path
 
 import pytest
 
+from roost_shared import brokerusers
 from roost_shared.bus import Bus
 from roost_shared.hostkeys import ensure_secret
 from roost_shared.metrics import Metrics
+from roost_shared.producer import ProducerBus
 from roost_shared.settings import RoostSettings
 from roost_shared.signing import Signer
 from roost_sim.credentials import ensure_command_keys
 from roost_sim.ports import free_udp_port
 from tests.support import nft
-from tests.support.stack import SECRET_ENV, ServiceUnderTest, Tokens, Vhost, start_database
+from tests.support.stack import (
+    PASSWORDS_ENV,
+    SECRET_ENV,
+    SITE_ENV,
+    ServiceUnderTest,
+    Tokens,
+    Vhost,
+    start_database,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,15 +51,26 @@ def command_keys(workdir: Path) -> Iterator[Path]:
     starts signs with its own (ROOST_COMMAND_KEYS_DIR), every agent trusts them all
     (ROOST_COMMAND_KEYS_FILE); children inherit both from this process's environment."""
     keys_dir, trust_file = ensure_command_keys(workdir)
-    saved = {k: os.environ.get(k) for k in ("ROOST_COMMAND_KEYS_DIR", "ROOST_COMMAND_KEYS_FILE")}
-    os.environ["ROOST_COMMAND_KEYS_DIR"] = str(keys_dir)
-    os.environ["ROOST_COMMAND_KEYS_FILE"] = str(trust_file)
-    yield keys_dir
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ROOST_COMMAND_KEYS_DIR", str(keys_dir))
+        env.setenv("ROOST_COMMAND_KEYS_FILE", str(trust_file))
+        yield keys_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_users(workdir: Path) -> Iterator[Path]:
+    """The site's broker users, as make run makes them: every service process connects as its
+    own ``roost-<service>`` and agents as ``roost-agent`` (ROOST_BROKER_PASSWORDS_DIR, inherited
+    by children); each test vhost grants them their permissions (``Vhost.create``)."""
+    directory = workdir / "broker-users"
+    # Its own user names (roost-<service>.<site>): a make run on this broker keeps its users.
+    site = f"t{uuid.uuid4().hex[:8]}"
+    brokerusers.ensure(directory, [], site=site)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(PASSWORDS_ENV, str(directory))
+        env.setenv(SITE_ENV, site)
+        yield directory
+    brokerusers.remove(site)
 
 
 def site_signers() -> dict[str, Signer]:
@@ -64,13 +85,9 @@ def heartbeat_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     the environment, so every agent a test's fleet starts is given its own key from it."""
     path = tmp_path_factory.mktemp("site") / "heartbeat-secret.key"
     ensure_secret(path)
-    before = os.environ.get(SECRET_ENV)
-    os.environ[SECRET_ENV] = str(path)
-    yield path
-    if before is None:
-        del os.environ[SECRET_ENV]
-    else:
-        os.environ[SECRET_ENV] = before
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(SECRET_ENV, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -142,8 +159,9 @@ class Stack:
         return svc.start()
 
     async def bus(self) -> Bus:
-        """A producer's bus connection, as any script or service would use."""
-        b = Bus(
+        """A producer's bus connection: the test stands in for every sender, each message
+        published as its owner's broker user (listening as the vhost's admin)."""
+        b = ProducerBus(
             RoostSettings(service="test-producer", amqp_url=self.amqp_url),
             Metrics("test"),
             signers=site_signers(),

@@ -14,6 +14,7 @@ services, the database and the fleet die with this process, even when it is SIGK
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -23,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import httpx
 
+from roost_shared import brokerusers
 from roost_shared.auth import (
     PEER_SERVICES,
     Role,
@@ -34,7 +36,9 @@ from roost_shared.auth import (
     read_tokens_file,
     save_tokens_file,
 )
+from roost_shared.files import write_atomic
 from roost_shared.hostkeys import ensure_secret
+from roost_shared.publishers import user_of
 from roost_sim import runlock
 from roost_sim.credentials import (
     credentials_path,
@@ -43,7 +47,7 @@ from roost_sim.credentials import (
     ensure_release_keys,
 )
 from roost_sim.embedded_db import embedded_db, url_for
-from roost_sim.fleet import Fleet, FleetSupervisor, SimHost
+from roost_sim.fleet import AGENT_BROKER_DIR, Fleet, FleetSupervisor, SimHost
 from roost_sim.ports import DB_PORT, SERVICE_PORTS, is_listening
 from roost_sim.processes import (
     ManagedProcess,
@@ -81,6 +85,50 @@ def ensure_broker(url: str) -> None:
         if time.monotonic() > deadline:
             fail("rabbitmq-server did not start within 90 s; see /var/log/rabbitmq/")
         time.sleep(0.5)
+
+
+def ensure_broker_users(state: Path, amqp_url: str) -> Path:
+    """The site's broker users (one per service, one for agents), made once with their
+    passwords in ``state/broker-users`` (or ``ROOST_BROKER_PASSWORDS_DIR``) and (re)loaded into
+    the broker on every run; the agents' password alone is copied to ``state/agent-broker`` for
+    the simulated agents."""
+    # A site whose users exist already (ROOST_BROKER_PASSWORDS_DIR: a test session, an operator)
+    # keeps their passwords: loading new ones would lock out every process still using them.
+    directory = Path(os.environ.get("ROOST_BROKER_PASSWORDS_DIR") or state / "broker-users")
+    if shutil.which(os.environ.get("ROOST_RABBITMQCTL", "rabbitmqctl").split()[0]) is None:
+        fail(
+            "rabbitmqctl is needed to create Roost's broker users (each service has its own); "
+            "set ROOST_RABBITMQCTL to reach the broker's (e.g. 'docker compose exec rabbitmq "
+            "rabbitmqctl')."
+        )
+    path = urlparse(amqp_url).path
+    vhost = unquote(path[1:]) if len(path) > 1 else "/"
+    site = os.environ.get("ROOST_BROKER_SITE", "")
+    try:
+        passwords = brokerusers.ensure(directory, [vhost], site=site)
+    except RuntimeError as exc:
+        fail(str(exc))
+    agent_user = user_of("agent", site)
+    write_atomic(state / AGENT_BROKER_DIR / agent_user, passwords[agent_user].encode(), mode=0o600)
+    return directory
+
+
+def provision_agents(hosts: list[SimHost], admin_url: str) -> dict[str, str]:
+    """Each new simulated host gets its own broker user ``agent-<mac hex>`` (new password each
+    start), as enrolment gives a real node: its agent can publish only its own host's reports.
+    A host that cannot be provisioned runs with the agents' shared user, and says so."""
+    from roost_agent.credentials import add_many
+
+    try:
+        by_mac = asyncio.run(add_many([h.mac for h in hosts], admin_url))
+    except Exception as exc:
+        print(
+            f"roost: could not give {', '.join(h.hostname for h in hosts)} their own broker "
+            f"users ({exc}); they use the agents' shared user",
+            flush=True,
+        )
+        return {}
+    return {h.hostname: by_mac[h.mac] for h in hosts}
 
 
 def installed_services() -> list[str]:
@@ -158,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
     amqp_url = os.environ.get("ROOST_AMQP_URL", DEFAULT_AMQP)
     ensure_broker(amqp_url)
+    # Each service connects as its own broker user, agents as the agent user (Fleet.agent_env).
+    broker_users = ensure_broker_users(state, amqp_url)
 
     children: list[ManagedProcess] = []
     mongo_url = os.environ.get("ROOST_MONGO_URL")
@@ -175,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "ROOST_AUTH_TOKENS_FILE": str(tokens_file),
         "ROOST_STATE_DIR": str(state),
         "ROOST_COMMAND_KEYS_DIR": str(command_keys),
+        "ROOST_BROKER_PASSWORDS_DIR": str(broker_users),
         "ROOST_HEARTBEAT_SECRET_FILE": str(secret_file),
     }
     services: list[ManagedProcess] = []
@@ -206,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     fleet: FleetSupervisor | None = None
     sim_hosts = int(os.environ.get("ROOST_SIM_HOSTS", "3") or 0)
     if sim_hosts > 0:
-        fleet = FleetSupervisor(Fleet(state, site_secret_file=secret_file), amqp_url, logs)
+        fleet = FleetSupervisor(
+            Fleet(state, site_secret_file=secret_file),
+            amqp_url,
+            logs,
+            provision=lambda hosts: provision_agents(hosts, amqp_url),
+        )
         first_run = not fleet.fleet.hosts()
         seeded = fleet.fleet.seed(sim_hosts)
         if first_run and "config" in {p.name for p in services}:
@@ -316,7 +372,10 @@ def _print_banner(
             f"-U {user} -P <in {fleet.fleet.dir / 'bmc.json'}>; control {fleet.bmcs.url}/bmcs)"
         )
     print(f"  database   {mongo_url}")
-    print(f"  broker     {redacted_amqp}")
+    print(
+        f"  broker     {redacted_amqp}   (each service as its own user: "
+        f"{os.environ.get('ROOST_BROKER_PASSWORDS_DIR') or state / 'broker-users'})"
+    )
     print(f"  state      {state}   (logs in {state / 'logs'})")
     print(f"  tokens     {credentials_path()}   (the roost CLI reads them)")
     if (state / "release-signing.pem").exists():

@@ -39,7 +39,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,10 @@ def render_profile(profile: str, index: int) -> dict[str, Any]:
     for port, entry in enumerate(document.get("ports", [])):
         entry["mac"] = host_mac(index, port)
     return document
+
+
+#: Under the state directory: the agents' broker password alone (roost_sim.aio).
+AGENT_BROKER_DIR = "agent-broker"
 
 
 @dataclass
@@ -233,6 +237,10 @@ class Fleet:
         trust = self.dir.parent / COMMAND_TRUST_FILE
         if trust.exists():
             env["ROOST_COMMAND_KEYS_FILE"] = str(trust)
+        # The agents' broker user's password, and no service's (made by make run).
+        broker = self.dir.parent / AGENT_BROKER_DIR
+        if broker.is_dir():
+            env["ROOST_BROKER_PASSWORDS_DIR"] = str(broker)
         return env
 
     def process(
@@ -321,12 +329,17 @@ class FleetSupervisor:
         logs: Path,
         bmc_control_port: int = BMC_CONTROL_PORT,
         agent_env: Mapping[str, str] | None = None,
+        provision: Callable[[list[SimHost]], dict[str, str]] | None = None,
     ) -> None:
+        """``provision``: gives new hosts their own broker users, as enrolment does; called
+        with the hosts about to start, returns each one's AMQP URL by hostname (its agent then
+        runs with ``ROOST_BUS_SECURED``). None: agents use ``amqp_url``'s (or the agents') user."""
         self.fleet = fleet
         self.amqp_url = amqp_url
         self.logs = logs
         #: More environment for every agent (e.g. ``ROOST_HEARTBEAT_ADDR`` of a test's service).
         self.agent_env = dict(agent_env or {})
+        self.provision = provision
         self.procs: dict[str, ManagedProcess] = {}
         self.given_up: set[str] = set()
         self.powered_off: set[str] = set()
@@ -345,13 +358,17 @@ class FleetSupervisor:
             mtime = self.fleet.registry.stat().st_mtime
             if mtime != self._registry_mtime:
                 self._registry_mtime = mtime
-                for host in self.fleet.hosts():
-                    if host.hostname not in self.procs:
-                        self.bmcs.add(host)
-                        self._hosts[host.hostname] = host
-                        proc = self.fleet.process(host, self.amqp_url, self.logs, self.agent_env)
-                        self.procs[host.hostname] = proc.start()
-                        started.append(proc.name)
+                new = [h for h in self.fleet.hosts() if h.hostname not in self.procs]
+                urls = self.provision(new) if self.provision is not None and new else {}
+                for host in new:
+                    self.bmcs.add(host)
+                    self._hosts[host.hostname] = host
+                    env = dict(self.agent_env)
+                    if host.hostname in urls:
+                        env |= {"ROOST_AMQP_URL": urls[host.hostname], "ROOST_BUS_SECURED": "true"}
+                    proc = self.fleet.process(host, self.amqp_url, self.logs, env)
+                    self.procs[host.hostname] = proc.start()
+                    started.append(proc.name)
         started += self._apply_power()
         now = time.monotonic()
         for name, proc in self.procs.items():

@@ -4,6 +4,8 @@ fan-out's bound, and what `make run` tells it."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -13,6 +15,8 @@ from roost_dashboard import events, pages, web
 from roost_dashboard.clients import ApiError, Services, TokenRejected
 from roost_dashboard.live import Broadcaster, sse
 from roost_dashboard.settings import DashboardSettings
+from roost_shared.catalog import HostStateChanged
+from roost_shared.events import Envelope
 from roost_shared.metrics import Metrics
 from roost_sim.aio import service_env
 
@@ -130,6 +134,42 @@ async def test_a_page_gets_what_happened_while_it_loaded_or_is_told_to_reload():
         b.publish({"kind": "alarm", "n": i})
     async with b.subscribe(rendered_at) as q:  # older than what is kept
         assert q.get_nowait() == {"kind": "reload"} and q.empty()
+
+
+async def test_live_pages_show_only_events_from_their_owner():
+    class NoBus:
+        connection = None
+
+    @dataclass
+    class Message:
+        body: bytes
+        user_id: str | None
+        routing_key: str = "host.state.changed"
+
+    b = Broadcaster(NoBus(), Metrics("dashboard-test"), (), events.shape)  # type: ignore[arg-type]
+    change = Envelope.of(
+        HostStateChanged(
+            uuid=str(uuid.uuid4()),
+            hostname="worker-0",
+            from_administrative="locked",
+            from_operational="disabled",
+            from_availability="online",
+            to_administrative="unlocked",
+            to_operational="enabled",
+            to_availability="available",
+            cause="test",
+            reason="operator-request",
+            time=datetime.now(UTC),
+        ),
+        source="roost/host",
+    )
+    body = change.model_dump_json().encode()
+    async with b.subscribe() as q:
+        for forger in (None, "guest", "roost-config", "roost-agent"):
+            await b._on_message(Message(body, forger))  # type: ignore[arg-type]
+        assert q.empty()
+        await b._on_message(Message(body, "roost-host"))  # type: ignore[arg-type]
+        assert q.get_nowait()["kind"] == "host"
 
 
 def test_make_run_points_the_dashboard_at_every_service():

@@ -22,7 +22,7 @@ from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
 
-from roost_agent.credentials import add, declare_topology, rabbitmqctl, remove
+from roost_agent.credentials import add, declare_topology, rabbitmqctl, remove, site
 from roost_shared.agentbus import AgentBusNames
 from roost_shared.bus import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Bus
 from roost_shared.catalog import HostAnnounced
@@ -56,7 +56,7 @@ class Provisioned:
 
     @property
     def names(self) -> AgentBusNames:
-        return AgentBusNames.of(self.mac)
+        return AgentBusNames.of(self.mac, site())
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ async def _reports_and_heartbeats(
             return [d for d in letters if d["reason"].startswith("forged")]
 
         letter = (await eventually(forged, timeout=15, what="the forged announce parked"))[0]
-        assert a.names.id in letter["reason"] and b.mac in letter["reason"]
+        assert a.names.id in letter["reason"] and b.names.id in letter["reason"]
         assert b.mac in letter["body"]
         assert not await _has(hosts, b.mac)
         assert await metric(http, "roost_bus_dead_lettered_total", reason="forged") == 1
@@ -394,10 +394,10 @@ async def test_the_script_provisions_and_removing_closes_the_connection_and_revo
         lines = dict(line.split("=", 1) for line in run("add", mac).splitlines())
         assert lines["ROOST_BUS_SECURED"] == "true" and lines["ROOST_MGMT_MAC"] == mac
         url = lines["ROOST_AMQP_URL"]
-        assert url.startswith(f"amqp://agent-{AgentBusNames.of(mac).id}:")
+        assert url.startswith(f"amqp://{AgentBusNames.of(mac, site()).user}:")
         limits = await asyncio.to_thread(
             subprocess.check_output,
-            ["rabbitmqctl", "-q", "list_user_limits", "--user", AgentBusNames.of(mac).user],
+            ["rabbitmqctl", "-q", "list_user_limits", "--user", AgentBusNames.of(mac, site()).user],
             text=True,
             timeout=60,
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from roost_shared import brokerusers
 from roost_shared.auth import PEER_SERVICES, Role, new_token, write_tokens_file
 from roost_shared.hostkeys import host_key, read_key
 from roost_sim.embedded_db import embedded_db, url_for
@@ -21,6 +22,9 @@ from roost_sim.processes import ManagedProcess, http_ready, python_module
 
 #: The site secret's file, set for the whole test session by ``tests/conftest.py``.
 SECRET_ENV = "ROOST_HEARTBEAT_SECRET_FILE"
+#: The site's broker passwords (one file per user) and its users' suffix, likewise.
+PASSWORDS_ENV = "ROOST_BROKER_PASSWORDS_DIR"
+SITE_ENV = "ROOST_BROKER_SITE"
 
 
 def site_secret() -> bytes:
@@ -48,8 +52,14 @@ class Vhost:
         name = f"roost-test-{uuid.uuid4().hex[:8]}"
         if shutil.which("rabbitmqctl") is None:
             return cls("/")
-        rabbitmqctl("add_vhost", name)
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        passwords_dir = os.environ.get(PASSWORDS_ENV)
+        if passwords_dir is None:
+            rabbitmqctl("add_vhost", name)
+            rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+            return cls(name)
+        # One call: the vhost, the admin's permissions and every site user's.
+        site = os.environ.get(SITE_ENV, "")
+        brokerusers.add_vhost(name, Path(passwords_dir), site, admins=("guest",))
         return cls(name)
 
     @property

@@ -54,7 +54,12 @@ def test_compose_ports_env_and_health_match_the_code():
             assert key.startswith("ROOST_"), key
             assert key.removeprefix("ROOST_").lower() in settings.model_fields, key
         assert "/readyz" in " ".join(spec["healthcheck"]["test"])
-        assert set(spec["depends_on"]) == {"rabbitmq", "mongo"}
+        assert set(spec["depends_on"]) == {"rabbitmq", "broker-users", "mongo"}
+        # Each connects as its own broker user, with the password broker-users made.
+        assert "broker-users:/run/roost/broker:ro" in spec["volumes"], name
+    users = COMPOSE["services"]["broker-users"]
+    assert users["command"][2] == "roost_shared.brokerusers"
+    assert COMPOSE["x-roost-env"]["ROOST_BROKER_PASSWORDS_DIR"] == "/run/roost/broker"
     # Transactions need a replica set.
     assert "--replSet" in COMPOSE["services"]["mongo"]["command"]
 

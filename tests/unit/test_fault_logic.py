@@ -22,7 +22,7 @@ def set_(entity="host=a", alarm_id="100.101", severity="major", **kw):
 
 
 def test_raise_creates_alarm_logs_and_notifies():
-    out = logic.apply([(set_(), T0)], {}, set(), set())
+    out = logic.apply([(set_(), T0, None)], {}, set(), set())
     doc = out.alarms[("100.101", "host=a")]
     assert doc["severity"] == "major" and doc["alarm_state"] == "set"
     assert [e["state"] for e in out.event_log] == ["set"]
@@ -31,10 +31,10 @@ def test_raise_creates_alarm_logs_and_notifies():
 
 
 def test_raise_again_updates_same_alarm_and_notifies_change_once():
-    first = logic.apply([(set_(), T0)], {}, set(), {"100.101"})
+    first = logic.apply([(set_(), T0, None)], {}, set(), {"100.101"})
     current = {k: v for k, v in first.alarms.items() if v}
     again = logic.apply(
-        [(set_(severity="critical"), T0), (set_(severity="critical"), T0)],
+        [(set_(severity="critical"), T0, None), (set_(severity="critical"), T0, None)],
         current,
         set(),
         {"100.101"},
@@ -48,27 +48,30 @@ def test_raise_again_updates_same_alarm_and_notifies_change_once():
 
 
 def test_clear_removes_and_logs_and_clear_of_nothing_is_quiet():
-    raised = logic.apply([(set_(), T0)], {}, set(), set()).alarms
+    raised = logic.apply([(set_(), T0, None)], {}, set(), set()).alarms
     out = logic.apply(
-        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=a"), T0)], raised, set(), set()
+        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=a"), T0, None)],
+        raised,
+        set(),
+        set(),
     )
     assert out.alarms == {("100.101", "host=a"): None}
     assert [e["state"] for e in out.event_log] == ["clear"]
     assert [n.kind for n in out.notices] == ["cleared"]
     quiet = logic.apply(
-        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=b"), T0)], {}, set(), set()
+        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=b"), T0, None)], {}, set(), set()
     )
     assert quiet.alarms == {} and quiet.event_log == [] and quiet.notices == []
 
 
 def test_clear_without_alarm_id_clears_every_alarm_of_the_entity():
     cmds = [
-        (set_(alarm_id="100.101"), T0),
-        (set_(alarm_id="100.103"), T0),
-        (set_(entity="host=b"), T0),
+        (set_(alarm_id="100.101"), T0, None),
+        (set_(alarm_id="100.103"), T0, None),
+        (set_(entity="host=b"), T0, None),
     ]
     current = {k: v for k, v in logic.apply(cmds, {}, set(), set()).alarms.items() if v}
-    out = logic.apply([(AlarmClear(entity_instance_id="host=a"), T0)], current, set(), set())
+    out = logic.apply([(AlarmClear(entity_instance_id="host=a"), T0, None)], current, set(), set())
     assert sorted(k for k, v in out.alarms.items() if v is None) == [
         ("100.101", "host=a"),
         ("100.103", "host=a"),
@@ -76,15 +79,21 @@ def test_clear_without_alarm_id_clears_every_alarm_of_the_entity():
 
 
 def test_suppression_applies_only_when_allowed():
-    hidden = logic.apply([(set_(), T0)], {}, {"100.101"}, set()).alarms[("100.101", "host=a")]
+    hidden = logic.apply([(set_(), T0, None)], {}, {"100.101"}, set()).alarms[("100.101", "host=a")]
     assert hidden["suppression_status"] == "suppressed"
-    shown = logic.apply([(set_(suppression=False), T0)], {}, {"100.101"}, set())
+    shown = logic.apply([(set_(suppression=False), T0, None)], {}, {"100.101"}, set())
     assert shown.alarms[("100.101", "host=a")]["suppression_status"] == "unsuppressed"
 
 
 def test_customer_log_goes_to_event_log_only():
     out = logic.apply(
-        [(LogWrite(event_log_id="200.021", entity_instance_id="host=a", reason_text="x"), T0)],
+        [
+            (
+                LogWrite(event_log_id="200.021", entity_instance_id="host=a", reason_text="x"),
+                T0,
+                None,
+            )
+        ],
         {},
         set(),
         set(),
@@ -95,7 +104,7 @@ def test_customer_log_goes_to_event_log_only():
 
 def test_subscription_filters_and_their_query_agree():
     notice = logic.apply(
-        [(set_(alarm_id="200.005", severity="minor"), T0)], {}, set(), set()
+        [(set_(alarm_id="200.005", severity="minor"), T0, None)], {}, set(), set()
     ).notices[0]
     alarm = notice.to_model().model_dump(mode="json")
     subs = [
@@ -147,3 +156,34 @@ def test_event_time_bounds_accept_fm_forms():
     assert f["timestamp"]["$gte"] == datetime(2016, 1, 31, 10, 23, 45, tzinfo=UTC)
     with pytest.raises(Invalid):
         logic.parse_time("yesterday", field="q.value")
+
+
+def test_only_the_raiser_or_an_operator_changes_or_clears_an_alarm():
+    raised = logic.apply([(set_(), T0, "host")], {}, set(), set()).alarms
+    current = {k: v for k, v in raised.items() if v}
+    assert current[("100.101", "host=a")]["raised_by"] == "host"
+
+    forged = logic.apply(
+        [
+            (AlarmClear(alarm_id="100.101", entity_instance_id="host=a"), T0, "config"),
+            (set_(severity="minor"), T0, "config"),
+            (AlarmClear(entity_instance_id="host=a"), T0, "config"),
+        ],
+        current,
+        set(),
+        set(),
+    )
+    assert forged.alarms == {} and forged.notices == []
+    assert [by for _, by in forged.refused] == ["config", "config"]
+
+    by_raiser = logic.apply(
+        [(AlarmClear(entity_instance_id="host=a"), T0, "host")], current, set(), set()
+    )
+    assert by_raiser.alarms == {("100.101", "host=a"): None}
+    by_operator = logic.apply(
+        [(AlarmClear(alarm_id="100.101", entity_instance_id="host=a"), T0, None)],
+        current,
+        set(),
+        set(),
+    )
+    assert by_operator.alarms == {("100.101", "host=a"): None}
