@@ -24,9 +24,9 @@ from pathlib import Path
 import uvloop
 
 from roost_agent.heartbeat import HeartbeatBus, HeartbeatSender
-from roost_shared.bus import Bus
 from roost_shared.hostkeys import host_key, read_key
 from roost_shared.metrics import Metrics
+from roost_shared.producer import ProducerBus
 from roost_shared.settings import RoostSettings
 
 PERIOD_MS = 100
@@ -43,7 +43,9 @@ def sim_ip(n: int) -> str:
 
 
 async def main(amqp_url: str, port: int, first: int, count: int) -> None:
-    bus = Bus(RoostSettings(service="bench-senders", amqp_url=amqp_url), Metrics("bench"))
+    # Only its connection is used (heartbeats, signed with each host's key); an event published
+    # here would go out as its owner's broker user.
+    bus = ProducerBus(RoostSettings(service="bench-senders", amqp_url=amqp_url), Metrics("bench"))
     await bus.connect(deadline_s=30)
     assert bus.connection is not None
     senders: dict[int, HeartbeatSender] = {}

@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import Result, report, result
+from common import Result, bench_vhost, report, result
 from fault_throughput import CpuWatch, cpu_s, find_pid, prom_value, quiesce, rabbitmqctl, rss_mb
 from pymongo import AsyncMongoClient, ReplaceOne
 
 from roost_agent.inventory import from_profile
 from roost_config.logic import inventory_digest
 from roost_shared.auth import Role, new_token, write_tokens_file
-from roost_shared.bus import Bus
 from roost_shared.events import Envelope, utcnow
 from roost_shared.metrics import Metrics
+from roost_shared.producer import ProducerBus
 from roost_shared.settings import RoostSettings
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.fleet import Fleet, bytecode_env, host_mac, render_profile
@@ -482,7 +482,8 @@ async def inventory_ingest(
     out = Ingest()
     envelopes = inventory_envelopes()
     out.body_bytes = len(envelopes[0].model_dump_json())
-    bus = Bus(RoostSettings(service="bench", amqp_url=amqp_url), Metrics("bench"))
+    # Agent reports go out as the shared agent broker user, as a fleet's would.
+    bus = ProducerBus(RoostSettings(service="bench", amqp_url=amqp_url), Metrics("bench"))
     await bus.connect(30)
     client: AsyncMongoClient = AsyncMongoClient(db_url, tz_aware=True)
     try:
@@ -637,11 +638,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     parts = Parts(tmp)
     try:
-        vhost = f"roost-bench-{uuid.uuid4().hex[:8]}"
-        rabbitmqctl("add_vhost", vhost)
-        parts.vhost = vhost
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        parts.vhost, amqp_url = bench_vhost(tmp)
 
         db_port = free_port()
         db = embedded_db(db_port, tmp / "db", tmp / "db.log").start()

@@ -28,13 +28,14 @@ import uuid
 from pathlib import Path
 
 import httpx
-from common import Result, percentile, report, result
+from common import Result, bench_vhost, percentile, report, result
 
 from roost_shared.auth import Role, new_token, write_tokens_file
 from roost_shared.bus import Bus
 from roost_shared.catalog import AlarmClear, AlarmSet, HostRecord, Personality, Severity
 from roost_shared.events import Envelope
 from roost_shared.metrics import Metrics
+from roost_shared.producer import ProducerBus
 from roost_shared.settings import RoostSettings
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.ports import free_port, free_udp_port
@@ -49,10 +50,6 @@ PAGES = ("/", "/hosts", "/alarms", "/events", "/hosts/worker-0")
 CHROMIUM = "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
 SEVERITIES = (Severity.critical, Severity.major, Severity.minor, Severity.warning)
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def log(text: str) -> None:
@@ -87,7 +84,9 @@ async def wait_until(probe, what: str, timeout: float) -> None:  # noqa: ASYNC10
 
 
 async def load(amqp_url: str, fault_url: str, host_url: str, admin: str) -> Bus:
-    bus = Bus(RoostSettings(service="bench", amqp_url=amqp_url), Metrics("bench"))
+    # Each event goes out as its owner's broker user: host records as the config service's,
+    # the alarms (source "bench") as the host service's.
+    bus = ProducerBus(RoostSettings(service="bench", amqp_url=amqp_url), Metrics("bench"))
     await bus.connect(deadline_s=10)
     records = [
         HostRecord(
@@ -232,12 +231,9 @@ async def alarm_visible(bus: Bus, dashboard_url: str, admin: str) -> list[Result
 
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-dashboard-"))
-    vhost = f"roost-bench-{uuid.uuid4().hex[:8]}"
     procs: list[ManagedProcess] = []
-    rabbitmqctl("add_vhost", vhost)
+    vhost, amqp_url = bench_vhost(tmp)
     try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
         db_port = free_port()
         db = embedded_db(db_port, tmp / "db", tmp / "db.log").start()
         procs.append(db)

@@ -20,19 +20,19 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from common import Result, percentile, report, result
+from common import Result, bench_vhost, percentile, report, result
 
 from roost_shared.auth import Role, new_token, write_tokens_file
 from roost_shared.bus import Bus
 from roost_shared.catalog import AlarmSet, Severity
 from roost_shared.events import Envelope
 from roost_shared.metrics import Metrics
+from roost_shared.producer import ProducerBus
 from roost_shared.settings import RoostSettings
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.ports import free_port
@@ -603,11 +603,7 @@ def main() -> int:
     parts = Parts(tmp, Receiver())
     try:
         parts.rx.start()
-        vhost = f"roost-bench-{uuid.uuid4().hex[:8]}"
-        rabbitmqctl("add_vhost", vhost)
-        parts.vhost = vhost
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        parts.vhost, amqp_url = bench_vhost(tmp)
 
         db_port = free_port()
         parts.db = embedded_db(db_port, tmp / "db", tmp / "db.log").start()
@@ -668,7 +664,8 @@ async def measure(
         "bench": os.getpid(),
     }
     rss_fresh = rss_mb(fault.pid)
-    bus = Bus(RoostSettings(service="bench", amqp_url=amqp_url), Metrics("bench"))
+    # Each alarm goes out as its owner's broker user (source "bench": the host service's).
+    bus = ProducerBus(RoostSettings(service="bench", amqp_url=amqp_url), Metrics("bench"))
     await bus.connect(30)
     try:
         response = await fault.http.post(

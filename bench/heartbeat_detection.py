@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import Result, percentile, report, result
+from common import Result, bench_vhost, percentile, report, result
 from fault_throughput import cpu_s, prom_value, rabbitmqctl, rss_mb
 
 from roost_shared.auth import Role, new_token, write_tokens_file
@@ -44,6 +44,7 @@ from roost_shared.catalog import HostRecord, Personality
 from roost_shared.events import Envelope
 from roost_shared.hostkeys import ensure_secret
 from roost_shared.metrics import Metrics
+from roost_shared.producer import ProducerBus
 from roost_shared.settings import RoostSettings
 from roost_sim.embedded_db import embedded_db, url_for
 from roost_sim.ports import free_port, free_udp_port
@@ -430,7 +431,9 @@ async def one_size(
 
 
 async def measure(env: dict[str, str]) -> list[Result]:
-    bus = Bus(RoostSettings(service="bench", amqp_url=env["ROOST_AMQP_URL"]), Metrics("bench"))
+    # Listens as guest; host records go out as the config service's broker user.
+    settings = RoostSettings(service="bench", amqp_url=env["ROOST_AMQP_URL"])
+    bus = ProducerBus(settings, Metrics("bench"))
     await bus.connect(deadline_s=30)
     events = await listen(bus)
     results: list[Result] = PARTIAL
@@ -469,9 +472,7 @@ def main(argv: list[str]) -> int:
     vhost = ""
     db: ManagedProcess | None = None
     try:
-        vhost = f"roost-bench-{uuid.uuid4().hex[:8]}"
-        rabbitmqctl("add_vhost", vhost)
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        vhost, amqp_url = bench_vhost(tmp)
         db_port = free_port()
         db = embedded_db(db_port, tmp / "db", tmp / "db.log").start()
         db.wait_ready(60)
@@ -480,7 +481,7 @@ def main(argv: list[str]) -> int:
         write_tokens_file(tokens, {"admin": (Role.admin, admin)})
         ensure_secret(tmp / "heartbeat-secret.key")
         env = {
-            "ROOST_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "ROOST_AMQP_URL": amqp_url,
             "ROOST_MONGO_URL": url_for(db_port),
             "ROOST_AUTH_TOKENS_FILE": str(tokens),
             SECRET_ENV: str(tmp / "heartbeat-secret.key"),

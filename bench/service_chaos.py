@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench's common, the tests' site helpers
 
-from common import percentile, report, result  # noqa: E402
+from common import bench_vhost, percentile, report, result  # noqa: E402
 
 from tests.conftest import Stack  # noqa: E402
 from tests.support.sm import chaos, open_sm  # noqa: E402
@@ -42,7 +42,7 @@ def log(msg: str) -> None:
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-chaos-"))
     db, mongo_url = start_database(tmp)
-    vhost = Vhost.create()
+    vhost = Vhost(bench_vhost(tmp)[0])
     stack = Stack(vhost, mongo_url, Tokens.create(tmp), tmp)
     violations: list[str] = []
     log(f"seed {SEED}, {RUNS} runs")

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench's common, the tests' site helpers
 
-from common import percentile, report, result  # noqa: E402
+from common import bench_vhost, percentile, report, result  # noqa: E402
 
 from tests.conftest import Stack  # noqa: E402
 from tests.support.site import Site, open_site, where  # noqa: E402
@@ -110,7 +110,7 @@ async def main() -> None:
         if keep:
             log(f"keeping {work}")
         db, mongo_url = start_database(work)
-        vhost = Vhost.create()
+        vhost = Vhost(bench_vhost(work)[0])
         stack = Stack(vhost, mongo_url, Tokens.create(work), work)
         procs = work / "procs"
         procs.mkdir()

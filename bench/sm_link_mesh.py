@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench's common, the tests' stack helpers
 
-from common import Result, report, result  # noqa: E402
+from common import Result, bench_vhost, report, result  # noqa: E402
 from fault_throughput import cpu_s, rss_mb  # noqa: E402
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ async def main() -> None:
         os.environ["ROOST_HEARTBEAT_SECRET_FILE"] = str(work / "heartbeat-secret.key")
         ensure_secret(work / "heartbeat-secret.key")
         db, mongo_url = start_database(work)
-        vhost = Vhost.create()
+        vhost = Vhost(bench_vhost(work)[0])
         stack = Stack(vhost, mongo_url, Tokens.create(work), work)
         try:
             for n in SIZES:

@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench's common, the tests' site helpers
 
 import httpx  # noqa: E402
-from common import percentile, report, result  # noqa: E402
+from common import bench_vhost, percentile, report, result  # noqa: E402
 
 from roost_sim.fleet import rss_mb  # noqa: E402
 from tests.conftest import Stack  # noqa: E402
@@ -340,7 +340,7 @@ async def run(stack: Stack, tmp: Path) -> list[Any]:
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-soak-"))
     db, mongo_url = start_database(tmp)
-    vhost = Vhost.create()
+    vhost = Vhost(bench_vhost(tmp)[0])
     stack = Stack(vhost, mongo_url, Tokens.create(tmp), tmp)
     log(f"seed {SEED}; work dir {tmp}")
     try:

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench's common, the tests' site helpers
 
 import httpx  # noqa: E402
-from common import report, result  # noqa: E402
+from common import bench_vhost, report, result  # noqa: E402
 
 import tests.support.site as site_module  # noqa: E402
 from roost_shared.releases import pack  # noqa: E402
@@ -350,7 +350,7 @@ async def one(run: Run, tmp: Path) -> None:
     try:
         # Inside the try: a SIGTERM at any point still stops what was started.
         db, mongo_url = start_database(work)
-        vhost = Vhost.create()
+        vhost = Vhost(bench_vhost(tmp)[0])
         stack = Stack(vhost, mongo_url, Tokens.create(work), work)
         procs = work / "procs"
         procs.mkdir()
